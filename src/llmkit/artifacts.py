@@ -1,0 +1,218 @@
+"""Artifact folders with a manifest: hashing, atomic writes, skip-if-finished and lineage.
+
+Every stage writes one folder holding its outputs and `manifest.json`:
+
+    {"kind": "model", "fingerprint": "…", "inputs": {"weights": {"path": …, "sha256": …}},
+     "config": {…}, "outputs": {…}, "metrics": {…}, "versions": {…}, "started_at": …, "finished_at": …}
+
+The fingerprint hashes the kind, the config and the content hashes of the inputs. A stage whose folder holds
+a manifest with the same fingerprint (and whose outputs still exist) is finished and is skipped. A folder is
+built under a temporary sibling name and renamed into place, so a crash never leaves a half-written
+artifact under the real name: at any moment the name holds the old complete artifact, the new one, or nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import importlib.metadata as md
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import ArtifactError
+
+MANIFEST = "manifest.json"
+_CHUNK = 1 << 20  # 1 MiB reads: hashing a 100 MB file takes ~0.2 s
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_path(path: str | Path) -> str:
+    """Content hash of a file, or of a folder (relative names + file hashes, sorted; manifests excluded)."""
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p)
+    if not p.is_dir():
+        raise ArtifactError(f"cannot hash {p}: no such file or folder")
+    h = hashlib.sha256()
+    for f in sorted(q for q in p.rglob("*") if q.is_file() and q.name != MANIFEST):
+        h.update(f.relative_to(p).as_posix().encode() + b"\0" + sha256_file(f).encode() + b"\n")
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def fingerprint(kind: str, config: dict, inputs: dict[str, dict]) -> str:
+    """What decides whether a finished artifact can be reused: kind, config and input content hashes."""
+    return sha256_json({"kind": kind, "config": config, "inputs": {k: v["sha256"] for k, v in inputs.items()}})
+
+
+def input_ref(path: str | Path) -> dict:
+    """Describe one input: a plain file/folder (hashed) or another artifact (its fingerprint links lineage)."""
+    p = Path(path).resolve()
+    m = read_manifest(p) if (p / MANIFEST).is_file() else None
+    if m is not None:
+        return {"path": str(p), "sha256": m["fingerprint"], "artifact": m["kind"]}
+    return {"path": str(p), "sha256": sha256_path(p)}
+
+
+def library_versions(names: tuple[str, ...] = ("llmkit", "torch", "transformers", "llama_cpp_python", "gguf",
+                                               "peft", "trl", "accelerate", "pydantic")) -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in names:
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[name] = md.version(name)
+    return out
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_manifest(folder: str | Path) -> dict:
+    p = Path(folder) / MANIFEST
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{folder} is not an artifact: it has no {MANIFEST}") from None
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{p} line {e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON to a temp file in the same folder, fsync, then rename over the target."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+
+
+def finished(folder: str | Path, fp: str) -> dict | None:
+    """The manifest of a finished artifact with this fingerprint whose outputs still exist, else None."""
+    p = Path(folder)
+    if not (p / MANIFEST).is_file():
+        return None
+    try:
+        m = read_manifest(p)
+    except ArtifactError:
+        return None
+    if m.get("fingerprint") != fp or m.get("status") != "finished":
+        return None
+    # Outputs may live outside the folder (e.g. a shared cache); a deleted cache means "not finished".
+    for value in (m.get("outputs") or {}).values():
+        if isinstance(value, str) and value.startswith("/") and not Path(value).exists():
+            return None
+    return m
+
+
+@dataclass
+class Building:
+    """An artifact under construction: write files into `tmp`, set outputs/metrics, and it is published."""
+
+    kind: str
+    out: Path
+    tmp: Path
+    config: dict
+    inputs: dict[str, dict]
+    fingerprint: str
+    outputs: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _sweep(out: Path) -> None:
+    """Remove leftovers of a killed build of `out` (temp and set-aside siblings)."""
+    for sib in out.parent.glob(f".{out.name}.*"):
+        if sib.name.startswith((f".{out.name}.tmp-", f".{out.name}.old-")):
+            shutil.rmtree(sib, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def build(kind: str, out: str | Path, config: dict, inputs: dict[str, dict]) -> Iterator[Building]:
+    """Build an artifact atomically.
+
+        with build("model", out, config, inputs) as b:
+            (b.tmp / "weights.bin").write_bytes(...)
+            b.metrics["seconds"] = 1.2
+
+    On normal exit the manifest is written into the temp folder, which then replaces `out`. On an exception
+    the temp folder is removed and `out` is left exactly as it was.
+    """
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _sweep(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.mkdir()
+    started, t0 = now_iso(), time.perf_counter()
+    b = Building(kind, out, tmp, config, inputs, fingerprint(kind, config, inputs))
+    try:
+        yield b
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    manifest = {
+        "kind": kind,
+        "status": "finished",
+        "fingerprint": b.fingerprint,
+        "inputs": inputs,
+        "config": config,
+        "outputs": b.outputs,
+        "metrics": b.metrics,
+        "versions": library_versions(),
+        "started_at": started,
+        "finished_at": now_iso(),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    write_json_atomic(tmp / MANIFEST, manifest)
+    publish(tmp, out)
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Move a complete folder into place: set the old one aside, rename the new one in, delete the old."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def lineage(folder: str | Path) -> list[tuple[int, dict]]:
+    """The chain of manifests from `folder` back to raw inputs, depth-first: [(depth, manifest), ...]."""
+    chain: list[tuple[int, dict]] = []
+    seen: set[str] = set()
+
+    def walk(p: Path, depth: int) -> None:
+        m = read_manifest(p)
+        m["_path"] = str(p)
+        chain.append((depth, m))
+        for name, ref in (m.get("inputs") or {}).items():
+            ref = {**ref, "_name": name}
+            if ref.get("artifact") and (Path(ref["path"]) / MANIFEST).is_file() and ref["path"] not in seen:
+                seen.add(ref["path"])
+                walk(Path(ref["path"]), depth + 1)
+            else:
+                chain.append((depth + 1, {"kind": "input", **ref}))
+
+    walk(Path(folder).resolve(), 0)
+    return chain

@@ -1,0 +1,191 @@
+"""The `llmkit` command: one subcommand per stage, plus `run`, `chat`, `models`, `validate` and `lineage`.
+
+Library errors (LlmkitError) become one clear line on stderr and a non-zero exit; `--debug` shows the
+traceback. Heavy libraries are imported inside the commands that need them, so `llmkit --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+
+from llmkit import __version__
+from llmkit.errors import LlmkitError
+
+
+def _models(args: argparse.Namespace) -> int:
+    from llmkit.models import REGISTRY, describe, registry_path, resolve_model
+
+    if args.action == "list":
+        print(f"{'NAME':<24} {'FORMAT':<7} {'SIZE':>8}  {'STATUS':<12} DESCRIPTION")
+        for entry in REGISTRY.values():
+            try:
+                path = registry_path(entry)
+                size, status = f"{path.stat().st_size / 1e6:.0f} MB", "installed"
+            except LlmkitError:
+                size, status = "-", f"pip install {entry.package}"
+            print(f"{entry.name:<24} {'gguf':<7} {size:>8}  {status:<12} {entry.description}")
+        print("\nAny local HF folder, local .gguf file or hub id (org/name) works where a model name is expected.")
+        return 0
+    ref = resolve_model(args.name)
+    info = describe(ref)
+    if ref.name in REGISTRY:
+        e = REGISTRY[ref.name]
+        info.update(package=e.package, hub_id=e.hub_id, license=e.license)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        width = max(map(len, info))
+        for k, v in info.items():
+            print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from llmkit.engines import GenParams, load_engine
+    from llmkit.models import resolve_model
+
+    ref = resolve_model(args.model)
+    opts = {"n_threads": args.threads} if args.threads else {}
+    engine = load_engine(args.engine, ref, **opts)
+    params = GenParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+
+    def reply() -> None:
+        text = ""
+        for piece in engine.chat(messages, params):
+            text += piece
+            print(piece, end="", flush=True)
+        print()
+        messages.append({"role": "assistant", "content": text})
+
+    if args.prompt is not None:
+        messages.append({"role": "user", "content": args.prompt})
+        reply()
+        return 0
+    print(f"Chatting with {ref.name} on {engine.name}. Empty line or Ctrl-D to quit, /reset to start over.")
+    while True:
+        try:
+            line = input("> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if not line:
+            return 0
+        if line == "/reset":
+            del messages[(1 if args.system else 0):]
+            continue
+        messages.append({"role": "user", "content": line})
+        reply()
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from llmkit.config import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    print(f"{args.recipe}: ok — stages: {', '.join(recipe.stages())}; artifacts under {recipe.run_dir}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from llmkit.config import load_recipe
+    from llmkit.pipeline import run_recipe
+
+    recipe = load_recipe(args.recipe)
+    results = run_recipe(recipe, force=args.force)
+    ran = sum(r.status == "ran" for r in results)
+    print(f"done: {ran} stage(s) ran, {len(results) - ran} skipped as finished; artifacts in {recipe.run_dir}")
+    return 0
+
+
+def _lineage(args: argparse.Namespace) -> int:
+    from llmkit.artifacts import lineage
+
+    for depth, m in lineage(args.path):
+        pad = "    " * depth + ("└─ " if depth else "")
+        if m["kind"] == "input":
+            print(f"{pad}{m['_name']}: {m['path']}  sha256 {m['sha256'][:12]}")
+        else:
+            print(f"{pad}{m['kind']}  {m['_path']}  fingerprint {m['fingerprint'][:12]}  "
+                  f"finished {m.get('finished_at')}  ({m.get('seconds')} s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llmkit",
+        description="The LLM engineer's toolkit: data → train → compress → eval → serve, with lineage.",
+        epilog="Run `llmkit COMMAND --help` for a command's options. Docs: README.md.",
+    )
+    p.add_argument("--version", action="version", version=f"llmkit {__version__}")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    m = sub.add_parser("models", help="list the model registry or show one model",
+                       description="The registry of known models. A model may also be a local HF folder, a local "
+                                   ".gguf file or a hub id (org/name) wherever a MODEL is expected.")
+    msub = m.add_subparsers(dest="action", required=True, metavar="ACTION")
+    msub.add_parser("list", help="registry models and whether their package is installed")
+    show = msub.add_parser("show", help="format, architecture, sizes and cache state of one model")
+    show.add_argument("name", help="registry name, local path or hub id")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    m.set_defaults(fn=_models)
+
+    c = sub.add_parser("chat", help="chat with a model in the terminal (streaming)",
+                       description="Chat with MODEL. With --prompt, answer once and exit; otherwise an interactive "
+                                   "session. Greedy decoding by default (--temperature 0).")
+    c.add_argument("model", nargs="?", default="smollm2-135m-instruct", help="registry name, path or hub id "
+                   "(default: smollm2-135m-instruct)")
+    c.add_argument("--prompt", "-p", help="one-shot: answer this and exit")
+    c.add_argument("--system", help="system prompt (default: the model's chat template's own)")
+    c.add_argument("--engine", choices=["llamacpp", "transformers"], default="llamacpp",
+                   help="llamacpp runs GGUF files (fast on CPU); transformers runs HF folders and converts a GGUF "
+                        "to float weights once (cached)")
+    c.add_argument("--max-tokens", type=int, default=256, help="reply length limit in tokens (default 256)")
+    c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    c.add_argument("--seed", type=int, default=None, help="sampling seed")
+    c.add_argument("--threads", type=int, default=None, help="CPU threads (default: $LLMKIT_THREADS or cores)")
+    c.set_defaults(fn=_chat)
+
+    v = sub.add_parser("validate", help="check a recipe and report every problem with its line",
+                       description="Validate RECIPE without running anything: unknown keys, wrong types and "
+                                   "values, missing files. All problems are printed at once; exit 1 if any.")
+    v.add_argument("recipe", help="recipe YAML file")
+    v.set_defaults(fn=_validate)
+
+    r = sub.add_parser("run", help="run a recipe's stages in order, skipping finished ones",
+                       description="Run every stage the recipe names, in order (model, data, train, compress, eval, "
+                                   "rag). A stage whose inputs and config hash the same as a finished artifact is "
+                                   "skipped. Artifacts go to the recipe's out_dir (default runs/NAME).")
+    r.add_argument("recipe", help="recipe YAML file")
+    r.add_argument("--force", action="store_true", help="re-run stages even when a finished artifact matches")
+    r.set_defaults(fn=_run)
+
+    ln = sub.add_parser("lineage", help="print the chain of manifests behind an artifact",
+                        description="Follow manifest.json inputs from an artifact folder back to the raw files.")
+    ln.add_argument("path", help="an artifact folder (one holding manifest.json)")
+    ln.set_defaults(fn=_lineage)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except LlmkitError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

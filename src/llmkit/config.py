@@ -1,0 +1,349 @@
+"""The recipe: one YAML file that describes a whole pipeline, validated up front.
+
+Every stage section is a pydantic model whose field docs are the reference for the YAML keys. Unknown keys
+are errors (a typo must not silently become a default), and all problems are reported at once, each with
+its YAML path and line:
+
+    train.lora.r (line 9): must be > 0, got -1
+
+Paths in a recipe are relative to the recipe file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from llmkit.errors import ConfigError
+
+# The order in which `llmkit run` executes the stages a recipe names. `guard` and `track` are services that
+# stages use, not stages; `serve` configures `llmkit serve --recipe` and is never run by `llmkit run`.
+STAGE_ORDER = ("model", "data", "train", "compress", "eval", "rag")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Section):
+    """`data:` turns raw files into a training-ready dataset artifact."""
+
+    train: str = Field(description="Training data: a .jsonl/.json/.csv/.parquet file, a saved HF dataset folder or a hub id.")
+    val: str | None = Field(None, description="Validation data; when absent, `val_fraction` of train is held out.")
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "preference", "text"] = Field(
+        "auto", description="Row format; `auto` detects it from the first rows."
+    )
+    dedupe: Literal["none", "exact", "near"] = Field("exact", description="Drop exact or near (MinHash) duplicates.")
+    pii: Literal["off", "redact", "drop"] = Field("off", description="Scrub personal data with the guard policy.")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of rows held out for validation.")
+    max_tokens: int = Field(2048, gt=0, description="Rows longer than this (in the model's tokens) are dropped.")
+    on_error: Literal["fail", "skip"] = Field("fail", description="`fail` stops on the first bad row; `skip` writes a rejects file.")
+    seed: int = Field(0, description="Seed for the train/val split.")
+
+
+class LoraConfig(Section):
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Module names to adapt.")
+
+
+class TrainConfig(Section):
+    """`train:` fine-tunes the base model on the dataset artifact."""
+
+    method: Literal["lora", "qlora", "full", "dpo", "pretrain"] = "lora"
+    epochs: float = Field(1.0, gt=0)
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    batch_size: int = Field(4, gt=0)
+    grad_accum: int = Field(1, gt=0, description="Gradient accumulation steps.")
+    max_length: int = Field(512, gt=0, description="Tokens per training sequence.")
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    packing: bool = Field(True, description="Pack short rows into full sequences (without cross-attention).")
+    eval_every: int = Field(50, gt=0, description="Steps between evaluations on the val split.")
+    save_every: int = Field(50, gt=0, description="Steps between checkpoints.")
+    seed: int = 0
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class CompressConfig(Section):
+    """`compress:` merges adapters and exports a quantized GGUF."""
+
+    merge: bool = Field(True, description="Merge a LoRA adapter into its base before export.")
+    quantize: Literal["f16", "q8_0", "q4_0", "q4_k"] = "q8_0"
+
+
+_GATE = re.compile(r"^\s*(>=|<=|>|<|==)\s*-?\d+(\.\d+)?([eE]-?\d+)?\s*$")
+
+
+class EvalConfig(Section):
+    """`eval:` measures quality, safety and bias; gates block a model that fails them."""
+
+    tasks: list[str] = Field(default_factory=lambda: ["perplexity"], description="Built-in task names or JSONL files.")
+    safety: bool = False
+    bias: bool = False
+    gates: dict[str, str] = Field(default_factory=dict, description='Metric thresholds, e.g. {"safety.refusal_rate": ">= 0.9"}.')
+
+    @field_validator("gates")
+    @classmethod
+    def _gates_parse(cls, gates: dict[str, str]) -> dict[str, str]:
+        bad = [f"{k}: {v!r}" for k, v in gates.items() if not _GATE.match(str(v))]
+        if bad:
+            raise ValueError(f"gates must look like '>= 0.9' (one of >=, <=, >, <, ==, then a number); got {', '.join(bad)}")
+        return gates
+
+
+class RagConfig(Section):
+    """`rag:` indexes documents into a vector database for retrieval at serving time."""
+
+    sources: list[str] = Field(description="Folders or files to index.")
+    collection: str = Field("docs", min_length=3)
+    store: Literal["lancedb", "chroma", "qdrant"] = "lancedb"
+    chunk_tokens: int = Field(256, gt=0)
+    chunk_overlap: int = Field(32, ge=0)
+    embedder: str = "all-minilm-l6-v2"
+
+
+Rail = Literal["pii", "injection", "toxicity", "topics", "secrets"]
+
+
+class GuardConfig(Section):
+    """`guard:` the rails applied to training data and to every request and response."""
+
+    input: list[Rail] = Field(default_factory=list)
+    output: list[Rail] = Field(default_factory=list)
+    policy: str | None = Field(None, description="A policy YAML; the rails above are its defaults.")
+
+
+class ServeConfig(Section):
+    """`serve:` how `llmkit serve --recipe` serves the model."""
+
+    engine: Literal["llamacpp", "transformers", "vllm"] = "llamacpp"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, gt=0, lt=65536)
+    api_keys_file: str | None = None
+
+
+class TrackConfig(Section):
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; manifests are mirrored there when set.")
+
+
+class Recipe(Section):
+    """A whole pipeline. Only `name` is required; a stage runs when its section is present."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Names the run folder and the registry entry.")
+    model: str = Field("smollm2-135m-instruct", description="Registry name, local folder or GGUF file, or hub id.")
+    out_dir: str = Field("runs/{name}", description="Where stage artifacts go, relative to the recipe file.")
+    data: DataConfig | None = None
+    train: TrainConfig | None = None
+    compress: CompressConfig | None = None
+    eval: EvalConfig | None = None
+    rag: RagConfig | None = None
+    guard: GuardConfig | None = None
+    serve: ServeConfig | None = None
+    track: TrackConfig | None = None
+
+    # Set by `load_recipe`, not by the YAML: the folder that relative paths are resolved against.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+    source: str | None = Field(default=None, exclude=True)
+
+    def path(self, value: str) -> Path:
+        """A path from the recipe, resolved against the recipe's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path(self.out_dir.format(name=self.name))
+
+    def stages(self) -> list[str]:
+        """The stages this recipe asks for, in execution order. The base model is always the first."""
+        return ["model"] + [s for s in STAGE_ORDER[1:] if getattr(self, s) is not None]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading with line numbers
+
+
+def _line_index(text: str, source: str) -> tuple[dict[tuple, int], list[str]]:
+    """Map every YAML key path (and list index) to its 1-based line; also report duplicate keys.
+
+    PyYAML's `safe_load` silently keeps the last of two equal keys, so we walk the composed node tree
+    ourselves: it carries `start_mark` for every node.
+    """
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as e:
+        # context_mark is where the broken construct began (e.g. an unclosed `{`); problem_mark is where the
+        # parser gave up, often the end of the file. Name the first, mention the second.
+        ctx, mark = getattr(e, "context_mark", None), getattr(e, "problem_mark", None)
+        first = ctx or mark
+        where = f" (line {first.line + 1})" if first else ""
+        what = f"{e.context}, " if getattr(e, "context", None) else ""
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"not valid YAML{where}: {what}{getattr(e, 'problem', e)}{at}"], source) from None
+    lines: dict[tuple, int] = {}
+    dupes: list[str] = []
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key, value in node.value:
+                k = key.value
+                if k in seen:
+                    dupes.append(f"{_dotted(path + (k,))} (line {key.start_mark.line + 1}): duplicate key")
+                seen.add(k)
+                walk(value, path + (k,))
+                lines[path + (k,)] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, path + (i,))
+
+    if root is not None:
+        walk(root, ())
+    return lines, dupes
+
+
+def _dotted(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _line_of(lines: dict[tuple, int], path: tuple) -> int | None:
+    # The deepest prefix of the path that the YAML has: a missing key points at its parent mapping.
+    for n in range(len(path), -1, -1):
+        if path[:n] in lines:
+            return lines[path[:n]]
+    return None
+
+
+def _explain(err: dict[str, Any]) -> str:
+    """One pydantic error as a short sentence that says what was expected and what was given."""
+    kind, ctx, given = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required, but missing"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()))
+        return f"must be {op} {bound}, got {given!r}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}, got {given!r}"
+    if kind == "string_pattern_mismatch":
+        return f"must match {ctx.get('pattern')}, got {given!r}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{msg[0].lower()}{msg[1:]}, got {given!r}" if given is not None and kind != "value_error" else msg
+
+
+def _allowed_keys(model: type[BaseModel], path: tuple) -> list[str]:
+    """The keys that the section at `path` accepts, for 'unknown key' hints."""
+    for part in path[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        ann = getattr(field, "annotation", None)
+        inner = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            return []
+        model = inner[0]
+    return [k for k, f in model.model_fields.items() if not f.exclude]
+
+
+def parse_recipe(text: str, source: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
+    """Validate recipe YAML text; raise ConfigError listing every problem with its path and line."""
+    lines, problems = _line_index(text, source)
+    data = yaml.safe_load(text) if text.strip() else None
+    if not isinstance(data, dict):
+        raise ConfigError([f"(line 1): a recipe is a mapping of sections (name:, data:, train:, ...), got {type(data).__name__}"], source)
+    recipe = None
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        for err in e.errors():
+            # pydantic puts the union member name (e.g. 'list[str]') into loc for unions; drop such parts
+            loc = tuple(p for p in err["loc"] if isinstance(p, int) or p in _known_keys(p, data))
+            line = _line_of(lines, loc)
+            text_ = _explain(err)
+            if err["type"] == "extra_forbidden":
+                allowed = _allowed_keys(Recipe, loc)
+                if allowed:
+                    text_ += f" (allowed: {', '.join(allowed)})"
+            problems.append(f"{_dotted(loc)}{f' (line {line})' if line else ''}: {text_}")
+    if problems:
+        raise ConfigError(sorted(set(problems), key=lambda p: _sort_key(p)), source)
+    assert recipe is not None
+    recipe.base_dir = base_dir or Path(".")
+    recipe.source = source
+    _check_paths(recipe, lines, source)
+    return recipe
+
+
+def _known_keys(part: str, data: Any) -> set[str]:
+    """Every mapping key anywhere in the YAML document (to tell real keys from pydantic's union tags)."""
+    keys: set[str] = set()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, dict):
+            for k, v in x.items():
+                keys.add(str(k))
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(data)
+    return keys | set(Recipe.model_fields)
+
+
+def _sort_key(problem: str) -> int:
+    m = re.search(r"\(line (\d+)\)", problem)
+    return int(m.group(1)) if m else 0
+
+
+def _check_paths(recipe: Recipe, lines: dict[tuple, int], source: str) -> None:
+    """Files named by the recipe must exist before any slow work starts."""
+    missing = []
+    checks: list[tuple[tuple, str]] = []
+    if recipe.data:
+        checks.append((("data", "train"), recipe.data.train))
+        if recipe.data.val:
+            checks.append((("data", "val"), recipe.data.val))
+    if recipe.rag:
+        checks += [(("rag", "sources", i), s) for i, s in enumerate(recipe.rag.sources)]
+    if recipe.guard and recipe.guard.policy:
+        checks.append((("guard", "policy"), recipe.guard.policy))
+    if recipe.serve and recipe.serve.api_keys_file:
+        checks.append((("serve", "api_keys_file"), recipe.serve.api_keys_file))
+    for path, value in checks:
+        if _looks_like_hub_id(value) and path[0] == "data":
+            continue  # a hub dataset id; the data stage resolves it
+        if not recipe.path(value).exists():
+            line = _line_of(lines, path)
+            missing.append(f"{_dotted(path)}{f' (line {line})' if line else ''}: no such file or folder: {recipe.path(value)}")
+    if missing:
+        raise ConfigError(missing, source)
+
+
+_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt", ".md")
+
+
+def _looks_like_hub_id(value: str) -> bool:
+    """`org/name` with no file suffix: a hub dataset id rather than a relative path."""
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", value)) and not value.lower().endswith(_DATA_SUFFIXES)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file. Relative paths inside it are resolved against its folder."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError([f"no such recipe file: {p}"], str(p))
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"not UTF-8 text (byte {e.start})"], str(p)) from None
+    return parse_recipe(text, source=str(p), base_dir=p.resolve().parent)

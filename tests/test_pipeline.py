@@ -1,0 +1,56 @@
+import pytest
+
+from llmkit.artifacts import lineage, read_manifest
+from llmkit.config import parse_recipe
+from llmkit.errors import StageNotAvailable
+from llmkit.pipeline import run_recipe
+
+
+def _recipe(tmp_path, model, extra=""):
+    return parse_recipe(f"name: t\nmodel: {model}\n{extra}", base_dir=tmp_path, source="t.yaml")
+
+
+def test_second_run_skips_the_finished_stage(tmp_path, tiny_gguf):
+    recipe = _recipe(tmp_path, tiny_gguf)
+    lines = []
+    first = run_recipe(recipe, echo=lines.append)
+    assert [r.status for r in first] == ["ran"]
+    m = read_manifest(tmp_path / "runs" / "t" / "model")
+    assert m["metrics"]["architecture"] == "llama" and m["inputs"]["weights"]["path"] == str(tiny_gguf)
+    second = run_recipe(recipe, echo=lines.append)
+    assert [r.status for r in second] == ["skipped"]
+    assert "finished artifact" in second[0].reason
+    assert [r.status for r in run_recipe(recipe, force=True, echo=lines.append)] == ["ran"]
+
+
+def test_changed_input_reruns(tmp_path, tiny_llama, tiny_gguf):
+    from conftest import write_gguf
+
+    g = write_gguf(tiny_llama, tmp_path / "m.gguf")
+    recipe = _recipe(tmp_path, g)
+    run_recipe(recipe, echo=lambda s: None)
+    write_gguf(tiny_llama, g, quant="Q8_0")  # same path, new content
+    assert [r.status for r in run_recipe(recipe, echo=lambda s: None)] == ["ran"]
+
+
+def test_deleted_cache_means_not_finished(tmp_path, tiny_gguf, llmkit_home):
+    import shutil
+
+    recipe = _recipe(tmp_path, tiny_gguf)
+    run_recipe(recipe, echo=lambda s: None)
+    shutil.rmtree(llmkit_home / "hf")
+    assert [r.status for r in run_recipe(recipe, echo=lambda s: None)] == ["ran"]
+
+
+def test_unavailable_stage_fails_up_front(tmp_path, tiny_gguf):
+    (tmp_path / "t.jsonl").write_text("{}\n")
+    recipe = _recipe(tmp_path, tiny_gguf, "train: {method: lora}\n")
+    with pytest.raises(StageNotAvailable, match=r"train \(fine-tuning\)"):
+        run_recipe(recipe, echo=lambda s: None)
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_lineage_of_model_stage(tmp_path, tiny_gguf):
+    run_recipe(_recipe(tmp_path, tiny_gguf), echo=lambda s: None)
+    chain = lineage(tmp_path / "runs" / "t" / "model")
+    assert [m["kind"] for _, m in chain] == ["model", "input"]
