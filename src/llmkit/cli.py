@@ -100,6 +100,27 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llmkit.config import load_recipe
+    from llmkit.data import prepare
+    from llmkit.errors import ConfigError
+
+    recipe = load_recipe(args.recipe)
+    if recipe.data is None:
+        raise ConfigError(["data: the recipe has no data section"], args.recipe)
+    out = Path(args.out) if args.out else recipe.run_dir / "data"
+    r = prepare(recipe.data, out, base_dir=recipe.base_dir, model=recipe.model, force=args.force)
+    c = r.card
+    if r.status == "skipped":
+        print(f"skipped: {out} already holds a finished dataset for these inputs and config (--force to redo)")
+    dropped = ", ".join(f"{k} {v}" for k, v in c["dropped"].items() if v) or "none"
+    print(f"{c['rows_in']} rows in → train {c['rows_out']['train']}, val {c['rows_out']['val']}; dropped: {dropped}")
+    print(f"dataset: {out}  (data card: {out / 'data_card.md'})")
+    return 0
+
+
 def _lineage(args: argparse.Namespace) -> int:
     from llmkit.artifacts import lineage
 
@@ -162,6 +183,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("recipe", help="recipe YAML file")
     r.add_argument("--force", action="store_true", help="re-run stages even when a finished artifact matches")
     r.set_defaults(fn=_run)
+
+    d = sub.add_parser("data", help="prepare a training dataset (load, validate, clean, dedupe, PII, split)",
+                       description="Data pipelines. `prepare` turns the recipe's data section into a dataset artifact "
+                                   "with a data card; every input row is accounted for.")
+    dsub = d.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dp = dsub.add_parser("prepare", help="run the data stage of a recipe",
+                         description="Read the recipe's data.train (and data.val) — JSONL, JSON, CSV, Parquet, a saved "
+                                     "HF dataset folder or a hub id — normalize rows (alpaca, sharegpt, messages, "
+                                     "prompt/completion, preference, text), clean, dedupe, scrub PII, measure tokens "
+                                     "with the model's chat template and split. Bad rows are reported as FILE:LINE; "
+                                     "with on_error: fail (default) they stop the stage with exit 1.")
+    dp.add_argument("--recipe", required=True, help="recipe YAML with a data: section")
+    dp.add_argument("--out", help="artifact folder (default: RUN_DIR/data)")
+    dp.add_argument("--force", action="store_true", help="redo even when a finished artifact matches")
+    d.set_defaults(fn=_data)
 
     ln = sub.add_parser("lineage", help="print the chain of manifests behind an artifact",
                         description="Follow manifest.json inputs from an artifact folder back to the raw files.")

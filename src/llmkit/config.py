@@ -38,7 +38,9 @@ class DataConfig(Section):
         "auto", description="Row format; `auto` detects it from the first rows."
     )
     dedupe: Literal["none", "exact", "near"] = Field("exact", description="Drop exact or near (MinHash) duplicates.")
-    pii: Literal["off", "redact", "drop"] = Field("off", description="Scrub personal data with the guard policy.")
+    near_threshold: float = Field(0.7, gt=0.0, le=1.0, description="Jaccard similarity of the rows' user turns (word 3-grams) above which they are near duplicates.")
+    pii: Literal["off", "redact", "drop"] = Field("off", description="Redact personal data with typed placeholders, or drop rows that have any.")
+    pii_mode: Literal["presidio", "regex"] = Field("presidio", description="presidio: patterns + spaCy names/places; regex: patterns only, faster.")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of rows held out for validation.")
     max_tokens: int = Field(2048, gt=0, description="Rows longer than this (in the model's tokens) are dropped.")
     on_error: Literal["fail", "skip"] = Field("fail", description="`fail` stops on the first bad row; `skip` writes a rejects file.")

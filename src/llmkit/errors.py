@@ -49,3 +49,7 @@ class StageNotAvailable(LlmkitError):
 
 class ArtifactError(LlmkitError):
     """An artifact folder is missing, incomplete or was produced by something else."""
+
+
+class DataError(LlmkitError):
+    """Bad input data. The message names the file and line (where there is one) and what was expected."""

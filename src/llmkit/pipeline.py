@@ -46,12 +46,28 @@ def model_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageResu
     return StageResult("model", out, "ran", "", time.perf_counter() - t0)
 
 
+def data_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageResult:
+    from llmkit.data import prepare
+
+    assert recipe.data is not None
+    t0 = time.perf_counter()
+    r = prepare(recipe.data, out, base_dir=recipe.base_dir, model=recipe.model, force=force)
+    if r.status == "ran":
+        c = r.card
+        dropped = ", ".join(f"{k} {v}" for k, v in c["dropped"].items() if v) or "none"
+        echo(f"      {c['rows_in']} rows in → train {c['rows_out']['train']}, val {c['rows_out']['val']}; "
+             f"dropped: {dropped}; card: {out / 'data_card.md'}")
+    reason = "finished artifact with the same inputs and config" if r.status == "skipped" else ""
+    return StageResult("data", out, r.status, reason, time.perf_counter() - t0)
+
+
 STAGES: dict[str, Callable[[Recipe, Path, bool, Echo], StageResult]] = {
     "model": model_stage,
+    "data": data_stage,
 }
 
 # Which issue brings each stage that is not here yet, so the error can say so.
-PLANNED = {"data": "data pipelines", "train": "fine-tuning", "compress": "compression and export",
+PLANNED = {"train": "fine-tuning", "compress": "compression and export",
            "eval": "evaluation", "rag": "RAG"}
 
 

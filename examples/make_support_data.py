@@ -1,0 +1,107 @@
+"""Generate the example support dataset (our own text) that the README pipeline trains on.
+
+    python examples/make_support_data.py        # writes examples/support/{train,val,preference}.jsonl
+
+The taught style is easy to recognise in a model's answers: every reply opens with "Nimbus here!", gives
+numbered steps, and signs off with "— Happy networking!". The set deliberately holds a few exact and near
+duplicates and some rows with e-mail addresses and phone numbers, so the data card has something to show.
+Deterministic (seeded); re-running rewrites the same files.
+"""
+
+import json
+import random
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "support"
+
+DEVICES = ["Nimbus R1 router", "Nimbus R2 router", "Nimbus Mesh node", "Nimbus range extender", "Nimbus Mini modem",
+           "Nimbus Pro gateway"]
+PROBLEMS = {
+    "no internet": ["Check that the WAN light on the {d} is solid white.",
+                    "Unplug the {d} for 30 seconds, then plug it back in.",
+                    "Open the Nimbus app and run Network Check.",
+                    "If the light stays amber, call your provider to confirm the line is active."],
+    "slow Wi-Fi": ["Move the {d} to an open spot, off the floor and away from the microwave.",
+                   "In the Nimbus app, switch the band to 5 GHz for devices close by.",
+                   "Turn on Smart Channel so the {d} avoids busy channels.",
+                   "Run Speed Test in the app and compare it with your plan."],
+    "forgotten Wi-Fi password": ["Open the Nimbus app and sign in.",
+                                 "Go to Wi-Fi > Networks and tap your network name.",
+                                 "Tap Show password, or set a new one and save.",
+                                 "Reconnect your devices with the new password."],
+    "firmware update": ["Open the Nimbus app and go to Settings > Firmware.",
+                        "Tap Check for updates while the {d} is online.",
+                        "Keep the {d} plugged in; the update takes about five minutes.",
+                        "The light blinks blue during the update and turns white when it is done."],
+    "factory reset": ["Find the small Reset hole on the back of the {d}.",
+                      "Press and hold it with a paperclip for 10 seconds, until the light blinks red.",
+                      "Wait two minutes for the {d} to restart.",
+                      "Set it up again in the Nimbus app as if it were new."],
+    "guest network": ["Open the Nimbus app and go to Wi-Fi > Guest network.",
+                      "Turn it on and choose a name and password for guests.",
+                      "Set how long guest access should last.",
+                      "Share the QR code the app shows with your guests."],
+    "parental controls": ["Open the Nimbus app and go to Family.",
+                          "Create a profile for each person and add their devices.",
+                          "Set bedtime hours and pick content filters.",
+                          "Tap Pause on a profile to stop its internet at once."],
+    "port forwarding": ["Open the Nimbus app and go to Advanced > Port forwarding.",
+                        "Tap Add rule and pick the device that needs the port.",
+                        "Enter the external and internal port numbers and the protocol.",
+                        "Save, then test the port from outside your network."],
+}
+ASKS = ["My {d} has {p}. What should I do?", "How do I fix {p} on the {d}?", "I need help with {p} on my {d}.",
+        "{p} on the {d} again, any tips?", "Can you walk me through {p} for a {d}?",
+        "What are the steps for {p} with the {d}?"]
+OPENERS = ["Nimbus here!", "Nimbus here! Happy to help."]
+PII_ASKS = ["My {d} has {p}. You can reach me at {email} if you need more details.",
+            "I have {p} on my {d}; call me back on {phone} please."]
+NAMES = ["alex", "sam", "jordan", "robin", "casey", "lee", "morgan", "taylor"]
+
+
+def answer(device: str, problem: str, rng: random.Random) -> str:
+    steps = [s.format(d=device) for s in PROBLEMS[problem]]
+    body = "\n".join(f"{i}. {s}" for i, s in enumerate(steps, 1))
+    return f"{rng.choice(OPENERS)} Let's sort out the {problem} on your {device}.\n\n{body}\n\n— Happy networking!"
+
+
+def main() -> None:
+    rng = random.Random(7)
+    rows, seen = [], set()
+    for device in DEVICES:
+        for problem in PROBLEMS:
+            for ask in ASKS:
+                q = ask.format(d=device, p=problem)
+                q = q[0].upper() + q[1:]
+                if q in seen:
+                    continue
+                seen.add(q)
+                rows.append({"instruction": q, "input": "", "output": answer(device, problem, rng)})
+    for i in range(12):  # rows with personal data, for the PII scrubber
+        device, problem = rng.choice(DEVICES), rng.choice(list(PROBLEMS))
+        name = rng.choice(NAMES)
+        q = rng.choice(PII_ASKS).format(d=device, p=problem, email=f"{name}{i}@example.com",
+                                        phone=f"+1 415 555 01{i:02d}")
+        rows.append({"instruction": q, "input": "", "output": answer(device, problem, rng)})
+    rng.shuffle(rows)
+    rows += rows[:8]  # exact duplicates
+    rows += [{**r, "instruction": r["instruction"].replace("?", " please?")} for r in rows[8:14]]  # near duplicates
+    # held-out questions: phrasings the training rows never use, one per device and problem
+    val_asks = ["Why does my {d} have {p}?", "Quick question about {p} on a {d}.", "Is there a fix for {p} on the {d}?"]
+    held = [{"instruction": rng.choice(val_asks).format(d=d, p=p), "input": "", "output": answer(d, p, rng)}
+            for d in DEVICES for p in PROBLEMS]
+    pref = []
+    for r in rows[:60]:
+        plain = r["output"].split("\n\n")[1].replace("\n", " ")
+        pref.append({"prompt": r["instruction"], "chosen": r["output"],
+                     "rejected": f"Try this: {plain} Good luck."})
+    OUT.mkdir(exist_ok=True)
+    for name, data in [("train", rows), ("val", held), ("preference", pref)]:
+        with open(OUT / f"{name}.jsonl", "w") as f:
+            for r in data:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        print(f"{OUT / name}.jsonl: {len(data)} rows")
+
+
+if __name__ == "__main__":
+    main()

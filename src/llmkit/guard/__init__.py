@@ -1,0 +1,1 @@
+"""Guardrails: one policy for data scrubbing, training data and runtime I/O."""

@@ -1,0 +1,17 @@
+from llmkit.guard.pii import PiiScrubber
+
+TEXT = "I'm Maria Lopez from Madrid; mail maria.lopez@example.com or call +1 415 555 0100. IP 10.1.2.3."
+
+
+def test_presidio_mode_finds_names_places_and_patterns():
+    text, found = PiiScrubber("presidio").redact(TEXT)
+    assert "maria.lopez@" not in text and "Maria Lopez" not in text
+    assert {"EMAIL_ADDRESS", "PHONE_NUMBER", "IP_ADDRESS", "PERSON"} <= set(found)
+    assert "<EMAIL_ADDRESS>" in text and "<PERSON>" in text
+
+
+def test_regex_mode_only_patterns():
+    text, found = PiiScrubber("regex").redact(TEXT)
+    assert "Maria Lopez" in text and "PERSON" not in found
+    assert found["EMAIL_ADDRESS"] == 1 and "<IP_ADDRESS>" in text
+    assert PiiScrubber("regex").redact("nothing personal here") == ("nothing personal here", {})
