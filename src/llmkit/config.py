@@ -38,13 +38,16 @@ class DataConfig(Section):
         "auto", description="Row format; `auto` detects it from the first rows."
     )
     dedupe: Literal["none", "exact", "near"] = Field("exact", description="Drop exact or near (MinHash) duplicates.")
-    near_threshold: float = Field(0.7, gt=0.0, le=1.0, description="Jaccard similarity of the rows' user turns (word 3-grams) above which they are near duplicates.")
+    near_threshold: float = Field(0.7, gt=0.0, le=1.0, description="Jaccard similarity of the rows' user turns above which they are near duplicates.")
+    near_ngram: int = Field(1, gt=0, le=5, description="Words per shingle for near dedupe; 1 (bag of words) catches paraphrases best (bench/near_dedupe.py).")
     pii: Literal["off", "redact", "drop"] = Field("off", description="Redact personal data with typed placeholders, or drop rows that have any.")
     pii_mode: Literal["presidio", "regex"] = Field("presidio", description="presidio: patterns + spaCy names/places; regex: patterns only, faster.")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of rows held out for validation.")
     max_tokens: int = Field(2048, gt=0, description="Rows longer than this (in the model's tokens) are dropped.")
     on_error: Literal["fail", "skip"] = Field("fail", description="`fail` stops on the first bad row; `skip` writes a rejects file.")
     seed: int = Field(0, description="Seed for the train/val split.")
+    backend: Literal["local", "ray"] = Field("local", description="Where the per-row work runs: in this process, or in Ray Data tasks (llmkit[scale]; JSONL input).")
+    ray_address: str | None = Field(None, description="Ray cluster to join ('auto', 'ray://host:10001'); default: a local Ray on 127.0.0.1.")
 
 
 class LoraConfig(Section):
@@ -159,7 +162,7 @@ class Recipe(Section):
 
     @property
     def run_dir(self) -> Path:
-        return self.path(self.out_dir.format(name=self.name))
+        return self.path(self.out_dir.format(name=self.name)).resolve()
 
     def stages(self) -> list[str]:
         """The stages this recipe asks for, in execution order. The base model is always the first."""

@@ -184,3 +184,30 @@ def test_json_parquet_and_hf_folder_loaders(tmp_path):
     for src in ("a.json", "a.parquet", "hf"):
         got = list(read_rows(tmp_path / src))
         assert [g.data for g in got] == rows and [g.line for g in got] == [1, 2, 3], src
+
+
+def test_fast_renderer_matches_apply_chat_template(tiny_llama):
+    from transformers import AutoTokenizer
+
+    from llmkit.data.prepare import _chat_renderer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    render = _chat_renderer(tok)
+    for msgs in ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+                 [{"role": "system", "content": ""}, {"role": "user", "content": "a\nb"},
+                  {"role": "assistant", "content": "c"}, {"role": "user", "content": "d"},
+                  {"role": "assistant", "content": "e"}]):
+        assert render(msgs) == tok.apply_chat_template(msgs, tokenize=False)
+
+
+@__import__("pytest").mark.integration
+def test_fast_renderer_matches_on_smollm2():
+    from transformers import AutoTokenizer
+
+    from llmkit.data.prepare import _chat_renderer
+    from llmkit.models import hf_folder, resolve_model
+
+    tok = AutoTokenizer.from_pretrained(hf_folder(resolve_model("smollm2-135m-instruct"), progress=False))
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert _chat_renderer(tok)(msgs) == tok.apply_chat_template(msgs, tokenize=False)
+    assert "You are a helpful AI assistant named SmolLM" in _chat_renderer(tok)(msgs)

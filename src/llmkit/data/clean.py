@@ -43,12 +43,13 @@ def shingles(text: str, n: int = 3) -> set[bytes]:
 class NearDedupe:
     """Near-duplicate detection with MinHash-LSH: `seen(text)` is True when a kept row is similar enough.
 
-    Jaccard similarity of word 3-gram shingles, estimated with `num_perm` permutations; LSH banding finds
+    Jaccard similarity of word n-gram shingles, estimated with `num_perm` permutations; LSH banding finds
     candidates above `threshold` (the false-positive/negative balance is datasketch's default weights).
-    Precision and recall on paraphrase-level duplicates: bench/near_dedupe.py.
+    On paraphrases (bench/near_dedupe.py), single words at 0.7 gave precision 0.998 / recall 0.89, while
+    3-grams at the same threshold found only 17%: paraphrases change words everywhere, breaking most n-grams.
     """
 
-    def __init__(self, threshold: float = 0.5, num_perm: int = 128, ngram: int = 3):
+    def __init__(self, threshold: float = 0.7, num_perm: int = 128, ngram: int = 1):
         from datasketch import MinHash, MinHashLSH
 
         self._minhash, self.num_perm, self.ngram = MinHash, num_perm, ngram

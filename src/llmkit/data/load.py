@@ -66,26 +66,31 @@ def _decode(raw: bytes, where: str) -> tuple[str | None, str | None]:
         return None, f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
 
 
+def parse_jsonl_line(raw: bytes) -> tuple[dict | None, str | None]:
+    """One JSONL line → (object, None), or (None, reason). A blank line gives (None, None): not a row."""
+    text, err = _decode(raw, "")
+    if err:
+        return None, err
+    assert text is not None
+    text = text.rstrip("\r\n")  # else an error at the end of the line reports "column 1" of the next
+    if not text.strip():
+        return None, None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        truncated = e.msg.startswith(("Unterminated", "Expecting")) and e.pos >= len(text.rstrip()) - 1
+        return None, f"{'truncated JSON' if truncated else 'invalid JSON'}: {e.msg} at column {e.colno}"
+    if not isinstance(obj, dict):
+        return None, f"expected a JSON object per line, got {type(obj).__name__}"
+    return obj, None
+
+
 def _read_jsonl(p: Path) -> Iterator[RawRow]:
     with open(p, "rb") as f:  # bytes, so one bad byte is one bad row rather than a crash of the whole file
         for n, raw in enumerate(f, 1):
-            text, err = _decode(raw, f"{p}:{n}")
-            if err:
-                yield RawRow(str(p), n, None, err)
-                continue
-            assert text is not None
-            if not text.strip():
-                continue  # blank lines are not rows
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                what = "truncated JSON" if e.msg.startswith(("Unterminated", "Expecting")) and e.pos >= len(text.rstrip()) - 1 else "invalid JSON"
-                yield RawRow(str(p), n, None, f"{what}: {e.msg} at column {e.colno}")
-                continue
-            if not isinstance(obj, dict):
-                yield RawRow(str(p), n, None, f"expected a JSON object per line, got {type(obj).__name__}")
-                continue
-            yield RawRow(str(p), n, obj)
+            obj, err = parse_jsonl_line(raw)
+            if obj is not None or err is not None:
+                yield RawRow(str(p), n, obj, err)
 
 
 def _read_json(p: Path) -> Iterator[RawRow]:

@@ -1,0 +1,102 @@
+"""Throughput and peak memory of the data stage streaming N short rows, beside a plain HF `datasets` pipeline.
+
+    .venv/bin/python bench/data_prepare.py --rows 1000000
+
+Both sides read the same alpaca JSONL, turn rows into chat messages, apply SmolLM2's chat template and count
+tokens; llmkit also validates every row, normalizes text, dedupes exactly, splits and writes the data card.
+Each side runs in its own process so peak RSS (ru_maxrss) is its own. Check `uptime` first: a busy box lies.
+"""
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = ("router light wifi reset guest network slow password update firmware modem mesh node port app "
+         "signal band channel cable restart check status").split()
+
+
+def make_rows(path: Path, n: int) -> None:
+    rng = random.Random(0)
+    with open(path, "w") as f:
+        for i in range(n):
+            q = " ".join(rng.choices(WORDS, k=12))
+            a = " ".join(rng.choices(WORDS, k=16))
+            f.write(json.dumps({"instruction": f"{q} {i}?", "input": "", "output": f"{a}."}) + "\n")
+
+
+def run_llmkit(path: str, out: str) -> dict:
+    from llmkit.config import DataConfig
+    from llmkit.data import prepare
+
+    t0 = time.perf_counter()
+    r = prepare(DataConfig(train=path, dedupe="exact", val_fraction=0.01), Path(out), progress=False)
+    return {"seconds": time.perf_counter() - t0, "rows_out": sum(r.card["rows_out"].values())}
+
+
+def run_datasets(path: str, out: str) -> dict:
+    import datasets
+    from transformers import AutoTokenizer
+
+    from llmkit.models import hf_folder, resolve_model
+
+    datasets.disable_progress_bars()
+    tok = AutoTokenizer.from_pretrained(hf_folder(resolve_model("smollm2-135m-instruct")))
+    t0 = time.perf_counter()
+    ds = datasets.load_dataset("json", data_files=path, split="train", cache_dir=out)
+
+    def to_tokens(batch):
+        texts = [tok.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                                         tokenize=False) for q, a in zip(batch["instruction"], batch["output"])]
+        return {"n_tokens": [len(x) for x in tok(texts, add_special_tokens=False)["input_ids"]]}
+
+    ds = ds.map(to_tokens, batched=True, batch_size=512, remove_columns=ds.column_names)
+    ds = ds.filter(lambda b: [n <= 2048 for n in b["n_tokens"]], batched=True)
+    ds.to_json(os.path.join(out, "out.jsonl"))
+    return {"seconds": time.perf_counter() - t0, "rows_out": len(ds)}
+
+
+def child(which: str, path: str) -> None:
+    with tempfile.TemporaryDirectory() as out:
+        res = {"llmkit": run_llmkit, "datasets": run_datasets}[which](path, out + "/o")
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(res))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--child", choices=["llmkit", "datasets"])
+    ap.add_argument("--path")
+    args = ap.parse_args()
+    if args.child:
+        return child(args.child, args.path)
+    print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "rows.jsonl"
+        make_rows(path, args.rows)
+        print(f"{args.rows} rows, {path.stat().st_size / 1e6:.0f} MB")
+        results = {}
+        for which in ("llmkit", "datasets"):
+            p = subprocess.run([sys.executable, __file__, "--child", which, "--path", str(path)],
+                               capture_output=True, text=True)
+            if p.returncode:
+                print(which, "failed:", p.stderr[-2000:])
+                continue
+            results[which] = json.loads(p.stdout.strip().splitlines()[-1])
+    print(f"{'':10} {'rows/s':>10} {'seconds':>9} {'peak RSS MB':>12} {'rows out':>9}")
+    for k, r in results.items():
+        print(f"{k:10} {args.rows / r['seconds']:>10.0f} {r['seconds']:>9.1f} {r['peak_rss_mb']:>12.0f} {r['rows_out']:>9}")
+    if len(results) == 2:
+        a, b = results["llmkit"], results["datasets"]
+        print(f"llmkit / datasets: speed {b['seconds'] / a['seconds']:.2f}x, peak RSS {a['peak_rss_mb'] / b['peak_rss_mb']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
