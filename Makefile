@@ -31,7 +31,7 @@ run: setup
 	$(BIN)/llmkit chat smollm2-135m-instruct --prompt "What is the capital of France?" --engine transformers --max-tokens 40
 	$(BIN)/llmkit chat smollm2-135m-instruct --prompt "What is the capital of France?" --engine llamacpp --max-tokens 40
 	$(BIN)/llmkit run examples/recipe.yaml
-	$(BIN)/llmkit lineage runs/support-assistant/model
+	$(BIN)/llmkit lineage runs/support-assistant/data
 
 # pytest exits 5 when it collected no tests: that must fail, not pass silently.
 test: setup

@@ -28,7 +28,7 @@ compress:
 def test_example_recipe_is_valid():
     recipe = load_recipe(EXAMPLE)
     assert recipe.name and recipe.stages()[0] == "model"
-    assert recipe.run_dir.is_relative_to(EXAMPLE.parent)
+    assert recipe.run_dir == EXAMPLE.parents[1] / "runs" / recipe.name  # out_dir is relative to the recipe
 
 
 def test_all_problems_reported_with_paths_and_lines():

@@ -54,3 +54,18 @@ def test_lineage_of_model_stage(tmp_path, tiny_gguf):
     run_recipe(_recipe(tmp_path, tiny_gguf), echo=lambda s: None)
     chain = lineage(tmp_path / "runs" / "t" / "model")
     assert [m["kind"] for _, m in chain] == ["model", "input"]
+
+
+def test_model_then_data_with_lineage_and_skip(tmp_path, tiny_gguf):
+    import json
+
+    rows = [{"prompt": f"question {i} about thing {i * 5}", "completion": f"answer {i}"} for i in range(30)]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = _recipe(tmp_path, tiny_gguf, "data: {train: t.jsonl, val_fraction: 0.2}\n")
+    first = run_recipe(recipe, echo=lambda s: None)
+    assert [(r.stage, r.status) for r in first] == [("model", "ran"), ("data", "ran")]
+    assert [r.status for r in run_recipe(recipe, echo=lambda s: None)] == ["skipped", "skipped"]
+    chain = lineage(tmp_path / "runs" / "t" / "data")
+    kinds = [(d, m["kind"]) for d, m in chain]
+    assert (0, "dataset") in kinds and (1, "model") in kinds and (2, "input") in kinds
+    assert any(m.get("_name") == "train" and m["path"].endswith("t.jsonl") for _, m in chain)

@@ -46,6 +46,7 @@ class DataConfig(Section):
     max_tokens: int = Field(2048, gt=0, description="Rows longer than this (in the model's tokens) are dropped.")
     on_error: Literal["fail", "skip"] = Field("fail", description="`fail` stops on the first bad row; `skip` writes a rejects file.")
     seed: int = Field(0, description="Seed for the train/val split.")
+    workers: int = Field(0, ge=0, description="Processes for the per-row work with backend local; 0 = all cores for inputs over 4 MB, else 1.")
     backend: Literal["local", "ray"] = Field("local", description="Where the per-row work runs: in this process, or in Ray Data tasks (llmkit[scale]; JSONL input).")
     ray_address: str | None = Field(None, description="Ray cluster to join ('auto', 'ray://host:10001'); default: a local Ray on 127.0.0.1.")
 

@@ -51,7 +51,8 @@ def data_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageResul
 
     assert recipe.data is not None
     t0 = time.perf_counter()
-    r = prepare(recipe.data, out, base_dir=recipe.base_dir, model=recipe.model, force=force)
+    r = prepare(recipe.data, out, base_dir=recipe.base_dir, model=recipe.model, force=force,
+                model_artifact=recipe.run_dir / "model")
     if r.status == "ran":
         c = r.card
         dropped = ", ".join(f"{k} {v}" for k, v in c["dropped"].items() if v) or "none"

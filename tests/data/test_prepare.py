@@ -211,3 +211,16 @@ def test_fast_renderer_matches_on_smollm2():
     msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     assert _chat_renderer(tok)(msgs) == tok.apply_chat_template(msgs, tokenize=False)
     assert "You are a helpful AI assistant named SmolLM" in _chat_renderer(tok)(msgs)
+
+
+def test_worker_processes_give_the_same_artifact(tmp_path, tiny_llama):
+    rows = rows_of(700) + rows_of(20) + ['{"instruction": "x"']  # > 1 batch, duplicates, a bad line (721)
+    f = write_jsonl(tmp_path / "t.jsonl", rows)
+    cards = {}
+    for w in (1, 2):
+        cfg = DataConfig(train=str(f), workers=w, on_error="skip", val_fraction=0.2)
+        cards[w] = prepare(cfg, tmp_path / f"w{w}", model=str(tiny_llama), progress=False).card
+    assert cards[1]["rows_out"] == cards[2]["rows_out"] and cards[1]["dropped"] == cards[2]["dropped"]
+    for name in ("train.jsonl", "val.jsonl", "rejects.jsonl"):
+        assert (tmp_path / "w1" / name).read_text() == (tmp_path / "w2" / name).read_text()
+    assert "\"line\": 721" in (tmp_path / "w2" / "rejects.jsonl").read_text()

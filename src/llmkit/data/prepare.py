@@ -52,7 +52,9 @@ class Item:
 
     file: str
     line: int
-    row: dict | None = None  # normalized, cleaned, scrubbed; None when invalid
+    row: str | None = None  # the normalized, cleaned, scrubbed row as a JSON line; None when invalid
+    key: bytes = b""  # exact-duplicate digest of `row`
+    ask: str = ""  # what the row asks (user turns), for near dedupe
     tokens: int = 0
     error: str | None = None
     category: str | None = None  # short reason, for the data card's counts
@@ -118,7 +120,7 @@ class RowTransform:
     def __call__(self, raws: list[RawRow], fmt: str) -> list[Item]:
         if self._tok is None:
             self._setup()
-        items = []
+        items, rows = [], []
         for raw in raws:
             it = Item(raw.file, raw.line, raw=raw.data)
             items.append(it)
@@ -136,9 +138,12 @@ class RowTransform:
                 scrubbed, found = zip(*(self._scrubber.redact(t) for t in texts(row)))
                 it.pii = dict(sum(found, Counter()))
                 row = with_texts(row, list(scrubbed))
-            it.row = row
+            it.row = json.dumps(row, ensure_ascii=False)
+            it.key = exact_key(it.row)
+            it.ask = asks(row) if self.cfg.dedupe == "near" else ""
+            rows.append(row)
         valid = [it for it in items if it.row is not None]
-        for it, n in zip(valid, self.token_lengths([it.row for it in valid])):  # type: ignore[misc]
+        for it, n in zip(valid, self.token_lengths(rows)):
             it.tokens = n
         return items
 
@@ -184,13 +189,12 @@ class _Accounting:
         if it.pii and self.cfg.pii == "drop":
             self.dropped["pii"] += 1
             return
-        key = exact_key(it.row)
         if self.cfg.dedupe != "none":
-            if key in self.seen:
+            if it.key in self.seen:
                 self.dropped["exact_duplicate"] += 1
                 return
-            self.seen.add(key)
-        if self.near is not None and self.near.seen(asks(it.row)):
+            self.seen.add(it.key)
+        if self.near is not None and self.near.seen(it.ask):
             self.dropped["near_duplicate"] += 1
             return
         if it.tokens > self.context_len:
@@ -200,8 +204,8 @@ class _Accounting:
         if it.tokens > self.cfg.max_tokens:
             self.dropped["over_max_tokens"] += 1
             return
-        side = split or ("val" if _is_val(key, self.cfg.seed, self.cfg.val_fraction) else "train")
-        self.out[side].write(json.dumps(it.row, ensure_ascii=False) + "\n")
+        side = split or ("val" if _is_val(it.key, self.cfg.seed, self.cfg.val_fraction) else "train")
+        self.out[side].write(it.row + "\n")
         self.kept[side] += 1
         self.lengths.append(it.tokens)
 
@@ -239,14 +243,74 @@ def detect_format(source: Path | str, cfg: DataConfig) -> str | None:
                     f"one of: {'; '.join(f'{f} ({expected_fields(f)})' for f in FORMATS)} (or set data.format)")
 
 
-def _local_items(source: Path | str, fmt: str, transform: RowTransform) -> Iterator[list[Item]]:
-    for batch in _batches(read_rows(source), BATCH):
-        yield transform(batch, fmt)
+_worker: tuple | None = None  # (transform, fmt) in a worker process
+
+
+def _init_worker(transform: RowTransform, fmt: str) -> None:
+    import os
+
+    # each worker is one of `workers` processes on the cores already; the tokenizer's own thread pool would
+    # only make them fight for the same cores
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    global _worker
+    _worker = (transform, fmt)
+
+
+def _work(batch) -> list[Item]:
+    from llmkit.data.load import parse_jsonl_line
+
+    transform, fmt = _worker  # type: ignore[misc]
+    if isinstance(batch, tuple):  # (path, [(line, bytes), ...]): JSONL is parsed in the worker too
+        path, lines = batch
+        batch = []
+        for n, raw in lines:
+            obj, err = parse_jsonl_line(raw)
+            if obj is not None or err is not None:
+                batch.append(RawRow(path, n, obj, err))
+    return transform(batch, fmt)
+
+
+def _jsonl_line_batches(path: Path) -> Iterator[tuple[str, list[tuple[int, bytes]]]]:
+    with open(path, "rb") as f:
+        yield from ((str(path), b) for b in _batches(enumerate(f, 1), BATCH))
+
+
+def _local_items(source: Path | str, fmt: str, transform: RowTransform, workers: int) -> Iterator[list[Item]]:
+    if workers <= 1:
+        for batch in _batches(read_rows(source), BATCH):
+            yield transform(batch, fmt)
+        return
+    import multiprocessing as mp
+
+    p = Path(str(source))
+    if p.is_file() and p.suffix.lower() in (".jsonl", ".ndjson"):
+        if p.stat().st_size == 0:
+            raise DataError(f"{p}: the file is empty")
+        batches: Iterator = _jsonl_line_batches(p)
+    else:
+        batches = _batches(read_rows(source), BATCH)
+    # fork: workers start with the modules already imported; imap keeps file order for the in-order half
+    with mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(transform, fmt)) as pool:
+        yield from pool.imap(_work, batches, chunksize=2)
+
+
+def _auto_workers(cfg: DataConfig, sources: dict) -> int:
+    import os
+
+    if cfg.workers:
+        return cfg.workers
+    size = sum(Path(str(s)).stat().st_size for s in sources.values() if Path(str(s)).is_file())
+    # below a few MB, starting processes costs more than it saves
+    return min(os.cpu_count() or 1, 8) if size >= 4 << 20 else 1
 
 
 def prepare(cfg: DataConfig, out: Path, *, base_dir: Path = Path("."), model: str = "smollm2-135m-instruct",
-            force: bool = False, progress: bool = True) -> PrepareResult:
-    """Run the data stage into the artifact folder `out` (skipped when a finished one matches)."""
+            model_artifact: Path | None = None, force: bool = False, progress: bool = True) -> PrepareResult:
+    """Run the data stage into the artifact folder `out` (skipped when a finished one matches).
+
+    The model's tokenizer and chat template decide token lengths, so the model is an input too: the model
+    stage's artifact when the pipeline has one (`model_artifact`, for lineage), else the weights' own hash.
+    """
     from tqdm import tqdm
 
     from llmkit.models import hf_folder, resolve_model
@@ -263,13 +327,15 @@ def prepare(cfg: DataConfig, out: Path, *, base_dir: Path = Path("."), model: st
             inputs[name] = artifacts.input_ref(src)
         else:
             inputs[name] = {"path": src, "sha256": artifacts.sha256_json({"hub": src})}
+    ref = resolve_model(model)
+    inputs["model"] = artifacts.input_ref(model_artifact if model_artifact else ref.path)
     # the backend changes where the work runs, not what comes out: it is not part of the fingerprint
-    config = {"data": cfg.model_dump(exclude={"train", "val", "backend", "ray_address"}), "model": model}
+    config = {"data": cfg.model_dump(exclude={"train", "val", "backend", "ray_address", "workers"}), "model": model}
     fp = artifacts.fingerprint("dataset", config, inputs)
     if not force and (m := artifacts.finished(out, fp)):
         return PrepareResult(Path(out), "skipped", m["metrics"])
 
-    tokenizer_dir = str(hf_folder(resolve_model(model), progress=progress))
+    tokenizer_dir = str(hf_folder(ref, progress=progress))
     from transformers import AutoConfig
 
     context_len = AutoConfig.from_pretrained(tokenizer_dir).max_position_embeddings
@@ -286,6 +352,7 @@ def prepare(cfg: DataConfig, out: Path, *, base_dir: Path = Path("."), model: st
                             "one dataset holds one kind")
         kind = kind_of(fmt)
 
+    workers = _auto_workers(cfg, sources)
     with artifacts.build("dataset", out, config, inputs) as b:
         acc = _Accounting(cfg, b.tmp, context_len)
         try:
@@ -296,7 +363,7 @@ def prepare(cfg: DataConfig, out: Path, *, base_dir: Path = Path("."), model: st
 
                     chunks = ray_items(src, fmt, transform, cfg.ray_address)
                 else:
-                    chunks = _local_items(src, fmt, transform)
+                    chunks = _local_items(src, fmt, transform, workers)
                 with tqdm(desc=f"prepare {Path(str(src)).name}", unit=" rows", disable=not progress, leave=False) as bar:
                     for items in chunks:
                         for it in items:
@@ -322,7 +389,7 @@ def prepare(cfg: DataConfig, out: Path, *, base_dir: Path = Path("."), model: st
                                                     "over_max_tokens")},
             "invalid_reasons": dict(acc.invalid), "pii": cfg.pii, "pii_found": dict(acc.pii),
             "tokens": cards.length_stats(lengths),
-            "inputs": {Path(v["path"]).name: v["sha256"] for v in inputs.values()}, "outputs": outputs,
+            "inputs": {Path(v["path"]).name: v["sha256"] for k, v in inputs.items() if k != "model"}, "outputs": outputs,
         }
         cards.write_card(card, b.tmp)
         b.outputs = {"train": "train.jsonl", "val": "val.jsonl", "kind": kind}

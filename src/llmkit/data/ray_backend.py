@@ -53,7 +53,8 @@ def _process_shard(rec: dict, fmt: str, transform) -> dict:
             raws.append(RawRow(rec["path"], n, obj, err))
     items = transform(raws, fmt)
     # JSON text, not nested Python objects: rows of any shape would otherwise need one Arrow schema
-    return {"lines": len(lines), "items": json.dumps([asdict(it) for it in items], ensure_ascii=False, default=str)}
+    out = [asdict(it) | {"key": it.key.hex()} for it in items]
+    return {"lines": len(lines), "items": json.dumps(out, ensure_ascii=False, default=str)}
 
 
 def _init_ray(address: str | None):
@@ -91,7 +92,7 @@ def ray_items(source, fmt: str, transform, address: str | None = None) -> Iterat
     ds = ds.map(_process_shard, fn_kwargs={"fmt": fmt, "transform": transform})
     offset = 0
     for rec in ds.iter_rows():
-        items = [Item(**d) for d in json.loads(rec["items"])]
+        items = [Item(**(d | {"key": bytes.fromhex(d["key"])})) for d in json.loads(rec["items"])]
         for it in items:
             it.line += offset
         offset += rec["lines"]
