@@ -54,3 +54,14 @@ def test_run_twice_then_lineage(tmp_path, tiny_gguf, capsys):
 def test_chat_one_shot_on_tiny_model(tiny_llama, capsys):
     assert main(["chat", str(tiny_llama), "--engine", "transformers", "-p", "hi", "--max-tokens", "4"]) == 0
     assert capsys.readouterr().out.endswith("\n")
+
+
+def test_interactive_chat_reads_turns_until_empty_line(tiny_llama, tmp_path):
+    import os
+
+    env = {**os.environ, "LLMKIT_HOME": str(tmp_path)}
+    p = subprocess.run([sys.executable, "-m", "llmkit.cli", "chat", str(tiny_llama), "--engine", "transformers",
+                        "--max-tokens", "3"], input="hi\n/reset\nhello again\n\n", capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("Chatting with") and p.stdout.count("> ") == 4  # 3 turns + the final empty one

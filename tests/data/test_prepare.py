@@ -224,3 +224,22 @@ def test_worker_processes_give_the_same_artifact(tmp_path, tiny_llama):
     for name in ("train.jsonl", "val.jsonl", "rejects.jsonl"):
         assert (tmp_path / "w1" / name).read_text() == (tmp_path / "w2" / name).read_text()
     assert "\"line\": 721" in (tmp_path / "w2" / "rejects.jsonl").read_text()
+
+
+def test_csv_bad_rows_go_to_rejects_under_skip(tmp_path, tiny_llama):
+    f = tmp_path / "t.csv"
+    f.write_text('instruction,output\nhow?,"like\nthis"\nonly one column\nwhy?,because\n')
+    r = run(tmp_path, tiny_llama, f, on_error="skip", val_fraction=0.0)
+    rejects = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [(x["line"], x["reason"]) for x in rejects] == [(4, "expected 2 columns (instruction, output), got 1")]
+    assert r.card["rows_out"]["train"] == 2  # the quoted field spanning two lines is one row
+
+
+def test_hub_dataset_code_path_with_a_local_folder(tmp_path):
+    # `datasets.load_dataset(id, streaming=True)` is the hub path; given a local folder it reads it the same way
+    from llmkit.data.load import _read_hub
+
+    (tmp_path / "ds").mkdir()
+    write_jsonl(tmp_path / "ds" / "train.jsonl", rows_of(4))
+    got = list(_read_hub(str(tmp_path / "ds")))
+    assert [g.data for g in got] == rows_of(4) and got[0].where.endswith(":1")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from array import array
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -166,7 +167,7 @@ class _Accounting:
         self.pii: Counter = Counter()
         self.seen: set[bytes] = set()
         self.near = NearDedupe(cfg.near_threshold, ngram=cfg.near_ngram) if cfg.dedupe == "near" else None
-        self.lengths: list[int] = []
+        self.lengths = array("I")  # 4 bytes a row: the memory that grows with the input is this and `seen`
         self.kept: Counter = Counter()
         self.out = {"train": open(folder / "train.jsonl", "w"), "val": open(folder / "val.jsonl", "w")}
         self.rejects = open(folder / "rejects.jsonl", "w") if cfg.on_error == "skip" else None
