@@ -27,8 +27,13 @@ def test_unknown_name_lists_what_is_known():
 
 def test_folder_that_is_not_a_model(tmp_path):
     (tmp_path / "adapter_config.json").write_text("{}")
-    with pytest.raises(UnsupportedModel, match="PEFT adapter"):
+    with pytest.raises(UnsupportedModel, match="PEFT adapter with no base_model_name_or_path"):
         resolve_model(str(tmp_path))
+    (tmp_path / "adapter_config.json").write_text('{"base_model_name_or_path": "smollm2-135m-instruct"}')
+    ref = resolve_model(str(tmp_path))
+    assert ref.kind == "adapter" and ref.base == "smollm2-135m-instruct"
+    with pytest.raises(UnsupportedModel, match="PEFT adapter on 'smollm2-135m-instruct'"):
+        hf_folder(ref)
     (tmp_path / "adapter_config.json").unlink()
     with pytest.raises(UnsupportedModel, match="expected config.json or exactly one .gguf"):
         resolve_model(str(tmp_path))

@@ -121,6 +121,32 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llmkit.config import load_recipe
+    from llmkit.errors import ConfigError
+    from llmkit.train import finetune
+
+    recipe = load_recipe(args.recipe)
+    cfg = recipe.train
+    if cfg is None:
+        raise ConfigError(["train: the recipe has no train section"], args.recipe)
+    if args.method:
+        cfg = cfg.model_copy(update={"method": args.method})
+    data = Path(args.data) if args.data else recipe.run_dir / "data"
+    out = Path(args.out) if args.out else recipe.run_dir / "train"
+    r = finetune(cfg, data, recipe.model, out, resume=args.resume, force=args.force, max_steps=args.max_steps)
+    m = r["metrics"]
+    if r["status"] == "skipped":
+        print(f"skipped: {out} already holds a finished model for these inputs and config (--force to redo)")
+    val = f", val loss {m['val_loss']:.4f}" if m.get("val_loss") is not None else ""
+    print(f"{m['steps']} steps: loss {m['train_loss_first']:.4f} → {m['train_loss_last']:.4f}{val}; "
+          f"{m['real_tokens_per_s']:.0f} real tok/s")
+    print(f"model: {out}  (chat with it: llmkit chat {out} --engine transformers)")
+    return 0
+
+
 def _lineage(args: argparse.Namespace) -> int:
     from llmkit.artifacts import lineage
 
@@ -198,6 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--out", help="artifact folder (default: RUN_DIR/data)")
     dp.add_argument("--force", action="store_true", help="redo even when a finished artifact matches")
     d.set_defaults(fn=_data)
+
+    t = sub.add_parser("train", help="fine-tune the recipe's model on its dataset (LoRA, full, pretrain)",
+                       description="Fine-tune the recipe's model on the dataset artifact of its data stage. Shows "
+                                   "loss, real (non-padding) tokens/s and ETA; checkpoints every train.save_every "
+                                   "steps (atomically); --resume continues exactly where a killed run stopped.")
+    t.add_argument("--recipe", required=True, help="recipe YAML with train: (and data:) sections")
+    t.add_argument("--method", choices=["lora", "qlora", "full", "dpo", "pretrain"],
+                   help="override train.method (qlora and dpo are not implemented yet)")
+    t.add_argument("--data", help="dataset artifact folder (default: RUN_DIR/data)")
+    t.add_argument("--out", help="output artifact folder (default: RUN_DIR/train)")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of this config")
+    t.add_argument("--force", action="store_true", help="train again even when a finished artifact matches")
+    t.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (default: from epochs)")
+    t.set_defaults(fn=_train)
 
     ln = sub.add_parser("lineage", help="print the chain of manifests behind an artifact",
                         description="Follow manifest.json inputs from an artifact folder back to the raw files.")

@@ -71,6 +71,8 @@ class TrainConfig(Section):
     packing: bool = Field(True, description="Pack short rows into full sequences (without cross-attention).")
     eval_every: int = Field(50, gt=0, description="Steps between evaluations on the val split.")
     save_every: int = Field(50, gt=0, description="Steps between checkpoints.")
+    early_stopping: int = Field(0, ge=0, description="Stop after this many evaluations without a better val loss; 0 = off.")
+    precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16: frozen weights stored and computed in bf16 (autocast); fp32: everything in float32.")
     seed: int = 0
     lora: LoraConfig = Field(default_factory=LoraConfig)
 

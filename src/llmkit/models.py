@@ -54,9 +54,10 @@ class ModelRef:
     """A resolved model: what the user typed, and the local file or folder it names."""
 
     name: str
-    kind: Literal["gguf", "hf"]
+    kind: Literal["gguf", "hf", "adapter"]
     path: Path
     source: Literal["registry", "local", "hub"]
+    base: str | None = None  # for a PEFT adapter: the base model it was trained on, as the user named it
 
 
 def home() -> Path:
@@ -105,7 +106,10 @@ def _local(spec: str, p: Path) -> ModelRef:
     if (p / "config.json").is_file():
         return ModelRef(spec, "hf", p.resolve(), "local")
     if (p / "adapter_config.json").is_file():
-        raise UnsupportedModel(f"{p} is a PEFT adapter, not a model; pass its base model and the adapter separately")
+        base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not base:
+            raise UnsupportedModel(f"{p} is a PEFT adapter with no base_model_name_or_path in adapter_config.json")
+        return ModelRef(spec, "adapter", p.resolve(), "local", base=base)
     ggufs = sorted(p.glob("*.gguf"))
     if len(ggufs) == 1:
         return ModelRef(spec, "gguf", ggufs[0].resolve(), "local")
@@ -268,6 +272,9 @@ def hf_folder(ref: ModelRef, progress: bool = True) -> Path:
     """An HF-format folder for the model; a GGUF is converted once and cached by content hash."""
     if ref.kind == "hf":
         return ref.path
+    if ref.kind == "adapter":
+        raise UnsupportedModel(f"{ref.path} is a PEFT adapter on '{ref.base}': load the base and apply the adapter "
+                               "(the transformers engine does), or merge it with `llmkit compress`")
     digest = sha256_file(ref.path)
     cached = home() / "hf" / f"{digest[:24]}-v{CONVERTER_VERSION}"
     if (cached / "llmkit_source.json").is_file():
@@ -290,7 +297,7 @@ def hf_folder(ref: ModelRef, progress: bool = True) -> Path:
 
 def cached_conversion(ref: ModelRef) -> Path | None:
     """The cached HF folder for a GGUF, if it was converted already (no conversion is started)."""
-    if ref.kind == "hf":
+    if ref.kind != "gguf":
         return ref.path
     digest = sha256_file(ref.path)
     cached = home() / "hf" / f"{digest[:24]}-v{CONVERTER_VERSION}"
@@ -316,6 +323,11 @@ def describe(ref: ModelRef) -> dict:
         )
         cached = cached_conversion(ref)
         info["hf_conversion"] = str(cached) if cached else "not converted yet (done on first use)"
+    elif ref.kind == "adapter":
+        cfg = json.loads((ref.path / "adapter_config.json").read_text())
+        info.update(base=ref.base, peft_type=cfg.get("peft_type"), r=cfg.get("r"), lora_alpha=cfg.get("lora_alpha"),
+                    target_modules=cfg.get("target_modules"),
+                    size_mb=round(sum(f.stat().st_size for f in ref.path.glob("*.safetensors")) / 1e6, 1))
     else:
         cfg = json.loads((ref.path / "config.json").read_text())
         info.update(

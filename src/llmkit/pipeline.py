@@ -62,13 +62,33 @@ def data_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageResul
     return StageResult("data", out, r.status, reason, time.perf_counter() - t0)
 
 
+def train_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageResult:
+    from llmkit.train import finetune
+
+    assert recipe.train is not None
+    t0 = time.perf_counter()
+    data = recipe.run_dir / "data"
+    if not (data / artifacts.MANIFEST).is_file():
+        raise StageNotAvailable(f"{recipe.source}: the train stage needs a dataset artifact at {data}; add a data: section")
+    # a killed run continues from its last checkpoint when the config and data are unchanged
+    r = finetune(recipe.train, data, recipe.model, out, resume="auto", force=force)
+    m = r["metrics"]
+    if r["status"] == "ran":
+        val = f", val {m['val_loss']:.3f}" if m.get("val_loss") is not None else ""
+        echo(f"      {m['steps']} steps, loss {m['train_loss_first']:.3f} → {m['train_loss_last']:.3f}{val}, "
+             f"{m['real_tokens_per_s']:.0f} real tok/s; loss curve: {out / 'loss.png'}")
+    reason = "finished artifact with the same inputs and config" if r["status"] == "skipped" else ""
+    return StageResult("train", out, r["status"], reason, time.perf_counter() - t0)
+
+
 STAGES: dict[str, Callable[[Recipe, Path, bool, Echo], StageResult]] = {
     "model": model_stage,
     "data": data_stage,
+    "train": train_stage,
 }
 
 # Which issue brings each stage that is not here yet, so the error can say so.
-PLANNED = {"train": "fine-tuning", "compress": "compression and export",
+PLANNED = { "compress": "compression and export",
            "eval": "evaluation", "rag": "RAG"}
 
 

@@ -22,6 +22,17 @@ class TransformersEngine:
 
         torch.set_num_threads(n_threads or default_threads())
         self.model = model
+        if model.kind == "adapter":  # a PEFT adapter: load its base, then apply it
+            from peft import PeftModel
+
+            from llmkit.models import resolve_model
+
+            assert model.base is not None
+            folder = hf_folder(resolve_model(model.base))
+            base = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+            self.lm = PeftModel.from_pretrained(base, str(model.path)).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(model.path if (model.path / "tokenizer.json").is_file() else folder)
+            return
         folder = hf_folder(model)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.lm = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()

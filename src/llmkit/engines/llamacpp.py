@@ -18,8 +18,9 @@ class LlamaCppEngine:
 
     def __init__(self, model: ModelRef, n_ctx: int = 4096, n_threads: int | None = None, seed: int = 0):
         if model.kind != "gguf":
+            what = "a PEFT adapter" if model.kind == "adapter" else "an HF folder"
             raise UnsupportedModel(
-                f"the llamacpp engine runs GGUF files; '{model.name}' is an HF folder. "
+                f"the llamacpp engine runs GGUF files; '{model.name}' is {what}. "
                 "Use --engine transformers, or export it to GGUF with `llmkit compress`."
             )
         try:

@@ -1,0 +1,371 @@
+"""Supervised fine-tuning — LoRA, full-parameter and continued pretraining — in one plain PyTorch loop.
+
+    manifest = finetune(TrainConfig(method="lora"), data=Path("runs/x/data"), base="smollm2-135m-instruct",
+                        out=Path("runs/x/train"))
+
+Read top to bottom: examples → batches (packed) → loss → optimizer step → eval → checkpoint. Why not trl's
+SFTTrainer: on this CPU a plain loop that (1) packs rows so no compute goes to padding, (2) keeps frozen
+weights in bf16 under bf16 autocast, and (3) computes logits only where there is a target — SmolLM2's
+49k-token vocabulary makes the full (B, T, V) logits the biggest tensor of the step — is faster at lower
+memory (bench/train_lora.py measures it side by side with trl).
+
+Resume is exact: a checkpoint holds the trainable weights, optimizer, scheduler, RNG state and the position
+in the seeded data order, written atomically; `resume=True` continues from the newest one and every later
+step matches an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from llmkit import artifacts
+from llmkit.config import TrainConfig
+from llmkit.data.template import IGNORE, encode_chat, encode_text, pack
+from llmkit.errors import ConfigError, DataError, StageNotAvailable
+
+LOGIT_CHUNK = 1024  # target positions per lm_head call: bounds the (N, vocab) logits tensor
+LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class State:
+    """Where training is; saved in every checkpoint."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    micro: int = 0  # micro-batches done in the current epoch
+    losses: list = field(default_factory=list)  # [(step, train loss)]
+    val_losses: list = field(default_factory=list)  # [(step, val loss)]
+    best_val: float = math.inf
+    bad_evals: int = 0  # evaluations in a row without improvement (early stopping)
+    tokens: int = 0  # real (non-padding) tokens seen
+    seconds: float = 0.0  # training time so far, across resumes
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data
+
+
+def load_examples(dataset: Path, split: str, tok, method: str, max_length: int) -> list[dict]:
+    """Tokenized examples with labels from a dataset artifact's `{split}.jsonl`."""
+    path = dataset / f"{split}.jsonl"
+    if not path.is_file():
+        raise DataError(f"{dataset} is not a dataset artifact: no {split}.jsonl (run the data stage first)")
+    out = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            row = json.loads(line)
+            if "chosen" in row:
+                raise DataError(f"{path}:{n}: preference rows (prompt/chosen/rejected) are for method dpo, not {method}")
+            if method == "pretrain":
+                if "text" not in row:
+                    raise DataError(f"{path}:{n}: method pretrain trains on text rows; this row has {sorted(row)}")
+                out.append(encode_text(tok, row["text"], max_length))
+            else:
+                if "messages" not in row:
+                    raise DataError(f"{path}:{n}: method {method} trains on conversations; this row has {sorted(row)}")
+                out.append(encode_chat(tok, row["messages"], max_length))
+    return out
+
+
+def make_batches(examples: list[dict], cfg: TrainConfig, epoch: int, pad_id: int) -> list[dict]:
+    """One epoch of micro-batches in a seeded order: (B, T) tensors input_ids, labels, position_ids."""
+    import torch
+
+    order = list(range(len(examples)))
+    random.Random(cfg.seed * 100_003 + epoch).shuffle(order)
+    seqs = [examples[i] for i in order]
+    if cfg.packing:
+        seqs = list(pack(seqs, cfg.max_length))
+    else:
+        seqs = [{**s, "position_ids": list(range(len(s["input_ids"])))} for s in seqs]
+    batches = []
+    for i in range(0, len(seqs), cfg.batch_size):
+        group = seqs[i:i + cfg.batch_size]
+        width = max(len(s["input_ids"]) for s in group)
+
+        def padded(key: str, fill: int) -> torch.Tensor:
+            # right padding: causal attention never lets a real token see it; position ids restart so the
+            # padding is a separate "sequence" to the packed-sequence detection
+            return torch.tensor([s[key] + [fill] * (width - len(s[key])) for s in group])
+
+        pos = torch.tensor([s["position_ids"] + list(range(width - len(s["input_ids"]))) for s in group])
+        batches.append({"input_ids": padded("input_ids", pad_id), "labels": padded("labels", IGNORE),
+                        "position_ids": pos, "real_tokens": sum(len(s["input_ids"]) for s in group)})
+    return batches
+
+
+# ---------------------------------------------------------------------------------------------------------
+# model and loss
+
+
+def load_model(cfg: TrainConfig, base_dir: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    bf16 = cfg.precision == "bf16"
+    # LoRA: frozen base stored in bf16 (half the memory; autocast would otherwise keep a bf16 copy of each
+    # fp32 weight as well). Full: fp32 master weights, bf16 compute under autocast.
+    dtype = torch.bfloat16 if bf16 and cfg.method == "lora" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
+    # transformers 5.24 detects packed sequences from position_ids only when use_cache is off
+    model.config.use_cache = False
+    if cfg.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        targets = [t for t in LINEAR if t in names] if cfg.lora.target_modules == "all-linear" else cfg.lora.target_modules
+        missing = [t for t in targets if t not in names]
+        if missing:
+            raise ConfigError([f"train.lora.target_modules: {', '.join(missing)} not in the model; its linear "
+                               f"modules are: {', '.join(sorted(names))}"])
+        model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                                                 target_modules=targets, task_type="CAUSAL_LM"))
+    return model
+
+
+def loss_sum(model, batch: dict) -> tuple:
+    """(sum of token losses, number of target tokens) for one micro-batch, computing logits only at targets.
+
+    hidden: (B, T, C); a target at t+1 is predicted from position t, so positions are shifted by one.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = lm.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                      use_cache=False).last_hidden_state  # (B, T, C)
+    labels = batch["labels"][:, 1:]  # (B, T-1)
+    mask = labels != IGNORE
+    h, y = hidden[:, :-1][mask], labels[mask]  # (N, C), (N,)
+    total = torch.zeros((), dtype=torch.float32)
+    for i in range(0, len(y), LOGIT_CHUNK):
+        logits = lm.lm_head(h[i:i + LOGIT_CHUNK]).float()  # (chunk, V) — never (B, T, V)
+        total = total + F.cross_entropy(logits, y[i:i + LOGIT_CHUNK], reduction="sum")
+    return total, int(mask.sum())
+
+
+def evaluate(model, batches: list[dict], bf16: bool) -> float:
+    import torch
+
+    model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for b in batches:
+            s, k = loss_sum(model, b)
+            total, n = total + float(s), n + k
+    model.train()
+    return total / max(1, n)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _trainable(model) -> dict:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(folder: Path, model, opt, sched, state: State, fp: str) -> Path:
+    """Write `folder/step-N/` atomically (temp folder, then rename) and keep only the newest two."""
+    import torch
+    from safetensors.torch import save_file
+
+    final = folder / f"step-{state.step:07d}"
+    tmp = folder / f".tmp-step-{state.step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(_trainable(model), str(tmp / "trainable.safetensors"))
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()},
+               tmp / "optimizer.pt")
+    version, internal, gauss = random.getstate()
+    artifacts.write_json_atomic(tmp / "state.json", {"fingerprint": fp, "python_rng": [version, list(internal), gauss],
+                                                     **asdict(state)})
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(folder.glob("step-*"))[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(folder: Path, model, opt, sched, fp: str) -> State | None:
+    import torch
+    from safetensors.torch import load_file
+
+    done = sorted(p for p in folder.glob("step-*") if (p / "state.json").is_file())
+    if not done:
+        return None
+    ck = done[-1]
+    meta = json.loads((ck / "state.json").read_text())
+    version, internal, gauss = meta.pop("python_rng")
+    if meta.pop("fingerprint") != fp:
+        raise ConfigError([f"--resume: {ck} was written for another config or dataset; start without --resume "
+                           f"or delete {folder}"])
+    params = dict(model.named_parameters())
+    for name, t in load_file(str(ck / "trainable.safetensors")).items():
+        params[name].data.copy_(t)
+    extra = torch.load(ck / "optimizer.pt", weights_only=True)
+    opt.load_state_dict(extra["optimizer"])
+    sched.load_state_dict(extra["scheduler"])
+    torch.set_rng_state(extra["torch_rng"])
+    random.setstate((version, tuple(internal), gauss))
+    meta["losses"] = [tuple(x) for x in meta["losses"]]
+    meta["val_losses"] = [tuple(x) for x in meta["val_losses"]]
+    return State(**meta)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the stage
+
+
+def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool | str = False, force: bool = False,
+             progress: bool = True, max_steps: int | None = None) -> dict:
+    """Train `base` on the dataset artifact `data`; write an adapter (LoRA) or model folder artifact to `out`.
+
+    resume: True continues from the newest checkpoint and refuses one written for another config; "auto"
+    continues when a matching checkpoint exists and otherwise starts over; False always starts over.
+    """
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
+
+    from llmkit.models import hf_folder, resolve_model
+
+    if cfg.method in ("qlora", "dpo"):
+        raise StageNotAvailable(f"train.method {cfg.method} is not implemented yet; available: lora, full, pretrain")
+    data, out = Path(data).resolve(), Path(out).resolve()
+    ref = resolve_model(base)
+    inputs = {"data": artifacts.input_ref(data), "base": artifacts.input_ref(ref.path)}
+    config = {"train": cfg.model_dump(), "base": base, "max_steps": max_steps}
+    fp = artifacts.fingerprint("model", config, inputs)
+    if not force and (m := artifacts.finished(out, fp)):
+        return {"metrics": m["metrics"], "out": str(out), "status": "skipped"}
+    base_dir = hf_folder(ref, progress=progress)
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    context = json.loads((base_dir / "config.json").read_text()).get("max_position_embeddings", 0)
+    if context and cfg.max_length > context:
+        raise ConfigError([f"train.max_length: {cfg.max_length} is above the model's context length {context}"])
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    train_ex = load_examples(data, "train", tok, cfg.method, cfg.max_length)
+    val_ex = load_examples(data, "val", tok, cfg.method, cfg.max_length) if (data / "val.jsonl").is_file() else []
+    if not train_ex:
+        raise DataError(f"{data}/train.jsonl has no rows")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    model = load_model(cfg, base_dir)
+    model.train()
+    per_epoch = len(make_batches(train_ex, cfg, 0, pad)) // cfg.grad_accum
+    total = max(1, int(per_epoch * cfg.epochs)) if max_steps is None else max_steps
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+    val_batches = make_batches(val_ex, cfg, 0, pad) if val_ex else []
+    bf16 = cfg.precision == "bf16"
+
+    ckpts = out.with_name(out.name + ".checkpoints")
+    state = None
+    if resume == "auto":
+        try:
+            state = load_checkpoint(ckpts, model, opt, sched, fp)
+        except ConfigError:
+            state = None  # checkpoints of another config: start over below
+    elif resume:
+        state = load_checkpoint(ckpts, model, opt, sched, fp)
+        if state is None:
+            raise ConfigError([f"--resume: no checkpoint in {ckpts}"])
+    if state is None:
+        shutil.rmtree(ckpts, ignore_errors=True)
+        state = State()
+    kill_at = int(os.environ.get("LLMKIT_TEST_KILL_AT_STEP", "0"))  # tests: SIGKILL after this checkpoint
+
+    bar = tqdm(total=total, initial=state.step, desc=f"train {cfg.method}", unit="step", disable=not progress)
+    batches = make_batches(train_ex, cfg, state.epoch, pad)
+    t_start = time.perf_counter() - state.seconds
+    while state.step < total:
+        if state.micro + cfg.grad_accum > len(batches):  # next epoch, new seeded order
+            state.epoch, state.micro = state.epoch + 1, 0
+            batches = make_batches(train_ex, cfg, state.epoch, pad)
+        step_batches = batches[state.micro:state.micro + cfg.grad_accum]
+        targets = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in step_batches)
+        step_loss = 0.0
+        for b in step_batches:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                s, _ = loss_sum(model, b)
+            (s / max(1, targets)).backward()  # mean over every target token of the step
+            step_loss += float(s.detach())
+            state.tokens += b["real_tokens"]
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        state.micro += cfg.grad_accum
+        state.step += 1
+        state.losses.append((state.step, step_loss / max(1, targets)))
+        state.seconds = time.perf_counter() - t_start
+        bar.update(1)
+        bar.set_postfix(loss=f"{state.losses[-1][1]:.3f}", tok_s=f"{state.tokens / max(1e-9, state.seconds):.0f}")
+        if val_batches and (state.step % cfg.eval_every == 0 or state.step == total):
+            v = evaluate(model, val_batches, bf16)
+            state.val_losses.append((state.step, v))
+            state.bad_evals = 0 if v < state.best_val else state.bad_evals + 1
+            state.best_val = min(state.best_val, v)
+            if progress:
+                bar.write(f"step {state.step}: val loss {v:.4f}")
+            if cfg.early_stopping and state.bad_evals >= cfg.early_stopping:
+                if progress:
+                    bar.write(f"early stop: val loss did not improve for {cfg.early_stopping} evaluations")
+                break
+        if state.step % cfg.save_every == 0 and state.step < total:
+            save_checkpoint(ckpts, model, opt, sched, state, fp)
+            if kill_at and state.step == kill_at:
+                os.kill(os.getpid(), 9)
+    bar.close()
+
+    with artifacts.build("model", out, config, inputs) as b:
+        if cfg.method == "lora":
+            model.save_pretrained(b.tmp)
+            # the base as the user named it, so `llmkit chat OUT` finds it again
+            meta = json.loads((b.tmp / "adapter_config.json").read_text())
+            meta["base_model_name_or_path"] = base
+            (b.tmp / "adapter_config.json").write_text(json.dumps(meta, indent=2))
+        else:
+            model.save_pretrained(b.tmp)
+        tok.save_pretrained(b.tmp)
+        _plot(state, b.tmp / "loss.png")
+        b.outputs = {"format": "peft-adapter" if cfg.method == "lora" else "hf-model", "base": base}
+        b.metrics = {
+            "steps": state.step, "epochs": round(state.step / max(1, per_epoch), 2), "real_tokens": state.tokens,
+            "seconds": round(state.seconds, 2), "real_tokens_per_s": round(state.tokens / max(1e-9, state.seconds), 1),
+            "train_loss_first": state.losses[0][1], "train_loss_last": state.losses[-1][1],
+            "val_loss": state.val_losses[-1][1] if state.val_losses else None,
+            "losses": state.losses, "val_losses": state.val_losses,
+        }
+        manifest_metrics = b.metrics
+    shutil.rmtree(ckpts, ignore_errors=True)
+    return {"metrics": manifest_metrics, "out": str(out), "status": "ran"}
+
+
+def _plot(state: State, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    ax.plot(*zip(*state.losses), label="train", color="#3b75af")
+    if state.val_losses:
+        ax.plot(*zip(*state.val_losses), "o-", label="val", color="#c44")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (per target token)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
