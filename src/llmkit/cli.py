@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 
@@ -132,11 +133,15 @@ def _train(args: argparse.Namespace) -> int:
     cfg = recipe.train
     if cfg is None:
         raise ConfigError(["train: the recipe has no train section"], args.recipe)
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return _torchrun(args.nproc)
     if args.method:
         cfg = cfg.model_copy(update={"method": args.method})
     data = Path(args.data) if args.data else recipe.run_dir / "data"
     out = Path(args.out) if args.out else recipe.run_dir / "train"
     r = finetune(cfg, data, recipe.model, out, resume=args.resume, force=args.force, max_steps=args.max_steps)
+    if r["status"] == "worker":  # ranks other than 0 under --nproc: rank 0 reports
+        return 0
     m = r["metrics"]
     if r["status"] == "skipped":
         print(f"skipped: {out} already holds a finished model for these inputs and config (--force to redo)")
@@ -145,6 +150,32 @@ def _train(args: argparse.Namespace) -> int:
           f"{m['real_tokens_per_s']:.0f} real tok/s")
     print(f"model: {out}  (chat with it: llmkit chat {out} --engine transformers)")
     return 0
+
+
+def _torchrun(nproc: int) -> int:
+    """Run this same `llmkit train` command as `nproc` processes under torchrun (DDP; gloo on CPU).
+
+    torchrun, not `accelerate launch`: on CPU, `accelerate launch --cpu --num_processes 2` silently runs a
+    single process.
+    """
+    import socket
+    import subprocess
+
+    with socket.socket() as s:  # a free port on loopback for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # the ranks run the same command without --nproc (torchrun's own parser would also trip over it)
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            argv.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+           "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "llmkit.cli", *argv]
+    return subprocess.call(cmd)
 
 
 def _lineage(args: argparse.Namespace) -> int:
@@ -237,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of this config")
     t.add_argument("--force", action="store_true", help="train again even when a finished artifact matches")
     t.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (default: from epochs)")
+    t.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this machine (torchrun + DDP; gloo on CPU, nccl on GPU)")
     t.set_defaults(fn=_train)
 
     ln = sub.add_parser("lineage", help="print the chain of manifests behind an artifact",

@@ -54,7 +54,9 @@ class DataConfig(Section):
 class LoraConfig(Section):
     r: int = Field(16, gt=0, description="LoRA rank.")
     alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    # 0 by default, as in peft: on this CPU a LoRA dropout of 0.05 made each step 1.8x slower (4.45 vs 2.42 s,
+    # SmolLM2-135M, batch 4 x 256, bf16), since the dropped input copies break peft's cheap path.
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input; costs ~1.8x step time on CPU.")
     target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Module names to adapt.")
 
 

@@ -16,6 +16,7 @@ step matches an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -165,6 +166,47 @@ def evaluate(model, batches: list[dict], bf16: bool) -> float:
     return total / max(1, n)
 
 
+def distributed() -> tuple[int, int]:
+    """(rank, world size). Under torchrun (WORLD_SIZE > 1) joins the process group: gloo on CPU."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # the cores are shared by the ranks; more threads than cores only spin
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _all_sum(x: float) -> float:
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return x
+    t = torch.tensor([x], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t)
+
+
+class LossModule:
+    """`loss_sum` as the forward of an nn.Module, so DistributedDataParallel can wrap it and sync gradients."""
+
+    def __new__(cls, model):
+        import torch
+
+        class _Loss(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.model = m
+
+            def forward(self, input_ids, labels, position_ids):
+                return loss_sum(self.model, {"input_ids": input_ids, "labels": labels, "position_ids": position_ids})[0]
+
+        return _Loss(model)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # checkpoints
 
@@ -260,9 +302,16 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
     if not train_ex:
         raise DataError(f"{data}/train.jsonl has no rows")
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    rank, world = distributed()
     model = load_model(cfg, base_dir)
     model.train()
-    per_epoch = len(make_batches(train_ex, cfg, 0, pad)) // cfg.grad_accum
+    forward = LossModule(model)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(forward)  # syncs the trainable (LoRA or all) gradients only
+    span = cfg.grad_accum * world  # micro-batches per optimizer step, over all ranks
+    per_epoch = len(make_batches(train_ex, cfg, 0, pad)) // span
     total = max(1, int(per_epoch * cfg.epochs)) if max_steps is None else max_steps
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -286,34 +335,40 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
         state = State()
     kill_at = int(os.environ.get("LLMKIT_TEST_KILL_AT_STEP", "0"))  # tests: SIGKILL after this checkpoint
 
+    progress = progress and rank == 0
     bar = tqdm(total=total, initial=state.step, desc=f"train {cfg.method}", unit="step", disable=not progress)
     batches = make_batches(train_ex, cfg, state.epoch, pad)
     t_start = time.perf_counter() - state.seconds
     while state.step < total:
-        if state.micro + cfg.grad_accum > len(batches):  # next epoch, new seeded order
+        if state.micro + span > len(batches):  # next epoch, new seeded order
             state.epoch, state.micro = state.epoch + 1, 0
             batches = make_batches(train_ex, cfg, state.epoch, pad)
-        step_batches = batches[state.micro:state.micro + cfg.grad_accum]
-        targets = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in step_batches)
-        step_loss = 0.0
-        for b in step_batches:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                s, _ = loss_sum(model, b)
-            (s / max(1, targets)).backward()  # mean over every target token of the step
+        mine = batches[state.micro:state.micro + span][rank::world]  # this rank's share of the step
+        # the loss is the mean over every target token of the step, on all ranks together; DDP averages
+        # gradients over ranks, hence the factor `world`
+        targets = _all_sum(sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in mine))
+        step_loss, step_tokens = 0.0, 0
+        for i, b in enumerate(mine):
+            sync = world == 1 or i == len(mine) - 1  # all-reduce once per step, not per micro-batch
+            with (forward.no_sync() if not sync else contextlib.nullcontext()), \
+                    torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                s = forward(b["input_ids"], b["labels"], b["position_ids"])
+                (s * world / max(1.0, targets)).backward()
             step_loss += float(s.detach())
-            state.tokens += b["real_tokens"]
+            step_tokens += b["real_tokens"]
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        state.micro += cfg.grad_accum
+        state.micro += span
         state.step += 1
-        state.losses.append((state.step, step_loss / max(1, targets)))
+        state.tokens += int(_all_sum(step_tokens))
+        state.losses.append((state.step, _all_sum(step_loss) / max(1.0, targets)))
         state.seconds = time.perf_counter() - t_start
         bar.update(1)
         bar.set_postfix(loss=f"{state.losses[-1][1]:.3f}", tok_s=f"{state.tokens / max(1e-9, state.seconds):.0f}")
         if val_batches and (state.step % cfg.eval_every == 0 or state.step == total):
-            v = evaluate(model, val_batches, bf16)
+            v = evaluate(model, val_batches, bf16)  # every rank: the early-stopping decision must agree
             state.val_losses.append((state.step, v))
             state.bad_evals = 0 if v < state.best_val else state.bad_evals + 1
             state.best_val = min(state.best_val, v)
@@ -323,11 +378,18 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
                 if progress:
                     bar.write(f"early stop: val loss did not improve for {cfg.early_stopping} evaluations")
                 break
-        if state.step % cfg.save_every == 0 and state.step < total:
+        if state.step % cfg.save_every == 0 and state.step < total and rank == 0:
             save_checkpoint(ckpts, model, opt, sched, state, fp)
             if kill_at and state.step == kill_at:
                 os.kill(os.getpid(), 9)
     bar.close()
+    if world > 1:
+        _write_rank_digest(model, out, rank)
+        import torch.distributed as dist
+
+        dist.barrier()
+        if rank != 0:
+            return {"metrics": {}, "out": str(out), "status": "worker"}  # rank 0 writes the artifact
 
     with artifacts.build("model", out, config, inputs) as b:
         if cfg.method == "lora":
@@ -351,6 +413,18 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
         manifest_metrics = b.metrics
     shutil.rmtree(ckpts, ignore_errors=True)
     return {"metrics": manifest_metrics, "out": str(out), "status": "ran"}
+
+
+def _write_rank_digest(model, out: Path, rank: int) -> None:
+    """A hash of this rank's trainable weights, beside the output: equal on every rank when DDP worked."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(_trainable(model).items()):
+        h.update(name.encode() + t.float().numpy().tobytes())
+    folder = out.with_name(out.name + ".ranks")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rank-{rank}.sha256").write_text(h.hexdigest() + "\n")
 
 
 def _plot(state: State, path: Path) -> None:
