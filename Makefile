@@ -31,7 +31,9 @@ run: setup
 	$(BIN)/llmkit chat smollm2-135m-instruct --prompt "What is the capital of France?" --engine transformers --max-tokens 40
 	$(BIN)/llmkit chat smollm2-135m-instruct --prompt "What is the capital of France?" --engine llamacpp --max-tokens 40
 	$(BIN)/llmkit run examples/recipe.yaml
-	$(BIN)/llmkit lineage runs/support-assistant/data
+	$(BIN)/llmkit lineage runs/support-assistant/train
+	$(BIN)/llmkit chat runs/support-assistant/train --engine transformers --max-tokens 120 \
+		--prompt "My Nimbus R2 router has slow Wi-Fi. What should I do?"
 
 # pytest exits 5 when it collected no tests: that must fail, not pass silently.
 test: setup
