@@ -147,3 +147,13 @@ def test_chat_with_the_trained_adapter(tiny_llama, dataset, tmp_path):
     ids = base.tokenizer("How do I fix it?", return_tensors="pt")["input_ids"]
     with torch.no_grad():  # the adapter changes the model's outputs
         assert not torch.allclose(eng.lm(ids).logits, base.lm(ids).logits)
+
+
+def test_early_stopping_when_val_loss_stops_improving(tiny_llama, dataset, tmp_path):
+    # a learning rate far too high makes the val loss rise after the first steps
+    cfg = TrainConfig(**{**CFG, "lr": 3.0, "eval_every": 1, "early_stopping": 2})
+    r = finetune(cfg, dataset, str(tiny_llama), tmp_path / "o", progress=False, max_steps=30)
+    vals = [v for _, v in r["metrics"]["val_losses"]]
+    assert r["metrics"]["steps"] < 30
+    best = min(vals)
+    assert vals[-1] > best and vals[-2] > best  # stopped after 2 evaluations without a new best
