@@ -41,7 +41,7 @@ def rows(n: int, seed: int) -> list[dict]:
     return out
 
 
-def child_llmkit(work: Path, tokens: int, batch: int) -> dict:
+def child_llmkit(work: Path, tokens: int, batch: int, precision: str) -> dict:
     import torch
 
     from llmkit.config import DataConfig, TrainConfig
@@ -50,7 +50,7 @@ def child_llmkit(work: Path, tokens: int, batch: int) -> dict:
 
     prepare(DataConfig(train=str(work / "train.jsonl"), val=str(work / "val.jsonl"), dedupe="none"), work / f"data-{batch}",
             progress=False)
-    cfg = TrainConfig(method="lora", lr=5e-4, batch_size=batch, max_length=256, packing=True, precision="bf16",
+    cfg = TrainConfig(method="lora", lr=5e-4, batch_size=batch, max_length=256, packing=True, precision=precision,
                       eval_every=10**6, save_every=10**6, warmup_ratio=0.03, lora={"r": 16, "alpha": 32})
     # steps for the token budget, from the real tokens per batch of this packing
     from transformers import AutoTokenizer
@@ -63,11 +63,11 @@ def child_llmkit(work: Path, tokens: int, batch: int) -> dict:
     per_step = sum(b["real_tokens"] for b in batches) / len(batches)
     steps = max(1, round(tokens / per_step))
     torch.manual_seed(0)
-    r = finetune(cfg, work / f"data-{batch}", "smollm2-135m-instruct", work / f"llmkit-{batch}", progress=False,
-                 max_steps=steps)
+    r = finetune(cfg, work / f"data-{batch}", "smollm2-135m-instruct", work / f"llmkit-{batch}-{precision}",
+                 progress=False, max_steps=steps)
     m = r["metrics"]
     return {"steps": m["steps"], "real_tokens": m["real_tokens"], "seconds": m["seconds"],
-            "adapter": str(work / f"llmkit-{batch}")}
+            "adapter": str(work / f"llmkit-{batch}-{precision}")}
 
 
 def child_trl(work: Path, tokens: int) -> dict:
@@ -117,7 +117,8 @@ def val_loss(adapter: str, work: Path) -> float:
     tok = AutoTokenizer.from_pretrained(base)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter)
     model.config.use_cache = False
-    ex = load_examples(work / "data-4", "val", tok, "lora", 256)
+    data = sorted(work.glob("data-*"))[0]  # every data-* artifact holds the same val rows
+    ex = load_examples(data, "val", tok, "lora", 256)
     return evaluate(model, make_batches(ex, TrainConfig(batch_size=1, packing=False), 0, tok.pad_token_id), bf16=False)
 
 
@@ -125,6 +126,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=20000, help="real tokens each side trains on")
     ap.add_argument("--child", choices=["llmkit-4", "llmkit-1", "trl", "val"])
+    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="llmkit's training precision")
+    ap.add_argument("--sides", default="llmkit-4,llmkit-1,trl", help="which runs, comma-separated")
     ap.add_argument("--work")
     ap.add_argument("--adapter")
     args = ap.parse_args()
@@ -135,7 +138,7 @@ def main() -> None:
         elif args.child == "trl":
             res = child_trl(work, args.tokens)
         else:
-            res = child_llmkit(work, args.tokens, int(args.child.split("-")[1]))
+            res = child_llmkit(work, args.tokens, int(args.child.split("-")[1]), args.precision)
         res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         print(json.dumps(res))
         return
@@ -145,14 +148,15 @@ def main() -> None:
         (work / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(n, seed)))
 
     def run(*a: str) -> dict:
-        p = subprocess.run([sys.executable, __file__, "--work", str(work), "--tokens", str(args.tokens), *a],
+        p = subprocess.run([sys.executable, __file__, "--work", str(work), "--tokens", str(args.tokens),
+                            "--precision", args.precision, *a],
                            capture_output=True, text=True)
         if p.returncode:
             sys.exit(f"{a} failed:\n{p.stderr[-3000:]}")
         return json.loads(p.stdout.strip().splitlines()[-1])
 
     results = {}
-    for side in ("llmkit-4", "llmkit-1", "trl"):
+    for side in args.sides.split(","):
         r = run("--child", side)
         r["val_loss"] = run("--child", "val", "--adapter", r["adapter"])["val_loss"]
         results[side] = r
@@ -161,8 +165,8 @@ def main() -> None:
     for k, r in results.items():
         print(f"{k:9} {r['steps']:>6} {r['real_tokens']:>9} {r['seconds']:>8.1f} {r['real_tokens'] / r['seconds']:>10.0f}"
               f" {r['peak_rss_gb']:>11.2f} {r['val_loss']:>9.4f}")
-    t = results["trl"]
-    for k in ("llmkit-4", "llmkit-1"):
+    t = results.get("trl")
+    for k in [k for k in results if k != "trl" and t]:
         r = results[k]
         print(f"{k} / trl: speed {r['real_tokens'] / r['seconds'] / (t['real_tokens'] / t['seconds']):.2f}x, "
               f"peak RSS {r['peak_rss_gb'] / t['peak_rss_gb']:.2f}x, val loss {r['val_loss'] / t['val_loss'] - 1:+.1%}")
