@@ -190,21 +190,19 @@ def _all_sum(x: float) -> float:
     return float(t)
 
 
-class LossModule:
+def loss_module(model):
     """`loss_sum` as the forward of an nn.Module, so DistributedDataParallel can wrap it and sync gradients."""
+    import torch
 
-    def __new__(cls, model):
-        import torch
+    class Loss(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.model = m
 
-        class _Loss(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.model = m
+        def forward(self, input_ids, labels, position_ids):
+            return loss_sum(self.model, {"input_ids": input_ids, "labels": labels, "position_ids": position_ids})[0]
 
-            def forward(self, input_ids, labels, position_ids):
-                return loss_sum(self.model, {"input_ids": input_ids, "labels": labels, "position_ids": position_ids})[0]
-
-        return _Loss(model)
+    return Loss(model)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -305,7 +303,7 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
     rank, world = distributed()
     model = load_model(cfg, base_dir)
     model.train()
-    forward = LossModule(model)
+    forward = loss_module(model)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
