@@ -9,7 +9,6 @@ llama.cpp quantizing activations to 8 bits for its Q4_1 dot products: where the 
 the two engines pick different tokens.
 """
 
-import numpy as np
 import torch
 
 from llmkit.engines import GenParams, load_engine

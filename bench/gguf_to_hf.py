@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 
 CHILD = r'''
 import json, sys, time

@@ -106,6 +106,7 @@ def _data(args: argparse.Namespace) -> int:
 
     from llmkit.config import load_recipe
     from llmkit.data import prepare
+    from llmkit.data.card import summary
     from llmkit.errors import ConfigError
 
     recipe = load_recipe(args.recipe)
@@ -113,11 +114,9 @@ def _data(args: argparse.Namespace) -> int:
         raise ConfigError(["data: the recipe has no data section"], args.recipe)
     out = Path(args.out) if args.out else recipe.run_dir / "data"
     r = prepare(recipe.data, out, base_dir=recipe.base_dir, model=recipe.model, force=args.force)
-    c = r.card
     if r.status == "skipped":
         print(f"skipped: {out} already holds a finished dataset for these inputs and config (--force to redo)")
-    dropped = ", ".join(f"{k} {v}" for k, v in c["dropped"].items() if v) or "none"
-    print(f"{c['rows_in']} rows in → train {c['rows_out']['train']}, val {c['rows_out']['val']}; dropped: {dropped}")
+    print(summary(r.card))
     print(f"dataset: {out}  (data card: {out / 'data_card.md'})")
     return 0
 
@@ -128,6 +127,7 @@ def _train(args: argparse.Namespace) -> int:
     from llmkit.config import load_recipe
     from llmkit.errors import ConfigError
     from llmkit.train import finetune
+    from llmkit.train.sft import summary
 
     recipe = load_recipe(args.recipe)
     cfg = recipe.train
@@ -142,12 +142,9 @@ def _train(args: argparse.Namespace) -> int:
     r = finetune(cfg, data, recipe.model, out, resume=args.resume, force=args.force, max_steps=args.max_steps)
     if r["status"] == "worker":  # ranks other than 0 under --nproc: rank 0 reports
         return 0
-    m = r["metrics"]
     if r["status"] == "skipped":
         print(f"skipped: {out} already holds a finished model for these inputs and config (--force to redo)")
-    val = f", val loss {m['val_loss']:.4f}" if m.get("val_loss") is not None else ""
-    print(f"{m['steps']} steps: loss {m['train_loss_first']:.4f} → {m['train_loss_last']:.4f}{val}; "
-          f"{m['real_tokens_per_s']:.0f} real tok/s")
+    print(summary(r["metrics"]))
     print(f"model: {out}  (chat with it: llmkit chat {out} --engine transformers)")
     return 0
 

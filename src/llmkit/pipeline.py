@@ -54,10 +54,9 @@ def data_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageResul
     r = prepare(recipe.data, out, base_dir=recipe.base_dir, model=recipe.model, force=force,
                 model_artifact=recipe.run_dir / "model")
     if r.status == "ran":
-        c = r.card
-        dropped = ", ".join(f"{k} {v}" for k, v in c["dropped"].items() if v) or "none"
-        echo(f"      {c['rows_in']} rows in → train {c['rows_out']['train']}, val {c['rows_out']['val']}; "
-             f"dropped: {dropped}; card: {out / 'data_card.md'}")
+        from llmkit.data.card import summary
+
+        echo(f"      {summary(r.card)}; card: {out / 'data_card.md'}")
     reason = "finished artifact with the same inputs and config" if r.status == "skipped" else ""
     return StageResult("data", out, r.status, reason, time.perf_counter() - t0)
 
@@ -72,11 +71,10 @@ def train_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageResu
         raise StageNotAvailable(f"{recipe.source}: the train stage needs a dataset artifact at {data}; add a data: section")
     # a killed run continues from its last checkpoint when the config and data are unchanged
     r = finetune(recipe.train, data, recipe.model, out, resume="auto", force=force)
-    m = r["metrics"]
     if r["status"] == "ran":
-        val = f", val {m['val_loss']:.3f}" if m.get("val_loss") is not None else ""
-        echo(f"      {m['steps']} steps, loss {m['train_loss_first']:.3f} → {m['train_loss_last']:.3f}{val}, "
-             f"{m['real_tokens_per_s']:.0f} real tok/s; loss curve: {out / 'loss.png'}")
+        from llmkit.train.sft import summary
+
+        echo(f"      {summary(r['metrics'])}; loss curve: {out / 'loss.png'}")
     reason = "finished artifact with the same inputs and config" if r["status"] == "skipped" else ""
     return StageResult("train", out, r["status"], reason, time.perf_counter() - t0)
 
@@ -88,8 +86,7 @@ STAGES: dict[str, Callable[[Recipe, Path, bool, Echo], StageResult]] = {
 }
 
 # Which issue brings each stage that is not here yet, so the error can say so.
-PLANNED = { "compress": "compression and export",
-           "eval": "evaluation", "rag": "RAG"}
+PLANNED = {"compress": "compression and export", "eval": "evaluation", "rag": "RAG"}
 
 
 def run_recipe(recipe: Recipe, force: bool = False, echo: Echo = print) -> list[StageResult]:

@@ -99,7 +99,7 @@ def test_csv_missing_column_and_empty_and_missing_files(tmp_path, tiny_llama):
 
 
 def test_cli_exits_1_with_the_error(tmp_path, tiny_llama):
-    f = write_jsonl(tmp_path / "t.jsonl", [GOOD, '{"instruction": "x", "output": "y"'])
+    write_jsonl(tmp_path / "t.jsonl", [GOOD, '{"instruction": "x", "output": "y"'])
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"name: x\nmodel: {tiny_llama}\ndata: {{train: t.jsonl}}\n")
     p = subprocess.run([sys.executable, "-m", "llmkit.cli", "data", "prepare", "--recipe", str(recipe),

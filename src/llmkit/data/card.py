@@ -39,6 +39,12 @@ def plot_lengths(lengths: np.ndarray, max_tokens: int, path: Path) -> None:
     plt.close(fig)
 
 
+def summary(card: dict) -> str:
+    """The one-line result the CLI and `llmkit run` print."""
+    dropped = ", ".join(f"{k} {v}" for k, v in card["dropped"].items() if v) or "none"
+    return f"{card['rows_in']} rows in → train {card['rows_out']['train']}, val {card['rows_out']['val']}; dropped: {dropped}"
+
+
 def write_card(card: dict, folder: Path) -> None:
     (folder / "data_card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
     (folder / "data_card.md").write_text(to_markdown(card))

@@ -59,7 +59,7 @@ def _is_hub_id(s: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", s)) and Path(s).suffix.lower() not in SUFFIXES
 
 
-def _decode(raw: bytes, where: str) -> tuple[str | None, str | None]:
+def _decode(raw: bytes) -> tuple[str | None, str | None]:
     try:
         return raw.decode("utf-8"), None
     except UnicodeDecodeError as e:
@@ -68,7 +68,7 @@ def _decode(raw: bytes, where: str) -> tuple[str | None, str | None]:
 
 def parse_jsonl_line(raw: bytes) -> tuple[dict | None, str | None]:
     """One JSONL line → (object, None), or (None, reason). A blank line gives (None, None): not a row."""
-    text, err = _decode(raw, "")
+    text, err = _decode(raw)
     if err:
         return None, err
     assert text is not None
@@ -96,7 +96,7 @@ def _read_jsonl(p: Path) -> Iterator[RawRow]:
 def _read_json(p: Path) -> Iterator[RawRow]:
     # A JSON document has to be parsed whole; use JSONL for large data.
     raw = p.read_bytes()
-    text, err = _decode(raw, str(p))
+    text, err = _decode(raw)
     if err:
         line = raw[: raw.find(b"\n", 0)].count(b"\n") + 1 if b"\n" in raw else 1
         raise DataError(f"{p}: {err}; line {line}")
@@ -118,7 +118,7 @@ def _read_json(p: Path) -> Iterator[RawRow]:
 def _read_csv(p: Path) -> Iterator[RawRow]:
     with open(p, "rb") as fb:
         head = fb.readline()
-    text, err = _decode(head, str(p))
+    text, err = _decode(head)
     if err:
         raise DataError(f"{p}:1: header: {err}")
     header = next(csv.reader([text or ""]))
@@ -129,7 +129,7 @@ def _read_csv(p: Path) -> Iterator[RawRow]:
         line = 1
         for raw in fb:
             line += 1
-            text, err = _decode(raw, f"{p}:{line}")
+            text, err = _decode(raw)
             if err:
                 yield RawRow(str(p), line, None, err)
                 continue

@@ -55,7 +55,7 @@ def encode_chat(tok, messages: list[dict], max_len: int | None = None) -> dict:
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     labels = [IGNORE] * len(ids)
     for start, end in spans:
-        for t, (a, b) in enumerate(offsets):
+        for t, (a, _) in enumerate(offsets):
             # a token belongs to the reply if it starts inside the span (end-of-turn tokens have a == b-len)
             if start <= a < end:
                 labels[t] = ids[t]

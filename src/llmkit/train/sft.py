@@ -91,15 +91,15 @@ def make_batches(examples: list[dict], cfg: TrainConfig, epoch: int, pad_id: int
     for i in range(0, len(seqs), cfg.batch_size):
         group = seqs[i:i + cfg.batch_size]
         width = max(len(s["input_ids"]) for s in group)
-
-        def padded(key: str, fill: int) -> torch.Tensor:
-            # right padding: causal attention never lets a real token see it; position ids restart so the
-            # padding is a separate "sequence" to the packed-sequence detection
-            return torch.tensor([s[key] + [fill] * (width - len(s[key])) for s in group])
-
-        pos = torch.tensor([s["position_ids"] + list(range(width - len(s["input_ids"]))) for s in group])
-        batches.append({"input_ids": padded("input_ids", pad_id), "labels": padded("labels", IGNORE),
-                        "position_ids": pos, "real_tokens": sum(len(s["input_ids"]) for s in group)})
+        # right padding: causal attention never lets a real token see it; position ids restart so the
+        # padding is a separate "sequence" to the packed-sequence detection
+        pads = [width - len(s["input_ids"]) for s in group]
+        batches.append({
+            "input_ids": torch.tensor([s["input_ids"] + [pad_id] * n for s, n in zip(group, pads)]),
+            "labels": torch.tensor([s["labels"] + [IGNORE] * n for s, n in zip(group, pads)]),
+            "position_ids": torch.tensor([s["position_ids"] + list(range(n)) for s, n in zip(group, pads)]),
+            "real_tokens": sum(len(s["input_ids"]) for s in group),
+        })
     return batches
 
 
@@ -309,7 +309,8 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
 
         forward = DistributedDataParallel(forward)  # syncs the trainable (LoRA or all) gradients only
     span = cfg.grad_accum * world  # micro-batches per optimizer step, over all ranks
-    per_epoch = len(make_batches(train_ex, cfg, 0, pad)) // span
+    batches = make_batches(train_ex, cfg, 0, pad)
+    per_epoch = len(batches) // span
     total = max(1, int(per_epoch * cfg.epochs)) if max_steps is None else max_steps
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -335,7 +336,8 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
 
     progress = progress and rank == 0
     bar = tqdm(total=total, initial=state.step, desc=f"train {cfg.method}", unit="step", disable=not progress)
-    batches = make_batches(train_ex, cfg, state.epoch, pad)
+    if state.epoch:  # resumed in a later epoch: its own seeded order
+        batches = make_batches(train_ex, cfg, state.epoch, pad)
     t_start = time.perf_counter() - state.seconds
     while state.step < total:
         if state.micro + span > len(batches):  # next epoch, new seeded order
@@ -411,6 +413,13 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
         manifest_metrics = b.metrics
     shutil.rmtree(ckpts, ignore_errors=True)
     return {"metrics": manifest_metrics, "out": str(out), "status": "ran"}
+
+
+def summary(metrics: dict) -> str:
+    """The one-line result the CLI and `llmkit run` print."""
+    val = f", val {metrics['val_loss']:.4f}" if metrics.get("val_loss") is not None else ""
+    return (f"{metrics['steps']} steps, loss {metrics['train_loss_first']:.4f} → {metrics['train_loss_last']:.4f}{val}, "
+            f"{metrics['real_tokens_per_s']:.0f} real tok/s")
 
 
 def _write_rank_digest(model, out: Path, rank: int) -> None:
