@@ -126,7 +126,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=20000, help="real tokens each side trains on")
     ap.add_argument("--child", choices=["llmkit-4", "llmkit-1", "trl", "val"])
-    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="llmkit's training precision")
+    ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="llmkit's training precision")
     ap.add_argument("--sides", default="llmkit-4,llmkit-1,trl", help="which runs, comma-separated")
     ap.add_argument("--work")
     ap.add_argument("--adapter")

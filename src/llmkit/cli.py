@@ -253,13 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--force", action="store_true", help="redo even when a finished artifact matches")
     d.set_defaults(fn=_data)
 
-    t = sub.add_parser("train", help="fine-tune the recipe's model on its dataset (LoRA, full, pretrain)",
+    t = sub.add_parser("train", help="fine-tune the recipe's model on its dataset (LoRA, QLoRA, full, DPO, pretrain)",
                        description="Fine-tune the recipe's model on the dataset artifact of its data stage. Shows "
                                    "loss, real (non-padding) tokens/s and ETA; checkpoints every train.save_every "
                                    "steps (atomically); --resume continues exactly where a killed run stopped.")
     t.add_argument("--recipe", required=True, help="recipe YAML with train: (and data:) sections")
     t.add_argument("--method", choices=["lora", "qlora", "full", "dpo", "pretrain"],
-                   help="override train.method (qlora and dpo are not implemented yet)")
+                   help="override train.method: lora (peft), qlora (LoRA over a 4-bit NF4 base, bitsandbytes), "
+                        "full (every weight), dpo (LoRA preference tuning on prompt/chosen/rejected rows), "
+                        "pretrain (text rows, every token a target)")
     t.add_argument("--data", help="dataset artifact folder (default: RUN_DIR/data)")
     t.add_argument("--out", help="output artifact folder (default: RUN_DIR/train)")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of this config")

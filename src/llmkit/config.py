@@ -74,7 +74,10 @@ class TrainConfig(Section):
     eval_every: int = Field(50, gt=0, description="Steps between evaluations on the val split.")
     save_every: int = Field(50, gt=0, description="Steps between checkpoints.")
     early_stopping: int = Field(0, ge=0, description="Stop after this many evaluations without a better val loss; 0 = off.")
-    precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16: frozen weights stored and computed in bf16 (autocast); fp32: everything in float32.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="bf16: frozen weights stored and computed in bf16 (autocast); fp32: everything in float32; "
+                            "auto: bf16 where the CPU has fast bf16 kernels (AVX-512), else fp32.")
+    beta: float = Field(0.1, gt=0, description="DPO only: how strongly the policy is held to the reference (the base).")
     seed: int = 0
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
