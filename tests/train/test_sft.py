@@ -33,6 +33,7 @@ def test_lora_loss_falls_and_writes_an_adapter(tiny_llama, dataset, tmp_path):
     m = r["metrics"]
     assert m["train_loss_last"] < 0.7 * m["train_loss_first"]
     assert m["val_losses"][-1][1] < m["val_losses"][0][1]
+    assert m["precision"] == "fp32"  # the precision actually used is recorded (auto resolves per CPU)
     out = tmp_path / "out"
     assert {"adapter_config.json", "adapter_model.safetensors", "loss.png", "manifest.json"} <= {p.name for p in out.iterdir()}
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_llama)
