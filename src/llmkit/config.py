@@ -82,8 +82,13 @@ class TrainConfig(Section):
 class CompressConfig(Section):
     """`compress:` merges adapters and exports a quantized GGUF."""
 
-    merge: bool = Field(True, description="Merge a LoRA adapter into its base before export.")
-    quantize: Literal["f16", "q8_0", "q4_0", "q4_k"] = "q8_0"
+    merge: bool = Field(True, description="Merge a LoRA adapter into its base before export (GGUF needs it).")
+    quantize: Literal["f16", "q8_0", "q4_0", "q4_k"] = Field(
+        "q8_0", description="GGUF weight type: f16, q8_0 (8-bit), q4_0 or q4_k (4-bit; see README for the mixes).")
+    allow_pickle: bool = Field(False, description="Load pickle checkpoints (.bin/.pt); pickle can run code on load, so only for files you trust.")
+    eval_rows: int = Field(100, gt=0, description="Val rows of the dataset the report's perplexity is measured on.")
+    prompts: int = Field(8, ge=0, description="Prompts for the report's greedy agreement (export vs f16).")
+    gen_tokens: int = Field(48, gt=0, description="Greedy tokens generated per prompt (agreement and decode tok/s).")
 
 
 _GATE = re.compile(r"^\s*(>=|<=|>|<|==)\s*-?\d+(\.\d+)?([eE]-?\d+)?\s*$")
