@@ -13,7 +13,8 @@ import pytest
 from lora_helpers import QUICK, hf_logits, llama_logits
 
 from llmkit.compress import compress
-from llmkit.compress.gguf import permute, tensor_types
+from llmkit.compress.gguf import permute
+from llmkit.compress.quantize import tensor_types
 from llmkit.config import CompressConfig
 from llmkit.engines import GenParams, load_engine
 from llmkit.errors import UnsupportedModel
@@ -93,6 +94,17 @@ def test_tokenizer_metadata_is_carried_over_from_a_gguf_origin(tiny_gguf, tmp_pa
     keys = sorted(k for k in src if k.startswith("tokenizer."))
     assert "tokenizer.ggml.merges" in keys and "tokenizer.chat_template" in keys
     assert all(dst[k].contents() == src[k].contents() for k in keys)
+
+
+def test_a_full_fine_tune_of_a_gguf_carries_its_bases_tokenizer_over(tiny_llama, tiny_gguf, tmp_path):
+    from llmkit import artifacts
+
+    # what the train stage writes for method full: an HF folder, and a manifest whose base input is the GGUF
+    with artifacts.build("model", tmp_path / "full", {"train": "full"}, {"base": artifacts.input_ref(tiny_gguf)}) as b:
+        shutil.copytree(tiny_llama, b.tmp, dirs_exist_ok=True)
+    r = compress(CompressConfig(quantize="q8_0", **QUICK), str(tmp_path / "full"), tmp_path / "e", threads=1,
+                 progress=False)
+    assert r["metrics"]["tokenizer"] == f"carried over from {tiny_gguf.name}"
 
 
 def test_unsupported_architecture_names_the_supported_ones(tmp_path):

@@ -26,6 +26,8 @@ def test_recipe_runs_model_data_then_compress_with_skip_and_lineage(tmp_path, ti
     m = read_manifest(out)
     assert m["outputs"]["gguf"] == str(out / "t.q4_0.gguf") and (out / "t.q4_0.gguf").is_file()
     assert m["metrics"]["eval"].startswith(f"{tmp_path / 'runs' / 't' / 'data' / 'val.jsonl'}: 4 rows, ")
+    train_rows = len((tmp_path / "runs" / "t" / "data" / "train.jsonl").read_text().splitlines())
+    assert m["metrics"]["calibration"] == f"importance matrix from {train_rows} train rows"  # the data stage's
     assert any("t.q4_0.gguf" in line and "of f16" in line for line in lines)  # the one-line summary
     assert [r.status for r in run_recipe(recipe, echo=lines.append)] == ["skipped"] * 3
     kinds = [(d, x["kind"]) for d, x in lineage(out)]

@@ -55,9 +55,10 @@ def compress(cfg: CompressConfig, model: str, out: Path, *, adapter: str | None 
     dataset: a dataset artifact (or .jsonl) whose val rows the perplexity is measured on; None: a fixed text.
     Returns {"status": "ran" | "skipped", "out", "gguf", "metrics"}.
     """
-    from llmkit.compress.gguf import export_gguf, gguf_origin, read_config, tensor_types
+    from llmkit.compress.gguf import gguf_origin, read_config, write_f16
     from llmkit.compress.merge import check_recorded_base, check_shapes, merge, refuse_pickle, to_safetensors
-    from llmkit.compress.report import measure
+    from llmkit.compress.quantize import importance, quantize, tensor_types
+    from llmkit.compress.report import calibration_texts, format_table, measure
     from llmkit.engines import default_threads
     from llmkit.models import hf_folder
 
@@ -97,15 +98,22 @@ def compress(cfg: CompressConfig, model: str, out: Path, *, adapter: str | None 
             src = merge(adapter_dir, src, work / "merged", allow_pickle=cfg.allow_pickle)
         tokenizer_gguf = base.path if base.kind == "gguf" else gguf_origin(base_hf)
         export = b.tmp / f"{stem}.{cfg.quantize}.gguf"
-        info = export_gguf(src, export, cfg.quantize, name=stem, tokenizer_gguf=tokenizer_gguf, work=work,
-                           threads=threads, progress=progress)
-        report = measure(Path(info["f16"]), export, src, dataset, rows=cfg.eval_rows, prompts=cfg.prompts,
+        # f16 first: it is the export itself for f16, else the quantizer's input and the report's reference
+        f16 = export if cfg.quantize == "f16" else work / f"{stem}.f16.gguf"
+        info = write_f16(src, f16, name=stem, tokenizer_gguf=tokenizer_gguf, progress=progress)
+        imatrix, calibration = None, "none"
+        if cfg.quantize in ("q4_0", "q4_k") and cfg.imatrix and dataset is not None:
+            texts = calibration_texts(dataset, src, cfg.imatrix_rows)
+            imatrix = importance(src, texts, progress=progress) if texts else None
+            calibration = f"importance matrix from {len(texts)} train rows" if texts else "none (no train rows)"
+        if cfg.quantize != "f16":
+            info["seconds"] += quantize(f16, export, cfg.quantize, threads=threads, imatrix=imatrix)["seconds"]
+        report = measure(f16, export, src, dataset, rows=cfg.eval_rows, prompts=cfg.prompts,
                          gen_tokens=cfg.gen_tokens, threads=threads, progress=progress)
         report["tensor_types"] = tensor_types(export)
-        report["export_seconds"] = round(info["seconds"] + info.get("quantize_seconds", 0.0), 2)
+        report["export_seconds"] = round(info["seconds"], 2)
         report["tokenizer"] = info["tokenizer"]
-        from llmkit.compress.report import format_table
-
+        report["calibration"] = calibration
         (b.tmp / "report.md").write_text(f"# {export.name}\n\n```\n{format_table([report])}\n```\n")
         shutil.rmtree(work, ignore_errors=True)
         b.outputs = {"format": "gguf", "gguf": str(out / export.name), "quantize": cfg.quantize, "base": base.name,

@@ -1,6 +1,6 @@
-"""HF Llama folder → GGUF that llama.cpp loads: our own small writer over gguf-py's `GGUFWriter`.
+"""HF Llama folder → f16 GGUF that llama.cpp loads: our own small writer over gguf-py's `GGUFWriter`.
 
-    info = export_gguf(hf_dir, Path("out/model.q4_k.gguf"), "q4_k", tokenizer_gguf=source_gguf)
+    info = write_f16(hf_dir, Path("out/model.f16.gguf"), name="model", tokenizer_gguf=source_gguf)
 
 Why our own writer: llama.cpp's `convert_hf_to_gguf.py` runs only with llama.cpp's vendored gguf-py, not
 the PyPI `gguf` package (it fails with `LazyChunkedTensor`). For the Llama family the conversion is small
@@ -13,26 +13,21 @@ merges, special ids, the pre-tokenizer name ("smollm") and the chat template —
 export as it did the source. An HF folder with no GGUF origin gets them built from its tokenizer.json
 (byte-level BPE only; anything else is a clear error).
 
-Quantization: the writer always produces f16 (1-D norm weights stay f32), which is also the "before" of
-the quality report. q8_0, q4_0 and q4_k are made from that file by llama.cpp's own quantizer
-(`llama_model_quantize`, in llama-cpp-python): gguf-py 0.19 quantizes only the 32-wide block types
-(Q4_0…Q8_0) and raises NotImplementedError for every K-quant, and llama.cpp's quantizer is the reference
-for the types, fallbacks and mixes that llama.cpp itself reads. Every file is written under a temporary name
-in the target's folder and renamed into place, so a killed export never leaves a partial file under the
-real name.
+The writer produces f16 (1-D norm weights stay f32), which is also the "before" of the quality report;
+quantize.py makes q8_0, q4_0 and q4_k from it. The file is written under a temporary name in the target's
+folder and renamed into place, so a killed export never leaves a partial file under the real name.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from llmkit.errors import MissingExtra, UnsupportedModel
+from llmkit.errors import UnsupportedModel
 from llmkit.models import _LLAMA_TENSORS
 
 # HF architecture (config.json "architectures") → GGUF architecture. The first match wins; a miss names these.
@@ -113,12 +108,16 @@ def _add_hparams(w, cfg: dict) -> None:
 
 
 def gguf_origin(hf_dir: Path) -> Path | None:
-    """The GGUF an HF folder was converted from (models.hf_folder records it), if any."""
-    src = hf_dir / "llmkit_source.json"
+    """The GGUF an HF folder came from, if any: the one `models.hf_folder` converted it from, or the base that a
+    train artifact (a full fine-tune) records in its manifest."""
+    src, manifest = hf_dir / "llmkit_source.json", hf_dir / "manifest.json"
     if src.is_file():
         p = Path(json.loads(src.read_text()).get("gguf", ""))
-        return p if p.is_file() else None
-    return None
+    elif manifest.is_file():
+        p = Path(((json.loads(manifest.read_text()).get("inputs") or {}).get("base") or {}).get("path", ""))
+    else:
+        return None
+    return p if p.suffix == ".gguf" and p.is_file() else None
 
 
 def _tokenizer_from_gguf(w, source: Path, skip: tuple[str, ...] = ()) -> int:
@@ -339,106 +338,3 @@ def _fsync_close(w) -> None:
         f.flush()
         os.fsync(f.fileno())
     w.close()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# quantization (llama.cpp's quantizer)
-
-
-def _ggml(name: str) -> int:
-    import llama_cpp
-
-    return getattr(llama_cpp, f"GGML_TYPE_{name.upper()}")
-
-
-@contextlib.contextmanager
-def _llama_log() -> Iterator[list[str]]:
-    """Collect llama.cpp's log lines (instead of printing its per-tensor chatter); restore the library's logger."""
-
-    import llama_cpp
-    from llama_cpp import _logger
-
-    lines: list[str] = []
-    callback = llama_cpp.llama_log_callback(lambda level, text, user: lines.append(text.decode("utf-8", "replace")))
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-    try:
-        yield lines
-    finally:
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-
-
-def quantize(f16: Path, out: Path, qtype: str, *, threads: int = 1, preset: dict | None = None) -> dict:
-    """Quantize an f16 GGUF to `qtype` with llama.cpp's quantizer, writing `out` atomically.
-
-    preset: llama.cpp settings ({"ftype", "token_embd", "overrides": {regex: type}}); default QUANT_PRESETS[qtype].
-    """
-    try:
-        import llama_cpp
-    except ImportError:
-        raise MissingExtra("llama-cpp-python is not installed: pip install llama-cpp-python") from None
-
-    preset = preset or QUANT_PRESETS[qtype]
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.nthread = threads
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{preset['ftype']}")
-    if preset.get("token_embd"):
-        params.token_embedding_type = _ggml(preset["token_embd"])
-    overrides = preset.get("overrides", {})
-    keep = None
-    if overrides:  # a C array of {pattern, type}, ended by a {NULL, …} entry; kept alive until the call returns
-        keep = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
-        for i, (pattern, t) in enumerate(overrides.items()):
-            keep[i].pattern, keep[i].type = pattern.encode(), _ggml(t)
-        params.tt_overrides = keep
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    t0 = time.perf_counter()
-    try:
-        with _llama_log() as log:
-            rc = llama_cpp.llama_model_quantize(str(f16).encode(), str(tmp).encode(), ctypes.byref(params))
-        if rc != 0:
-            tail = "".join(log)[-800:].strip()
-            raise UnsupportedModel(f"llama.cpp could not quantize {f16} to {qtype}: {tail}")
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    del keep
-    return {"seconds": round(time.perf_counter() - t0, 2)}
-
-
-# What each `compress.quantize` value means, as llama.cpp quantizer settings. Filled in from measurements;
-# see the comment on each.
-QUANT_PRESETS: dict[str, dict] = {
-    "q8_0": {"ftype": "MOSTLY_Q8_0"},
-    "q4_0": {"ftype": "MOSTLY_Q4_0"},
-    "q4_k": {"ftype": "MOSTLY_Q4_K_M"},
-}
-
-
-def tensor_types(path: Path) -> dict[str, int]:
-    """How many tensors of each ggml type a GGUF holds (e.g. {"Q4_K": 90, "Q8_0": 31, "F32": 61})."""
-    from collections import Counter
-
-    from gguf import GGUFReader
-
-    return dict(Counter(t.tensor_type.name for t in GGUFReader(str(path)).tensors).most_common())
-
-
-def export_gguf(hf_dir: Path, out: Path, qtype: str, *, name: str, tokenizer_gguf: Path | None = None,
-                work: Path | None = None, threads: int = 1, progress: bool = False) -> dict:
-    """Export `hf_dir` to `out` as `qtype` (f16, q8_0, q4_0, q4_k). Returns what was done and how long it took.
-
-    For a quantized type the f16 file is written to `work/` first (the caller keeps it as the quality
-    report's reference, or deletes it).
-    """
-    if qtype == "f16":
-        info = write_f16(hf_dir, out, name=name, tokenizer_gguf=tokenizer_gguf, progress=progress)
-        return {**info, "f16": str(out)}
-    if qtype not in QUANT_PRESETS:
-        raise UnsupportedModel(f"unknown GGUF type '{qtype}'; supported: f16, {', '.join(QUANT_PRESETS)}")
-    f16 = (work or out.parent) / f"{out.stem}.f16.gguf"
-    info = write_f16(hf_dir, f16, name=name, tokenizer_gguf=tokenizer_gguf, progress=progress)
-    q = quantize(f16, out, qtype, threads=threads)
-    return {**info, "f16": str(f16), "quantize_seconds": q["seconds"]}

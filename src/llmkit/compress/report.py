@@ -59,13 +59,13 @@ class EvalSet:
     prompt_texts: list[str] = field(default_factory=list)
 
 
-def _val_rows(dataset: Path | None, limit: int) -> tuple[list[dict], str]:
-    """Rows of a dataset artifact's val.jsonl (or of a .jsonl file), at most `limit`."""
-    if dataset is None:
+def dataset_rows(dataset: Path | None, limit: int, split: str = "val") -> tuple[list[dict], str]:
+    """Conversation or text rows of a dataset artifact's `{split}.jsonl` (a .jsonl file is the val split)."""
+    if dataset is None or (split != "val" and not dataset.is_dir()):
         return [], ""
-    path = dataset / "val.jsonl" if dataset.is_dir() else dataset
+    path = dataset / f"{split}.jsonl" if dataset.is_dir() else dataset
     if not path.is_file():
-        raise DataError(f"{dataset}: no val.jsonl to measure perplexity on (give a dataset artifact folder or a .jsonl)")
+        raise DataError(f"{dataset}: no {split}.jsonl (give a dataset artifact folder, or a .jsonl for the val rows)")
     rows = []
     with open(path) as f:
         for n, line in enumerate(f, 1):
@@ -91,7 +91,7 @@ def eval_set(llm, hf_dir: Path, dataset: Path | None, *, rows: int, prompts: int
 
     tok = AutoTokenizer.from_pretrained(hf_dir)
     templated = bool(tok.chat_template)
-    data, path = _val_rows(dataset, rows)
+    data, path = dataset_rows(dataset, rows)
     es = EvalSet(source="fixed text")
     for row in data:
         msgs = row.get("messages")
@@ -124,6 +124,18 @@ def eval_set(llm, hf_dir: Path, dataset: Path | None, *, rows: int, prompts: int
                                     if templated else text))
         es.prompt_texts.append(text)
     return es
+
+
+def calibration_texts(dataset: Path, hf_dir: Path, rows: int) -> list[str]:
+    """The dataset's train rows as the model reads them (chat template applied), for the importance matrix."""
+    from transformers import AutoTokenizer
+
+    if not (dataset / "train.jsonl").is_file():
+        return []
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    data, _ = dataset_rows(dataset, rows, "train")
+    return [tok.apply_chat_template(r["messages"], tokenize=False) if r.get("messages") and tok.chat_template
+            else r.get("text") or "" for r in data]
 
 
 def _load(path: Path, threads: int, n_ctx: int):
