@@ -159,7 +159,7 @@ def _compress(args: argparse.Namespace) -> int:
     cfg = CompressConfig(merge=args.merge, quantize=args.quantize, allow_pickle=args.unsafe_allow_pickle,
                          **{k: v for k in ("eval_rows", "prompts", "gen_tokens") if (v := getattr(args, k)) is not None})
     r = compress(cfg, args.model, Path(args.out), adapter=args.adapter, dataset=Path(args.data) if args.data else None,
-                 force=args.force, threads=args.threads)
+                 name=args.name, force=args.force, threads=args.threads)
     if r["status"] == "skipped":
         print(f"skipped: {args.out} already holds a finished export for these inputs and config (--force to redo)")
     print(format_table([r["metrics"]]))
@@ -302,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--quantize", choices=["f16", "q8_0", "q4_0", "q4_k"], default="q8_0",
                    help="weight type: f16, q8_0, or 4-bit q4_0 / q4_k (default q8_0)")
     z.add_argument("--out", required=True, help="output artifact folder")
+    z.add_argument("--name", help="file name stem of the .gguf (default: the model's name or folder name)")
     z.add_argument("--data", help="dataset artifact folder (or .jsonl) whose val rows the perplexity is measured on; "
                                    "default: a fixed text")
     z.add_argument("--eval-rows", type=int, help="val rows for perplexity (default 100)")

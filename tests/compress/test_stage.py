@@ -17,7 +17,7 @@ def test_recipe_runs_model_data_then_compress_with_skip_and_lineage(tmp_path, ti
     rows = [{"prompt": f"question {i} about thing {i * 5}", "completion": f"answer {i} is 42"} for i in range(30)]
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     recipe = parse_recipe(f"name: t\nmodel: {tiny_gguf}\ndata: {{train: t.jsonl, val_fraction: 0.2}}\n"
-                          "compress: {quantize: q4_0, eval_rows: 4, prompts: 2, gen_tokens: 8}\n",
+                          "compress: {quantize: q4_0, imatrix: true, eval_rows: 4, prompts: 2, gen_tokens: 8}\n",
                           base_dir=tmp_path, source="t.yaml")
     lines = []
     first = run_recipe(recipe, echo=lines.append)

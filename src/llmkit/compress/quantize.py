@@ -112,7 +112,7 @@ def quantize(f16: Path, out: Path, qtype: str, *, threads: int = 1, preset: dict
     return {"seconds": round(time.perf_counter() - t0, 2)}
 
 
-def importance(hf_dir: Path, texts: list[str], *, max_tokens: int = 16384, progress: bool = False) -> dict:
+def importance(hf_dir: Path, texts: list[str], *, progress: bool = False) -> dict:
     """llama.cpp's importance matrix, measured in transformers: {tensor name: mean x² per input column}.
 
     texts: calibration text (never the rows the report measures on). Each Linear's input x: (tokens, in_features).
@@ -129,8 +129,8 @@ def importance(hf_dir: Path, texts: list[str], *, max_tokens: int = 16384, progr
 
     def hook(name: str):
         def record(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()  # (tokens, in_features)
-            sums[name] = sums.get(name, 0) + (x * x).sum(0)
+            x = args[0].detach().reshape(-1, args[0].shape[-1])  # (tokens, in_features)
+            sums[name] = sums.get(name, 0) + (x * x).sum(0, dtype=torch.float64)
             counts[name] = counts.get(name, 0) + x.shape[0]
         return record
 
@@ -140,15 +140,11 @@ def importance(hf_dir: Path, texts: list[str], *, max_tokens: int = 16384, progr
             # a tied output matmul runs on token_embd in llama.cpp, so its statistics go under that name
             name = "token_embd.weight" if n == "lm_head" and tied else gguf_name(f"{n}.weight")
             hooks.append(m.register_forward_pre_hook(hook(name)))
-    seen = 0
     try:
         with torch.no_grad():
             for text in tqdm(texts, desc="importance matrix", unit="row", disable=not progress, leave=False):
                 ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"][:, :1024]
                 model(input_ids=ids)
-                seen += ids.shape[1]
-                if seen >= max_tokens:
-                    break
     finally:
         for h in hooks:
             h.remove()
