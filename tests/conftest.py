@@ -44,13 +44,13 @@ def _tiny_tokenizer():
     return fast
 
 
-def build_tiny_llama(folder: Path, seed: int = 0) -> Path:
+def build_tiny_llama(folder: Path, seed: int = 0, hidden: int = 64, intermediate: int = 128) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = _tiny_tokenizer()
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                       rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
     model = LlamaForCausalLM(cfg).eval()
@@ -135,6 +135,12 @@ def tiny_llama(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_gguf(tiny_llama, tmp_path_factory) -> Path:
     return write_gguf(tiny_llama, tmp_path_factory.mktemp("tiny-gguf") / "tiny-f32.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_wide(tmp_path_factory) -> Path:
+    """The tiny Llama 256 wide: llama.cpp's K-quants need rows divisible by 256."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-wide"), hidden=256, intermediate=512)
 
 
 @pytest.fixture(autouse=True)

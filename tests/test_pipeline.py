@@ -44,8 +44,8 @@ def test_deleted_cache_means_not_finished(tmp_path, tiny_gguf, llmkit_home):
 
 def test_unavailable_stage_fails_up_front(tmp_path, tiny_gguf):
     (tmp_path / "t.jsonl").write_text("{}\n")
-    recipe = _recipe(tmp_path, tiny_gguf, "compress: {quantize: q8_0}\n")
-    with pytest.raises(StageNotAvailable, match=r"compress \(compression and export\)"):
+    recipe = _recipe(tmp_path, tiny_gguf, "eval: {tasks: [perplexity]}\n")
+    with pytest.raises(StageNotAvailable, match=r"eval \(evaluation\)"):
         run_recipe(recipe, echo=lambda s: None)
     assert not (tmp_path / "runs").exists()  # nothing ran
 

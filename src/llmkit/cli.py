@@ -149,6 +149,25 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compress(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llmkit.compress import compress, summary
+    from llmkit.compress.report import format_table
+    from llmkit.config import CompressConfig
+
+    cfg = CompressConfig(merge=args.merge, quantize=args.quantize, allow_pickle=args.unsafe_allow_pickle,
+                         **{k: v for k in ("eval_rows", "prompts", "gen_tokens") if (v := getattr(args, k)) is not None})
+    r = compress(cfg, args.model, Path(args.out), adapter=args.adapter, dataset=Path(args.data) if args.data else None,
+                 name=args.name, force=args.force, threads=args.threads)
+    if r["status"] == "skipped":
+        print(f"skipped: {args.out} already holds a finished export for these inputs and config (--force to redo)")
+    print(format_table([r["metrics"]]))
+    print(summary(r["metrics"]))
+    print(f"model: {r['gguf']}  (chat with it: llmkit chat {args.out})")
+    return 0
+
+
 def _torchrun(nproc: int) -> int:
     """Run this same `llmkit train` command as `nproc` processes under torchrun (DDP; gloo on CPU).
 
@@ -270,6 +289,32 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes on this machine (torchrun + DDP; gloo on CPU, nccl on GPU)")
     t.set_defaults(fn=_train)
+
+    z = sub.add_parser("compress", help="merge a LoRA adapter and export a GGUF (f16, q8_0, q4_0, q4_k) with a report",
+                       description="Export MODEL to a GGUF file that llama.cpp loads, in an artifact folder OUT. "
+                                   "MODEL may be a registry name, an HF folder, a .gguf, a train artifact or a PEFT "
+                                   "adapter folder (merged into the base it names). The export is measured against "
+                                   "its f16 reference: file size, perplexity (the dataset's val rows, or a fixed "
+                                   "text), top-1 and greedy agreement, decode tok/s; printed as a table and kept in "
+                                   "the manifest. Written atomically: a killed export leaves nothing under OUT.")
+    z.add_argument("model", help="registry name, HF folder, .gguf, train artifact or PEFT adapter folder")
+    z.add_argument("--adapter", help="a PEFT adapter folder to merge into MODEL (its recorded base must match MODEL)")
+    z.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,
+                   help="merge the adapter into its base before export (default; GGUF needs merged weights)")
+    z.add_argument("--quantize", choices=["f16", "q8_0", "q4_0", "q4_k"], default="q8_0",
+                   help="weight type: f16, q8_0, or 4-bit q4_0 / q4_k (default q8_0)")
+    z.add_argument("--out", required=True, help="output artifact folder")
+    z.add_argument("--name", help="file name stem of the .gguf (default: the model's name or folder name)")
+    z.add_argument("--data", help="dataset artifact folder (or .jsonl) whose val rows the perplexity is measured on; "
+                                   "default: a fixed text")
+    z.add_argument("--eval-rows", type=int, help="val rows for perplexity (default 100)")
+    z.add_argument("--prompts", type=int, help="prompts for greedy agreement (default 8)")
+    z.add_argument("--gen-tokens", type=int, help="greedy tokens per prompt (default 48)")
+    z.add_argument("--unsafe-allow-pickle", action="store_true",
+                   help="load pickle checkpoints (.bin/.pt); pickle can run code when loaded: only files you trust")
+    z.add_argument("--threads", type=int, default=None, help="CPU threads (default: $LLMKIT_THREADS or cores)")
+    z.add_argument("--force", action="store_true", help="export again even when a finished artifact matches")
+    z.set_defaults(fn=_compress)
 
     ln = sub.add_parser("lineage", help="print the chain of manifests behind an artifact",
                         description="Follow manifest.json inputs from an artifact folder back to the raw files.")

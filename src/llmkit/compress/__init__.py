@@ -1,0 +1,129 @@
+"""The compress stage: merge a LoRA adapter into its base, export a GGUF (f16, q8_0, q4_0, q4_k) that llama.cpp
+loads, and measure the export against its f16 reference.
+
+    r = compress(CompressConfig(quantize="q4_k"), "runs/x/train", Path("runs/x/compress"), dataset=Path("runs/x/data"))
+    print(format_table([r["metrics"]]))
+
+The output is an artifact folder holding exactly one `.gguf` (so `llmkit chat FOLDER` finds it), `report.md`
+and `manifest.json` (inputs: the base model, the adapter, the dataset; metrics: the quality and size report).
+It is built under a temporary name and renamed into place: a killed export leaves nothing under `out`, and
+running again builds it from the start. merge.py checks and merges, gguf.py writes and quantizes, report.py
+measures.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from llmkit import artifacts
+from llmkit.config import CompressConfig
+from llmkit.errors import ConfigError, UnsupportedModel
+from llmkit.models import REGISTRY, ModelRef, resolve_model
+
+__all__ = ["compress", "summary"]
+
+
+def _sources(model: str, adapter: str | None) -> tuple[ModelRef, Path | None, str | None]:
+    """(base model, adapter folder or None, the base name the adapter records) for what the user gave."""
+    ref = resolve_model(model)
+    if adapter is not None:
+        aref = resolve_model(adapter)
+        if aref.kind != "adapter":
+            raise UnsupportedModel(f"--adapter {adapter}: not a PEFT adapter folder (it has no adapter_config.json)")
+        if ref.kind == "adapter":
+            raise UnsupportedModel(f"{model} is itself an adapter; give its base as MODEL, or drop --adapter")
+        return ref, aref.path, aref.base
+    if ref.kind == "adapter":
+        assert ref.base is not None
+        return resolve_model(ref.base), ref.path, ref.base
+    return ref, None, None
+
+
+def _stem(model: str, name: str | None) -> str:
+    raw = name or (model if model in REGISTRY else Path(model).name.removesuffix(".gguf"))
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip("-.") or "model"
+
+
+def compress(cfg: CompressConfig, model: str, out: Path, *, adapter: str | None = None, dataset: Path | None = None,
+             name: str | None = None, force: bool = False, threads: int | None = None,
+             progress: bool = True) -> dict:
+    """Export `model` (registry name, HF folder, GGUF, train artifact or PEFT adapter; plus `adapter` to merge)
+    to a `cfg.quantize` GGUF in the artifact folder `out`, with a quality and size report against f16.
+
+    dataset: a dataset artifact (or .jsonl) whose val rows the perplexity is measured on; None: a fixed text.
+    Returns {"status": "ran" | "skipped", "out", "gguf", "metrics"}.
+    """
+    from llmkit.compress.gguf import gguf_origin, read_config, write_f16
+    from llmkit.compress.merge import check_recorded_base, check_shapes, merge, refuse_pickle, to_safetensors
+    from llmkit.compress.quantize import importance, quantize, tensor_types
+    from llmkit.compress.report import calibration_texts, format_table, measure
+    from llmkit.engines import default_threads
+    from llmkit.models import hf_folder
+
+    out = Path(out).resolve()
+    base, adapter_dir, recorded = _sources(model, adapter)
+    if adapter_dir is not None and not cfg.merge:
+        raise ConfigError([("compress.merge: false, but the model is a LoRA adapter; llama.cpp runs one set of "
+                            "weights, so the GGUF export needs the adapter merged into its base (merge: true)")])
+    # everything that can be checked cheaply is checked before any slow work
+    if base.kind == "hf":
+        read_config(base.path)
+        refuse_pickle(base.path, "the model", cfg.allow_pickle)
+    if adapter_dir is not None:
+        refuse_pickle(adapter_dir, "the adapter", cfg.allow_pickle)
+        check_recorded_base(adapter_dir, base, recorded or "?")
+    stem = _stem(model if adapter is None else adapter, name)
+    inputs = {"model": artifacts.input_ref(base.path)}
+    if adapter_dir is not None:
+        inputs["adapter"] = artifacts.input_ref(adapter_dir)
+    if dataset is not None:
+        inputs["data"] = artifacts.input_ref(dataset)
+    config = {"compress": cfg.model_dump(), "model": model, "adapter": adapter, "name": stem}
+    fp = artifacts.fingerprint("model", config, inputs)
+    if not force and (m := artifacts.finished(out, fp)):
+        return {"status": "skipped", "out": str(out), "gguf": m["outputs"]["gguf"], "metrics": m["metrics"]}
+
+    threads = threads or default_threads()
+    with artifacts.build("model", out, config, inputs) as b:
+        work = b.tmp / "work"  # merged weights and the f16 reference; deleted before the folder is published
+        base_hf = hf_folder(base, progress=progress)
+        read_config(base_hf)
+        src = base_hf
+        if refuse_pickle(base_hf, "the model", cfg.allow_pickle):
+            src = to_safetensors(base_hf, work / "model")
+        if adapter_dir is not None:
+            check_shapes(adapter_dir, base, src, recorded or "?")
+            src = merge(adapter_dir, src, work / "merged", allow_pickle=cfg.allow_pickle)
+        tokenizer_gguf = base.path if base.kind == "gguf" else gguf_origin(base_hf)
+        export = b.tmp / f"{stem}.{cfg.quantize}.gguf"
+        # f16 first: it is the export itself for f16, else the quantizer's input and the report's reference
+        f16 = export if cfg.quantize == "f16" else work / f"{stem}.f16.gguf"
+        info = write_f16(src, f16, name=stem, tokenizer_gguf=tokenizer_gguf, progress=progress)
+        imatrix, calibration = None, "none"
+        if cfg.quantize in ("q4_0", "q4_k") and cfg.imatrix and dataset is not None:
+            texts = calibration_texts(dataset, src, cfg.imatrix_rows)
+            imatrix = importance(src, texts, progress=progress) if texts else None
+            calibration = f"importance matrix from {len(texts)} train rows" if texts else "none (no train rows)"
+        if cfg.quantize != "f16":
+            info["seconds"] += quantize(f16, export, cfg.quantize, threads=threads, imatrix=imatrix)["seconds"]
+        report = measure(f16, export, src, dataset, rows=cfg.eval_rows, prompts=cfg.prompts,
+                         gen_tokens=cfg.gen_tokens, threads=threads, progress=progress)
+        report["tensor_types"] = tensor_types(export)
+        report["export_seconds"] = round(info["seconds"], 2)
+        report["tokenizer"] = info["tokenizer"]
+        report["calibration"] = calibration
+        (b.tmp / "report.md").write_text(f"# {export.name}\n\n```\n{format_table([report])}\n```\n")
+        shutil.rmtree(work, ignore_errors=True)
+        b.outputs = {"format": "gguf", "gguf": str(out / export.name), "quantize": cfg.quantize, "base": base.name,
+                     "adapter": str(adapter_dir) if adapter_dir else None}
+        b.metrics = report
+    return {"status": "ran", "out": str(out), "gguf": str(out / export.name), "metrics": report}
+
+
+def summary(metrics: dict) -> str:
+    """The one-line result the CLI and `llmkit run` print."""
+    return (f"{metrics['file']}: {metrics['size_mb']:.1f} MB ({metrics['size_vs_f16']:.0%} of f16), perplexity "
+            f"{metrics['ppl_f16']:.3f} → {metrics['ppl']:.3f} ({metrics['ppl_increase_pct']:+.2f}%), greedy "
+            f"{metrics['greedy_same']}/{metrics['greedy_prompts']} same, {metrics['decode_tok_s'] or 0:.0f} tok/s")
