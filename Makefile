@@ -34,6 +34,9 @@ run: setup
 	$(BIN)/llmkit lineage runs/support-assistant/train
 	$(BIN)/llmkit chat runs/support-assistant/train --engine transformers --max-tokens 120 \
 		--prompt "My Nimbus R2 router has slow Wi-Fi. What should I do?"
+	cat runs/support-assistant/compress/report.md
+	$(BIN)/llmkit chat runs/support-assistant/compress --engine llamacpp --max-tokens 120 \
+		--prompt "My Nimbus R2 router has slow Wi-Fi. What should I do?"
 
 # pytest exits 5 when it collected no tests: that must fail, not pass silently.
 test: setup
