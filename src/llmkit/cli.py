@@ -156,8 +156,9 @@ def _compress(args: argparse.Namespace) -> int:
     from llmkit.compress.report import format_table
     from llmkit.config import CompressConfig
 
+    sizes = {k: v for k in ("eval_rows", "prompts", "gen_tokens") if (v := getattr(args, k)) is not None}
     cfg = CompressConfig(merge=args.merge, quantize=args.quantize, allow_pickle=args.unsafe_allow_pickle,
-                         **{k: v for k in ("eval_rows", "prompts", "gen_tokens") if (v := getattr(args, k)) is not None})
+                         imatrix=args.imatrix, **sizes)
     r = compress(cfg, args.model, Path(args.out), adapter=args.adapter, dataset=Path(args.data) if args.data else None,
                  name=args.name, force=args.force, threads=args.threads)
     if r["status"] == "skipped":
@@ -307,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--name", help="file name stem of the .gguf (default: the model's name or folder name)")
     z.add_argument("--data", help="dataset artifact folder (or .jsonl) whose val rows the perplexity is measured on; "
                                    "default: a fixed text")
+    z.add_argument("--imatrix", action="store_true",
+                   help="4-bit: weight the rounding by an importance matrix from --data's train rows (off by default; "
+                        "see README)")
     z.add_argument("--eval-rows", type=int, help="val rows for perplexity (default 100)")
     z.add_argument("--prompts", type=int, help="prompts for greedy agreement (default 8)")
     z.add_argument("--gen-tokens", type=int, help="greedy tokens per prompt (default 48)")

@@ -82,7 +82,8 @@ def test_tokenizer_built_from_tokenizer_json_matches_transformers(tiny_llama, tm
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     llm = Llama(model_path=r["gguf"], n_ctx=64, n_threads=1, vocab_only=True, verbose=False)
     for text in [TEXT, "Paris 1999: 3,141 foxes!", "<|im_start|>user\nhi<|im_end|>\n"]:
-        assert llm.tokenize(text.encode(), add_bos=False, special=True) == tok(text, add_special_tokens=False)["input_ids"]
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids
 
 
 def test_tokenizer_metadata_is_carried_over_from_a_gguf_origin(tiny_gguf, tmp_path):
@@ -109,8 +110,9 @@ def test_a_full_fine_tune_of_a_gguf_carries_its_bases_tokenizer_over(tiny_llama,
 
 def test_unsupported_architecture_names_the_supported_ones(tmp_path):
     (tmp_path / "gpt2").mkdir()
-    (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
-    with pytest.raises(UnsupportedModel, match=r"GPT2LMHeadModel cannot be exported to GGUF; supported: LlamaForCausalLM"):
+    config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}
+    (tmp_path / "gpt2" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedModel, match="GPT2LMHeadModel cannot be exported to GGUF; supported: LlamaForCausal"):
         compress(CompressConfig(), str(tmp_path / "gpt2"), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 

@@ -75,7 +75,8 @@ def _rope(cfg: dict) -> tuple[float, str, float | None]:
     theta = params.get("rope_theta", cfg.get("rope_theta", 10000.0))
     kind = params.get("rope_type") or params.get("type") or "default"
     if kind not in ("default", "linear"):
-        raise UnsupportedModel(f"rope scaling '{kind}' is not supported by the GGUF exporter; supported: default, linear")
+        raise UnsupportedModel(f"rope scaling '{kind}' is not supported by the GGUF exporter; "
+                               "supported: default, linear")
     return float(theta), kind, params.get("factor")
 
 
@@ -121,7 +122,7 @@ def gguf_origin(hf_dir: Path) -> Path | None:
 
 
 def _tokenizer_from_gguf(w, source: Path, skip: tuple[str, ...] = ()) -> int:
-    """Copy every `tokenizer.*` key/value pair of `source` (but `skip`), with its GGUF types. Returns the token count."""
+    """Copy the `tokenizer.*` key/value pairs of `source` (not `skip`) with their GGUF types; return the token count."""
     from gguf import GGUFReader, GGUFValueType
 
     reader = GGUFReader(str(source))
@@ -297,7 +298,8 @@ def write_f16(hf_dir: Path, out: Path, *, name: str, tokenizer_gguf: Path | None
         n_tokens = _tokenizer_from_gguf(w, tokenizer_gguf, skip)
         tokenizer = f"carried over from {tokenizer_gguf.name}"
     else:
-        n_tokens, tokenizer = _tokenizer_from_json(w, hf_dir, with_template=template is None), "built from tokenizer.json"
+        n_tokens = _tokenizer_from_json(w, hf_dir, with_template=template is None)
+        tokenizer = "built from tokenizer.json"
     if n_tokens != cfg["vocab_size"]:
         raise UnsupportedModel(f"{hf_dir}: the tokenizer has {n_tokens} tokens but the model's vocab_size is "
                                f"{cfg['vocab_size']}; llama.cpp needs them equal")
