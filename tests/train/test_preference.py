@@ -40,17 +40,18 @@ def test_dpo_starts_at_log2_and_learns_to_prefer_chosen(tiny_llama, pref_dataset
     assert json.loads((out / "manifest.json").read_text())["outputs"]["format"] == "peft-adapter"
 
 
-def test_sequence_logps_match_full_logits(tiny_llama, pref_dataset):
+def test_row_logps_match_full_logits(tiny_llama, pref_dataset):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llmkit.train import preference
+    from llmkit.train.sft import row_logps
 
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
     pairs = preference.load_pairs(pref_dataset, "train", tok, 128)[:3]
     batch = preference.make_batches(pairs, TrainConfig(batch_size=3), 0, tok.pad_token_id)[0]
     with torch.no_grad():
-        got = preference.sequence_logps(model, batch)
+        got = row_logps(model, batch)
         logp = torch.log_softmax(model(input_ids=batch["input_ids"]).logits[:, :-1].float(), -1)
     labels = batch["labels"][:, 1:]
     mask = labels != -100

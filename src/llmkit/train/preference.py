@@ -4,13 +4,13 @@ The train loop, checkpoints, resume, evaluation and early stopping are sft.py's;
 swaps in this module's examples, batches and loss:
 
     pairs  = load_pairs(dataset, "train", tok, max_length)     # chosen/rejected, completion-only labels
-    add_reference_logps(model, pairs, bf16)                    # once, with the LoRA adapter disabled
+    add_reference_logps(model, pairs, bf16, pad_id)            # once, with the LoRA adapter disabled
     loss, n = loss_sum(model, batch, beta)                     # DPO loss summed over the batch's pairs
 
 The reference model is the base itself with the adapter switched off (no second copy in memory), and since
 it never changes, its log-probabilities are computed once before training rather than at every step as
 trl's DPOTrainer does by default — one frozen forward per pair instead of one per pair per epoch. Log-probs
-are taken only at completion tokens, in chunks, so the (rows, T, 49k vocab) logits never exist.
+are taken only at completion tokens, in chunks (sft.row_logps), so the (rows, T, 49k vocab) logits never exist.
 
 DPO (Rafailov et al. 2023): loss = -log σ(β · [(log π(c) - log π(r)) - (log π_ref(c) - log π_ref(r))]).
 """
@@ -21,11 +21,8 @@ import random
 from pathlib import Path
 
 from llmkit.config import TrainConfig
-from llmkit.data.template import IGNORE, encode_chat
+from llmkit.data.template import encode_chat
 from llmkit.errors import DataError
-
-LOGIT_CHUNK = 1024  # target positions per lm_head call
-
 
 def load_pairs(dataset: Path, split: str, tok, max_length: int) -> list[dict]:
     """Tokenized {chosen, rejected} examples (prompt + reply, labels on the reply) from `{split}.jsonl`."""
@@ -46,16 +43,15 @@ def make_batches(pairs: list[dict], cfg: TrainConfig, epoch: int, pad_id: int) -
     """One epoch of micro-batches in a seeded order. Rows [0, B) are the chosen replies, [B, 2B) the rejected."""
     import torch
 
-    from llmkit.train.sft import collate
+    from llmkit.train.sft import collate, with_positions
 
     order = list(range(len(pairs)))
     random.Random(cfg.seed * 100_003 + epoch).shuffle(order)
     batches = []
     for i in range(0, len(order), cfg.batch_size):
         group = [pairs[j] for j in order[i:i + cfg.batch_size]]
-        seqs = [p["chosen"] for p in group] + [p["rejected"] for p in group]
-        seqs = [{**s, "position_ids": list(range(len(s["input_ids"])))} for s in seqs]
-        b = collate(seqs, pad_id)
+        b = collate([with_positions(p["chosen"]) for p in group] + [with_positions(p["rejected"]) for p in group],
+                    pad_id)
         if all("ref" in p for p in group):
             b["ref_logps"] = torch.tensor([p["ref"][0] for p in group] + [p["ref"][1] for p in group])
         b["count"] = len(group)  # the loss is a mean over pairs
@@ -63,29 +59,11 @@ def make_batches(pairs: list[dict], cfg: TrainConfig, epoch: int, pad_id: int) -
     return batches
 
 
-def sequence_logps(model, batch: dict):
-    """(R,) sum of log p(target token) per row, computing logits only at target positions."""
-    import torch
-    import torch.nn.functional as F
-
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = lm.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                      use_cache=False).last_hidden_state  # (R, T, C)
-    labels = batch["labels"][:, 1:]  # (R, T-1): position t predicts token t+1
-    mask = labels != IGNORE
-    rows = torch.arange(labels.shape[0])[:, None].expand_as(labels)[mask]  # (N,) row of each target
-    h, y = hidden[:, :-1][mask], labels[mask]  # (N, C), (N,)
-    out = torch.zeros(labels.shape[0], dtype=torch.float32)
-    for i in range(0, len(y), LOGIT_CHUNK):
-        logits = lm.lm_head(h[i:i + LOGIT_CHUNK]).float()  # (chunk, V)
-        logp = -F.cross_entropy(logits, y[i:i + LOGIT_CHUNK], reduction="none")
-        out = out.index_add(0, rows[i:i + LOGIT_CHUNK], logp)
-    return out
-
-
 def margins(model, batch: dict):
     """(B,) implicit reward margins: [log π(c) - log π(r)] - [log π_ref(c) - log π_ref(r)]."""
-    logps = sequence_logps(model, batch)
+    from llmkit.train.sft import row_logps
+
+    logps = row_logps(model, batch)
     ref = batch["ref_logps"]
     half = logps.shape[0] // 2
     return (logps[:half] - logps[half:]) - (ref[:half] - ref[half:])
@@ -99,11 +77,11 @@ def loss_sum(model, batch: dict, beta: float) -> tuple:
     return -F.logsigmoid(beta * m).sum(), int(m.shape[0])
 
 
-def add_reference_logps(model, pairs: list[dict], bf16: bool, batch_size: int = 8) -> None:
+def add_reference_logps(model, pairs: list[dict], bf16: bool, pad_id: int, batch_size: int = 8) -> None:
     """Store each pair's reference log-probs as `pair["ref"] = (chosen, rejected)`: the base with the adapter off."""
     import torch
 
-    from llmkit.train.sft import collate
+    from llmkit.train.sft import collate, row_logps, with_positions
 
     todo = [p for p in pairs if "ref" not in p]
     was_training = model.training
@@ -111,9 +89,8 @@ def add_reference_logps(model, pairs: list[dict], bf16: bool, batch_size: int = 
     with torch.no_grad(), model.disable_adapter(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for i in range(0, len(todo), batch_size):
             group = todo[i:i + batch_size]
-            seqs = [{**s, "position_ids": list(range(len(s["input_ids"])))}
-                    for p in group for s in (p["chosen"], p["rejected"])]
-            logps = sequence_logps(model, collate(seqs, 0)).tolist()
+            seqs = [with_positions(s) for p in group for s in (p["chosen"], p["rejected"])]
+            logps = row_logps(model, collate(seqs, pad_id)).tolist()
             for j, p in enumerate(group):
                 p["ref"] = (logps[2 * j], logps[2 * j + 1])
     model.train(was_training)

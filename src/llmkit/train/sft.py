@@ -93,7 +93,7 @@ def make_batches(examples: list[dict], cfg: TrainConfig, epoch: int, pad_id: int
     if cfg.packing:
         seqs = list(pack(seqs, cfg.max_length))
     else:
-        seqs = [{**s, "position_ids": list(range(len(s["input_ids"])))} for s in seqs]
+        seqs = [with_positions(s) for s in seqs]
     batches = []
     for i in range(0, len(seqs), cfg.batch_size):
         b = collate(seqs[i:i + cfg.batch_size], pad_id)
@@ -173,25 +173,37 @@ def load_model(cfg: TrainConfig, base_dir: Path):
     return model
 
 
-def loss_sum(model, batch: dict) -> tuple:
-    """(sum of token losses, number of target tokens) for one micro-batch, computing logits only at targets.
+def row_logps(model, batch: dict):
+    """(R,) sum of log p(target token) for each row of a micro-batch, computing logits only at targets.
 
-    hidden: (B, T, C); a target at t+1 is predicted from position t, so positions are shifted by one.
+    hidden: (R, T, C); a target at t+1 is predicted from position t, so positions are shifted by one.
+    Shared by the SFT loss (all rows summed) and DPO (per-sequence log-probs, preference.py).
     """
     import torch
     import torch.nn.functional as F
 
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = lm.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                      use_cache=False).last_hidden_state  # (B, T, C)
-    labels = batch["labels"][:, 1:]  # (B, T-1)
+                      use_cache=False).last_hidden_state  # (R, T, C)
+    labels = batch["labels"][:, 1:]  # (R, T-1)
     mask = labels != IGNORE
+    rows = torch.arange(labels.shape[0])[:, None].expand_as(labels)[mask]  # (N,) row of each target
     h, y = hidden[:, :-1][mask], labels[mask]  # (N, C), (N,)
-    total = torch.zeros((), dtype=torch.float32)
+    out = torch.zeros(labels.shape[0], dtype=torch.float32)
     for i in range(0, len(y), LOGIT_CHUNK):
-        logits = lm.lm_head(h[i:i + LOGIT_CHUNK]).float()  # (chunk, V) — never (B, T, V)
-        total = total + F.cross_entropy(logits, y[i:i + LOGIT_CHUNK], reduction="sum")
-    return total, int(mask.sum())
+        logits = lm.lm_head(h[i:i + LOGIT_CHUNK]).float()  # (chunk, V) — never (R, T, V)
+        out = out.index_add(0, rows[i:i + LOGIT_CHUNK], -F.cross_entropy(logits, y[i:i + LOGIT_CHUNK], reduction="none"))
+    return out
+
+
+def loss_sum(model, batch: dict) -> tuple:
+    """(sum of token losses, number of target tokens) for one micro-batch."""
+    return -row_logps(model, batch).sum(), int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def with_positions(seq: dict) -> dict:
+    """An unpacked sequence with position ids 0..T-1."""
+    return {**seq, "position_ids": list(range(len(seq["input_ids"])))}
 
 
 def evaluate(model, batches: list[dict], bf16: bool, loss_fn=loss_sum) -> float:
@@ -363,7 +375,7 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
     model = load_model(cfg, base_dir)
     bf16 = cfg.precision == "bf16"
     if cfg.method == "dpo":
-        preference.add_reference_logps(model, train_ex + val_ex, bf16)
+        preference.add_reference_logps(model, train_ex + val_ex, bf16, pad)
     model.train()
     forward = loss_module(model, loss_fn)
     if world > 1:
