@@ -10,8 +10,11 @@ models never imports torch. A name that is not in ENGINES is an error listing th
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable, Iterator
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,11 +29,110 @@ class GenParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    logprobs: int | None = None  # None: none; 0: the sampled token's; k: also the k most likely tokens'
+    response_format: dict | None = None  # OpenAI's {"type": "json_object"} or {"type": "json_schema", ...}
+
+
+class UnsupportedFeature(LlmkitError):
+    """The engine cannot honour a request parameter (e.g. constrained decoding on transformers)."""
+
+
+@dataclass
+class Piece:
+    """One step of a generation: the text it adds (may be empty while a UTF-8 character or a possible stop
+    string is held back) and, when asked for, the sampled token's log-probability and the top alternatives."""
+
+    text: str
+    token: int | None = None
+    logprob: float | None = None
+    top_logprobs: list[tuple[str, float]] | None = None
+
+
+_END = object()
+
+
+class Generation:
+    """A running request. Iterate it (plain `for` in a thread, `async for` in the server) for `Piece`s;
+    `cancel()` stops it at the next step (a client that disconnected). After the last piece, `finish_reason`
+    is "stop" (end token or stop string), "length" (max_tokens) or "cancelled", and the token counts are final.
+
+    Engines produce into it from their own thread with `put` and `close`; it is the only object that crosses
+    from an engine's thread into the server's event loop.
+    """
+
+    def __init__(self, prompt_tokens: int = 0):
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+        self.error: BaseException | None = None
+        self.cancelled = threading.Event()
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+
+    # -- producer side (engine thread) --
+    def put(self, piece: Piece) -> None:
+        self._q.put(piece)
+        self._notify()
+
+    def close(self, finish_reason: str, error: BaseException | None = None) -> None:
+        self.finish_reason = finish_reason
+        self.error = error
+        self._q.put(_END)
+        self._notify()
+
+    def _notify(self) -> None:
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:  # the consumer's loop is closed: nobody is listening any more
+                self.cancelled.set()
+
+    # -- consumer side --
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def __iter__(self) -> Iterator[Piece]:
+        while (item := self._q.get()) is not _END:
+            yield item
+        if self.error is not None:
+            raise self.error
+
+    async def __aiter__(self) -> AsyncIterator[Piece]:
+        self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()  # set after _wake: the producer checks both
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            if item is _END:
+                break
+            yield item
+        if self.error is not None:
+            raise self.error
+
+    def text(self) -> str:
+        """Block until done and return the whole text (tests, batch jobs)."""
+        return "".join(p.text for p in self)
 
 
 class Engine(Protocol):
     name: str
     model: ModelRef
+
+    def format_chat(self, messages: list[dict]) -> str:
+        """The prompt text the model's chat template makes of `messages`, ending with the assistant's header."""
+        ...
+
+    def submit(self, prompt: str, params: GenParams, adapter: str | None = None) -> Generation:
+        """Start generating from `prompt` (special-token text is parsed) and return at once. Engines that batch
+        run many submitted generations together; others queue them. `adapter` names a loaded LoRA adapter.
+        Raises UnsupportedFeature for parameters the engine cannot honour, before anything starts."""
+        ...
 
     def chat(self, messages: list[dict], params: GenParams) -> Iterator[str]:
         """Apply the model's chat template and stream the reply's text pieces."""

@@ -6,10 +6,11 @@ and is the engine that sees PEFT adapters and fine-tuned folders before they are
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterator
 
-from llmkit.engines import GenParams, default_threads
+from llmkit.engines import GenParams, Generation, Piece, UnsupportedFeature, default_threads
 from llmkit.models import ModelRef, hf_folder
 
 
@@ -22,6 +23,9 @@ class TransformersEngine:
 
         torch.set_num_threads(n_threads or default_threads())
         self.model = model
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._jobs_lock = threading.Lock()
+        self._worker: threading.Thread | None = None
         if model.kind == "adapter":  # a PEFT adapter: load its base, then apply it
             from peft import PeftModel
 
@@ -37,14 +41,24 @@ class TransformersEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.lm = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()
 
-    def _generate(self, inputs: dict, params: GenParams) -> Iterator[str]:
+    def _generate(self, inputs: dict, params: GenParams, gen: Generation | None = None) -> Iterator[str]:
         import torch
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         sample = params.temperature > 0
+        prompt_len = inputs["input_ids"].shape[1]
+        self._last_new_tokens, self._last_stopped = 0, False
+        engine = self
+
+        class Watch(StoppingCriteria):  # counts tokens and stops when the client went away
+            def __call__(self, input_ids, scores, **kw):
+                engine._last_new_tokens = input_ids.shape[1] - prompt_len
+                cancelled = gen is not None and gen.cancelled.is_set()
+                return torch.full((input_ids.shape[0],), cancelled, dtype=torch.bool)
+
         kwargs = dict(**inputs, max_new_tokens=params.max_tokens, do_sample=sample, streamer=streamer,
-                      pad_token_id=self.tokenizer.pad_token_id)
+                      pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=StoppingCriteriaList([Watch()]))
         if sample:
             kwargs.update(temperature=params.temperature, top_p=params.top_p)
             if params.seed is not None:
@@ -68,6 +82,9 @@ class TransformersEngine:
             text += piece
             cut = min((text.find(s) for s in params.stop if s in text), default=-1)
             if cut >= 0:  # like OpenAI, the stop string itself is not returned
+                self._last_stopped = True
+                if gen is not None:
+                    gen.cancelled.set()  # ends generate() at its next step
                 yield piece[: max(0, len(piece) - (len(text) - cut))]
                 break
             if piece:
@@ -80,6 +97,49 @@ class TransformersEngine:
         inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                     return_dict=True)
         yield from self._generate(dict(inputs), params)
+
+    # -- the server's interface: one request at a time on a worker thread, in arrival order --
+    def format_chat(self, messages: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def submit(self, prompt: str, params: GenParams, adapter: str | None = None) -> Generation:
+        if params.response_format and params.response_format.get("type") != "text":
+            raise UnsupportedFeature("response_format (constrained decoding) needs the llamacpp engine")
+        if params.logprobs is not None:
+            raise UnsupportedFeature("logprobs are served by the llamacpp engine only")
+        if adapter is not None:
+            raise UnsupportedFeature(f"adapter '{adapter}' is not loaded in this engine")
+        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+        gen = Generation(prompt_tokens=int(ids["input_ids"].shape[1]))
+        with self._jobs_lock:
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._serve_jobs, daemon=True, name="llmkit-hf")
+                self._worker.start()
+        self._jobs.put((dict(ids), params, gen))
+        return gen
+
+    def _serve_jobs(self) -> None:
+        while True:
+            inputs, params, gen = self._jobs.get()
+            if gen.cancelled.is_set():
+                gen.close("cancelled")
+                continue
+            try:
+                reason = "length"
+                pieces = self._generate(inputs, params, gen)
+                for text in pieces:
+                    gen.completion_tokens = self._last_new_tokens
+                    gen.put(Piece(text))
+                gen.completion_tokens = self._last_new_tokens
+                if self._last_stopped:
+                    reason = "stop"
+                elif gen.cancelled.is_set():
+                    reason = "cancelled"
+                elif gen.completion_tokens < params.max_tokens:
+                    reason = "stop"  # the end token
+                gen.close(reason)
+            except Exception as e:  # handed to the consumer, which re-raises it
+                gen.close("error", e)
 
     def complete(self, prompt: str, params: GenParams) -> Iterator[str]:
         yield from self._generate(dict(self.tokenizer(prompt, return_tensors="pt")), params)
