@@ -46,6 +46,7 @@ class Piece:
     token: int | None = None
     logprob: float | None = None
     top_logprobs: list[tuple[str, float]] | None = None
+    token_text: str | None = None  # the sampled token's own text (`text` may hold part of it back)
 
 
 _END = object()

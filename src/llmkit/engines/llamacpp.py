@@ -1,22 +1,107 @@
-"""llama.cpp engine (GGUF) through llama-cpp-python's `Llama` API.
+"""llama.cpp engine (GGUF) with continuous batching, through llama-cpp-python's low-level bindings.
 
-One request at a time for now; the serving issue replaces `chat` with continuous batching over the low-level
-multi-sequence API, behind the same Protocol.
+llama-cpp-python's own `Llama` API (and its server) decodes one sequence at a time. Decode on CPU is bound by
+memory bandwidth: every step streams all the weights once, whether it advances one sequence or sixteen. So
+this engine keeps up to `parallel` sequences in one llama.cpp context and advances all of them with a single
+`llama_decode` per step (FACTS.md: 107–122 tok/s for one sequence, 193–235 aggregate for 8–16):
+
+    scheduler thread, forever:
+        admit queued requests into free slots (reusing a slot's cached prompt prefix when it shares one)
+        one batch = the next token of every decoding sequence + prompt chunks of the ones still prefilling
+        llama_decode(batch)
+        for every sequence that got logits: sample (llama.cpp's sampler chain, grammar included), detokenize,
+        check stop strings / end token / max_tokens, hand the piece to its Generation, free finished slots
+
+Requests join and leave between steps. Each slot is a llama.cpp sequence with its own KV stream
+(`kv_unified=False`): a sequence's output is the same as when it runs alone (with a unified cache greedy
+output drifted from batch-1 after ~14 tokens, FACTS.md), at the price of `n_ctx` being per slot.
+
+LoRA adapters (llama.cpp's GGUF adapter format) are set per context, not per sequence, so a step decodes one
+group per adapter in use, switching the context's adapter set between them. A slot's cached prefix is only
+reused by a request for the same adapter.
 """
 
 from __future__ import annotations
 
+import codecs
+import ctypes
+import json
+import queue
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from llmkit.engines import GenParams, default_threads
-from llmkit.errors import MissingExtra, UnsupportedModel
+import numpy as np
+
+from llmkit.engines import GenParams, Generation, Piece, UnsupportedFeature, default_threads
+from llmkit.errors import LlmkitError, MissingExtra, UnsupportedModel
 from llmkit.models import ModelRef
+
+
+@dataclass
+class _Request:
+    tokens: list[int]
+    params: GenParams
+    gen: Generation
+    adapter: str | None
+    grammar: str | None
+
+
+@dataclass
+class _Slot:
+    seq: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV is in this sequence's stream
+    adapter: str | None = None
+    req: _Request | None = None
+    todo: list[int] = field(default_factory=list)  # prompt tokens still to prefill
+    sampler: object = None
+    decoder: object = None
+    held: str = ""  # text held back: it might be the start of a stop string
+    n_out: int = 0
+    pending: int = -1  # the token sampled last step, fed to the model this step
+    batch_index: int = -1  # where this slot's logits are in the current batch, -1 if none
+
+    @property
+    def busy(self) -> bool:
+        return self.req is not None
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def grammar_for(response_format: dict | None) -> str | None:
+    """GBNF for OpenAI's response_format: any JSON object, or JSON matching the given schema."""
+    if not response_format or response_format.get("type", "text") == "text":
+        return None
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return JSON_GBNF
+    if kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise UnsupportedFeature("response_format.json_schema.schema must be a JSON Schema object")
+        try:
+            return json_schema_to_gbnf(json.dumps(schema))
+        except Exception as e:  # the converter raises plain exceptions on schema features it lacks
+            raise UnsupportedFeature(f"response_format.json_schema.schema: cannot be enforced: {e}") from None
+    raise UnsupportedFeature(f"response_format.type must be text, json_object or json_schema, got {kind!r}")
 
 
 class LlamaCppEngine:
     name = "llamacpp"
 
-    def __init__(self, model: ModelRef, n_ctx: int = 4096, n_threads: int | None = None, seed: int = 0):
+    def __init__(self, model: ModelRef, n_ctx: int = 4096, n_threads: int | None = None, seed: int = 0,
+                 parallel: int = 1, n_batch: int = 512):
+        """`n_ctx` is per sequence; `parallel` sequences decode together (the KV cache is parallel × n_ctx)."""
         if model.kind != "gguf":
             what = "a PEFT adapter" if model.kind == "adapter" else "an HF folder"
             raise UnsupportedModel(
@@ -24,36 +109,323 @@ class LlamaCppEngine:
                 "Use --engine transformers, or export it to GGUF with `llmkit compress`."
             )
         try:
-            from llama_cpp import Llama
+            import llama_cpp as lc
+            from llama_cpp import _logger
         except ImportError:
             raise MissingExtra("llama-cpp-python is not installed: pip install llama-cpp-python") from None
+        _logger.set_verbose(False)
+        self._lc = lc
         self.model = model
+        self.seed = seed
+        self.parallel = parallel
+        self.n_ctx = n_ctx
+        self.n_batch = n_batch
         threads = n_threads or default_threads()
-        self._llm = Llama(model_path=str(model.path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                          seed=seed, verbose=False)
+        lc.llama_backend_init()
+        mparams = lc.llama_model_default_params()
+        self._model = lc.llama_model_load_from_file(str(model.path).encode(), mparams)
+        if not self._model:
+            raise UnsupportedModel(f"llama.cpp could not load {model.path} (not a GGUF model it supports)")
+        self._vocab = lc.llama_model_get_vocab(self._model)
+        self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = n_ctx * parallel
+        cparams.n_batch = cparams.n_ubatch = n_batch
+        cparams.n_seq_max = parallel
+        cparams.n_threads = cparams.n_threads_batch = threads
+        cparams.kv_unified = False
+        cparams.no_perf = True
+        self._ctx = lc.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            lc.llama_model_free(self._model)
+            raise LlmkitError(f"llama.cpp could not create a context of {parallel} × {n_ctx} tokens (out of memory?)")
+        self._mem = lc.llama_get_memory(self._ctx)
+        self._batch = lc.llama_batch_init(n_batch, 0, 1)
+        self._piece_buf = ctypes.create_string_buffer(256)
+        template = lc.llama_model_chat_template(self._model, None)
+        self.chat_template = template.decode() if template else None
+        self._bos = self._token_text(lc.llama_vocab_bos(self._vocab))
+        self._eos = self._token_text(lc.llama_vocab_eos(self._vocab))
+        self._slots = [_Slot(seq=i) for i in range(parallel)]
+        self._adapters: dict[str, object] = {}  # name → llama_adapter_lora pointer
+        self._active_adapter: str | None = None
+        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # guards adapter loading against the scheduler's use of them
+        self._closed = False
+        # counters for /metrics and the tests: prompt tokens computed vs. served from a slot's cached prefix
+        self.stats = {"prompt_tokens_computed": 0, "prompt_tokens_reused": 0, "decode_calls": 0, "max_batch_seqs": 0}
+        self._thread = threading.Thread(target=self._run, daemon=True, name="llmkit-llamacpp")
+        self._thread.start()
 
-    def _kwargs(self, p: GenParams) -> dict:
-        # repeat_penalty 1.0 and top_k 0 make temperature 0 plain greedy, the same as transformers' greedy.
-        kw = dict(max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, top_k=0,
-                  repeat_penalty=1.0, stop=p.stop or None, stream=True)
-        if p.seed is not None:
-            kw["seed"] = p.seed
-        return kw
+    # -- the Engine Protocol --
+    def format_chat(self, messages: list[dict]) -> str:
+        if not self.chat_template:
+            raise UnsupportedModel(f"{self.model.name} has no chat template; use /v1/completions")
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    def chat(self, messages: list[dict], params: GenParams) -> Iterator[str]:
-        for chunk in self._llm.create_chat_completion(messages=messages, **self._kwargs(params)):
-            piece = chunk["choices"][0]["delta"].get("content")
-            if piece:
-                yield piece
-
-    def complete(self, prompt: str, params: GenParams) -> Iterator[str]:
-        for chunk in self._llm.create_completion(prompt, **self._kwargs(params)):
-            piece = chunk["choices"][0]["text"]
-            if piece:
-                yield piece
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        return env.from_string(self.chat_template).render(messages=messages, add_generation_prompt=True,
+                                                          bos_token=self._bos, eos_token=self._eos)
 
     def tokenize(self, text: str) -> list[int]:
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        data = text.encode("utf-8")
+        buf = (self._lc.llama_token * (len(data) + 8))()
+        n = self._lc.llama_tokenize(self._vocab, data, len(data), buf, len(buf), False, True)
+        if n < 0:
+            raise LlmkitError(f"llama.cpp could not tokenize {len(data)} bytes")
+        return list(buf[:n])
+
+    def submit(self, prompt: str, params: GenParams, adapter: str | None = None) -> Generation:
+        if self._closed:
+            raise LlmkitError("the engine is shut down")
+        if adapter is not None and adapter not in self._adapters:
+            raise UnsupportedFeature(f"adapter '{adapter}' is not loaded")
+        tokens = self.tokenize(prompt)
+        if not tokens:
+            raise LlmkitError("the prompt is empty")
+        if len(tokens) + params.max_tokens > self.n_ctx:
+            raise LlmkitError(f"prompt ({len(tokens)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
+                              f"context of {self.n_ctx} tokens")
+        req = _Request(tokens, params, Generation(prompt_tokens=len(tokens)), adapter,
+                       grammar_for(params.response_format))
+        self._queue.put(req)
+        return req.gen
+
+    def chat(self, messages: list[dict], params: GenParams) -> Iterator[str]:
+        for piece in self.submit(self.format_chat(messages), params):
+            if piece.text:
+                yield piece.text
+
+    def complete(self, prompt: str, params: GenParams) -> Iterator[str]:
+        for piece in self.submit(prompt, params):
+            if piece.text:
+                yield piece.text
+
+    def load_adapter(self, name: str, path: Path, scale: float = 1.0) -> None:
+        """Load a LoRA adapter in llama.cpp's GGUF adapter format (see compress.lora_gguf) onto the base."""
+        with self._lock:
+            if name in self._adapters:
+                return
+            ptr = self._lc.llama_adapter_lora_init(self._model, str(path).encode())
+            if not ptr:
+                raise UnsupportedModel(f"llama.cpp could not load the LoRA adapter {path} for {self.model.name}")
+            self._adapters[name] = (ptr, scale)
+
+    def unload_adapter(self, name: str) -> None:
+        with self._lock:
+            if name in self._adapters and not any(s.busy and s.adapter == name for s in self._slots):
+                ptr, _ = self._adapters.pop(name)
+                if self._active_adapter == name:
+                    self._set_adapter(None)
+                for s in self._slots:  # their cached KV was computed with this adapter
+                    if s.adapter == name:
+                        s.cached, s.adapter = [], None
+                self._lc.llama_adapter_lora_free(ptr)
 
     def close(self) -> None:
-        self._llm.close()
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+        lc = self._lc
+        lc.llama_batch_free(self._batch)
+        lc.llama_free(self._ctx)
+        lc.llama_model_free(self._model)
+
+    # -- the scheduler (its own thread; everything below touches llama.cpp state only from there) --
+    def _run(self) -> None:
+        waiting: list[_Request] = []
+        while True:
+            busy = any(s.busy for s in self._slots)
+            try:  # block only when there is nothing to do
+                item = self._queue.get(block=not busy and not waiting)
+                while True:
+                    if item is None:
+                        self._fail_all(waiting, "the engine is shutting down")
+                        return
+                    waiting.append(item)
+                    item = self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            waiting = self._admit(waiting)
+            try:
+                self._step()
+            except Exception as e:  # a llama.cpp failure ends the requests in flight, not the engine
+                for s in self._slots:
+                    if s.busy:
+                        self._finish(s, "error", e)
+
+    def _fail_all(self, waiting: list[_Request], why: str) -> None:
+        for r in waiting:
+            r.gen.close("error", LlmkitError(why))
+        for s in self._slots:
+            if s.busy:
+                self._finish(s, "cancelled")
+
+    def _admit(self, waiting: list[_Request]) -> list[_Request]:
+        rest = []
+        for req in waiting:
+            if req.gen.cancelled.is_set():
+                req.gen.close("cancelled")
+                continue
+            free = [s for s in self._slots if not s.busy]
+            if not free:
+                rest.append(req)
+                continue
+            # the free slot whose cached tokens share the longest prefix with this prompt (same adapter)
+            slot = max(free, key=lambda s: _common_prefix(s.cached, req.tokens) if s.adapter == req.adapter else -1)
+            keep = _common_prefix(slot.cached, req.tokens) if slot.adapter == req.adapter else 0
+            keep = min(keep, len(req.tokens) - 1)  # at least one prompt token must run to get logits
+            self._lc.llama_memory_seq_rm(self._mem, slot.seq, keep, -1)
+            slot.cached = req.tokens[:keep]
+            slot.todo = req.tokens[keep:]
+            self.stats["prompt_tokens_reused"] += keep
+            self.stats["prompt_tokens_computed"] += len(slot.todo)
+            slot.adapter, slot.req = req.adapter, req
+            slot.sampler = self._sampler(req)
+            slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            slot.held, slot.n_out = "", 0
+        return rest
+
+    def _sampler(self, req: _Request):
+        lc, p = self._lc, req.params
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        if req.grammar:
+            g = lc.llama_sampler_init_grammar(self._vocab, req.grammar.encode(), b"root")
+            if not g:
+                lc.llama_sampler_free(chain)
+                raise UnsupportedFeature("llama.cpp rejected the grammar made from response_format")
+            lc.llama_sampler_chain_add(chain, g)
+        if p.temperature <= 0:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+        else:
+            if p.top_p < 1.0:
+                lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(p.top_p, 1))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(p.temperature))
+            seed = p.seed if p.seed is not None else (self.seed + int(time.time_ns() & 0x7FFFFFFF))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    def _set_adapter(self, name: str | None) -> None:
+        lc = self._lc
+        if name is None:
+            lc.llama_set_adapters_lora(self._ctx, None, 0, None)
+        else:
+            ptr, scale = self._adapters[name]
+            lc.llama_set_adapters_lora(self._ctx, (lc.llama_adapter_lora_p_ctypes * 1)(ptr), 1,
+                                       (ctypes.c_float * 1)(scale))
+        self._active_adapter = name
+
+    def _step(self) -> None:
+        for s in self._slots:  # a client that went away frees its slot before the next decode
+            if s.busy and s.req.gen.cancelled.is_set():
+                self._finish(s, "cancelled")
+        active = [s for s in self._slots if s.busy]
+        if not active:
+            return
+        with self._lock:
+            for adapter in dict.fromkeys(s.adapter for s in active):  # one decode per adapter in use
+                if adapter != self._active_adapter:
+                    self._set_adapter(adapter)
+                self._decode_group([s for s in active if s.adapter == adapter])
+
+    def _decode_group(self, slots: list[_Slot]) -> None:
+        lc, b = self._lc, self._batch
+        n = 0
+        # decoding sequences first: one token each; then prompt chunks in the room that is left
+        for s in sorted(slots, key=lambda s: bool(s.todo)):
+            s.batch_index = -1
+            room = self.n_batch - n
+            if room <= 0:
+                break
+            chunk = s.todo[:room] if s.todo else [s.pending]
+            for j, tok in enumerate(chunk):
+                b.token[n] = tok
+                b.pos[n] = len(s.cached) + j
+                b.n_seq_id[n] = 1
+                b.seq_id[n][0] = s.seq
+                b.logits[n] = 0
+                n += 1
+            s.cached = s.cached + chunk
+            if s.todo:
+                s.todo = s.todo[len(chunk):]
+            if not s.todo:  # the last prompt token, or a generated one: its logits pick the next token
+                b.logits[n - 1] = 1
+                s.batch_index = n - 1
+        if n == 0:
+            return
+        b.n_tokens = n
+        self.stats["decode_calls"] += 1
+        self.stats["max_batch_seqs"] = max(self.stats["max_batch_seqs"], len(slots))
+        rc = lc.llama_decode(self._ctx, b)
+        if rc != 0:
+            raise LlmkitError(f"llama_decode failed ({rc}): the KV cache is full or the batch is invalid")
+        for s in slots:
+            if s.batch_index >= 0:
+                self._emit(s, s.batch_index)
+
+    def _emit(self, s: _Slot, idx: int) -> None:
+        lc, req = self._lc, s.req
+        p = req.params
+        token = lc.llama_sampler_sample(s.sampler, self._ctx, idx)
+        logprob = top = None
+        if p.logprobs is not None:
+            logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(self._ctx, idx), shape=(self.n_vocab,))
+            m = logits.max()
+            logz = m + np.log(np.exp(logits - m).sum())
+            logprob = float(logits[token] - logz)
+            if p.logprobs > 0:
+                best = np.argpartition(-logits, p.logprobs)[: p.logprobs]
+                best = best[np.argsort(-logits[best])]
+                top = [(self._token_text(int(t)), float(logits[t] - logz)) for t in best]
+        s.n_out += 1
+        req.gen.completion_tokens = s.n_out
+        if lc.llama_vocab_is_eog(self._vocab, token):  # like OpenAI, the end token is not part of the reply
+            self._flush(s, None, None, None, final=True)
+            self._finish(s, "stop")
+            return
+        s.pending = token
+        text = s.decoder.decode(self._token_bytes(token))
+        stopped = self._flush(s, token, logprob, top, new=text)
+        if stopped:
+            self._finish(s, "stop")
+        elif s.n_out >= p.max_tokens:
+            self._flush(s, None, None, None, final=True)
+            self._finish(s, "length")
+
+    def _flush(self, s: _Slot, token, logprob, top, new: str = "", final: bool = False) -> bool:
+        """Hand out the text that can no longer be part of a stop string; True when a stop string matched."""
+        held = s.held + new
+        stops = s.req.params.stop
+        cut = min((i for i in (held.find(x) for x in stops if x) if i >= 0), default=-1)
+        if cut >= 0:
+            out, s.held = held[:cut], ""
+        elif final or not stops:
+            out, s.held = held, ""
+        else:  # keep the longest tail that a stop string starts with
+            keep = max((k for x in stops for k in range(1, min(len(x), len(held)) + 1) if held.endswith(x[:k])),
+                       default=0)
+            out, s.held = held[: len(held) - keep], held[len(held) - keep:]
+        if token is not None or out:
+            s.req.gen.put(Piece(out, token=token, logprob=logprob, top_logprobs=top,
+                                token_text=self._token_text(token) if token is not None else None))
+        return cut >= 0
+
+    def _finish(self, s: _Slot, reason: str, error: BaseException | None = None) -> None:
+        req = s.req
+        if s.sampler is not None:
+            self._lc.llama_sampler_free(s.sampler)
+        if error is not None:  # after a failed decode the sequence's KV is unknown: start it afresh
+            self._lc.llama_memory_seq_rm(self._mem, s.seq, 0, -1)
+            s.cached = []
+        s.req, s.sampler, s.todo, s.held, s.batch_index = None, None, [], "", -1
+        req.gen.close(reason, error)
+
+    def _token_bytes(self, token: int) -> bytes:
+        n = self._lc.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, False)
+        return self._piece_buf.raw[:n] if n > 0 else b""
+
+    def _token_text(self, token: int) -> str:
+        n = self._lc.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, True)
+        return self._piece_buf.raw[:n].decode("utf-8", errors="replace") if n > 0 else ""
