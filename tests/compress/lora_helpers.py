@@ -10,15 +10,18 @@ QUICK = {"eval_rows": 4, "prompts": 2, "gen_tokens": 8}
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def make_adapter(base: Path, out: Path, *, safetensors: bool = True, seed: int = 0) -> Path:
-    """A PEFT LoRA adapter on `base` with random (non-zero) A and B, so merging visibly changes the model."""
+def make_adapter(base: Path, out: Path, *, safetensors: bool = True, seed: int = 0, **lora) -> Path:
+    """A PEFT LoRA adapter on `base` with random (non-zero) A and B, so merging visibly changes the model.
+
+    lora: LoraConfig fields over the defaults (r 4, alpha 8, all 7 projections), e.g. use_rslora=True."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base)
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=LINEAR, init_lora_weights=False))
+    cfg = {"r": 4, "lora_alpha": 8, "target_modules": LINEAR, "init_lora_weights": False, **lora}
+    peft = get_peft_model(model, LoraConfig(**cfg))
     peft.save_pretrained(out, safe_serialization=safetensors)
     meta = json.loads((out / "adapter_config.json").read_text())
     meta["base_model_name_or_path"] = str(base)  # as the train stage records it

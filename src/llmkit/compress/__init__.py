@@ -8,7 +8,8 @@ The output is an artifact folder holding exactly one `.gguf` (so `llmkit chat FO
 and `manifest.json` (inputs: the base model, the adapter, the dataset; metrics: the quality and size report).
 It is built under a temporary name and renamed into place: a killed export leaves nothing under `out`, and
 running again builds it from the start. merge.py checks and merges, gguf.py writes and quantizes, report.py
-measures.
+measures. lora_gguf.py writes a LoRA adapter, unmerged, as llama.cpp's adapter GGUF (for serving many adapters
+on one base).
 """
 
 from __future__ import annotations

@@ -311,11 +311,7 @@ def write_f16(hf_dir: Path, out: Path, *, name: str, tokenizer_gguf: Path | None
         dtypes[gname] = np.float16 if f16 else np.float32
         # GGUFWriter takes numpy (row-major) shapes; it writes them reversed, as ggml's ne[] order
         w.add_tensor_info(gname, shape, np.dtype(dtypes[gname]), int(np.prod(shape)) * (2 if f16 else 4))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        w.write_header_to_file(tmp)
-        w.write_kv_data_to_file()
+    with atomic_write(w, out):
         w.write_ti_data_to_file()
         bar = tqdm(total=len(shapes), desc=f"write {out.name}", unit="tensor", disable=not progress, leave=False)
         order = [g for g, _ in shapes]
@@ -326,13 +322,27 @@ def write_f16(hf_dir: Path, out: Path, *, name: str, tokenizer_gguf: Path | None
             w.flush()
             _kill_hook(i)
         bar.close()
+    return {"architecture": arch, "tensors": len(shapes), "tokenizer": tokenizer,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+@contextlib.contextmanager
+def atomic_write(w, out: Path) -> Iterator[None]:
+    """Write the GGUFWriter `w` to `out` atomically: header and key/values go to a temporary file beside `out`,
+    the body writes the tensors, then the file is synced and renamed into place. On any error, or a killed
+    process, nothing is left under `out`'s name."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        w.write_header_to_file(tmp)
+        w.write_kv_data_to_file()
+        yield
         _fsync_close(w)
         os.replace(tmp, out)
     finally:
+        w.close()  # a no-op after _fsync_close; on an error, the temporary file's handle
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    return {"architecture": arch, "tensors": len(shapes), "tokenizer": tokenizer,
-            "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def _fsync_close(w) -> None:
