@@ -17,7 +17,7 @@ from pathlib import Path
 
 from llmkit import __version__
 from llmkit.config import ServeConfig
-from llmkit.errors import ConfigError
+from llmkit.errors import ConfigError, UnsupportedModel
 from llmkit.models import ModelRef, resolve_model
 from llmkit.serve.auth import KeyStore, check_bind
 from llmkit.serve.embed import Embedder
@@ -42,7 +42,7 @@ def _same_model(ref: ModelRef, spec: str) -> bool:
         return True
     try:
         return resolve_model(spec).path == ref.path
-    except Exception:  # the base named by an adapter may not resolve here; then it is simply not this one
+    except Exception:  # noqa: BLE001 -- the base named by an adapter may not resolve here; then it is simply not this one
         return False
 
 
@@ -76,6 +76,10 @@ def load_state(cfg: ServeConfig, models: list[str] | None = None, keys: KeyStore
     try:
         for i, (name, ref) in enumerate(bases):
             engine = load_engine(cfg.engine, ref, **opts)
+            if not hasattr(engine, "submit"):  # an engine of the Protocol's older, one-call-at-a-time shape
+                engine.close()
+                raise UnsupportedModel(f"engine {cfg.engine} cannot serve requests in this build (it has no "
+                                       "submit()); serve with --engine transformers")
             table.add_base(ids[i], engine, getattr(engine, "n_ctx", None) or cfg.n_ctx)
         for name, ref, base in plan:
             table.add_adapter(name, ref, ids[base])
@@ -99,4 +103,4 @@ def serve(cfg: ServeConfig, models: list[str] | None = None, *, log_level: str =
     Server(config, state).run()
 
 
-__all__ = ["serve", "load_state", "split_spec", "ServerState"]
+__all__ = ["ServerState", "load_state", "serve", "split_spec"]

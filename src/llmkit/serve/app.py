@@ -28,7 +28,7 @@ from llmkit import __version__
 from llmkit.serve import errors
 from llmkit.serve import protocol as p
 from llmkit.serve.auth import is_loopback
-from llmkit.serve.errors import APIError, overloaded
+from llmkit.serve.errors import APIError, log, overloaded
 from llmkit.serve.limits import BodyLimit
 from llmkit.serve.metrics import CONTENT_TYPE
 from llmkit.serve.serving import Context, ServingChat, ServingCompletion, ServingEmbedding, ServingModels, Stream
@@ -54,7 +54,7 @@ class Gate:
             err = overloaded("the server is shutting down; retry on another replica or later", retry_after=5)
             err.code = "shutting_down"
             return await err.response()(scope, receive, send)
-        status = 500  # if the app raises before answering, Starlette's error middleware answers 500
+        status = None
 
         async def watch(message: Message) -> None:
             nonlocal status
@@ -66,12 +66,17 @@ class Gate:
             st.enter()
         try:
             await self.app(scope, receive, watch)
+        except Exception:  # noqa: BLE001 -- a bug: logged once here, answered 500 without internals if nothing was sent yet
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if status is None:
+                await errors.bug().response()(scope, receive, send)
+            status = 500
         finally:
             if counted:
                 st.leave()
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"  # the template, never the raw path (cardinality)
-            st.metrics.requests.labels(label, str(status)).inc()
+            st.metrics.requests.labels(label, str(status or 500)).inc()
             st.metrics.request_seconds.labels(label).observe(time.perf_counter() - t0)
 
 

@@ -106,8 +106,8 @@ def is_loopback(host: str | None) -> bool:
 def check_bind(host: str, keys: KeyStore, allow_public_without_keys: bool) -> None:
     """Refuse to serve a non-loopback address with no keys, unless the operator explicitly said so."""
     if not keys and not is_loopback(host) and not allow_public_without_keys:
-        raise ConfigError([
+        raise ConfigError([(
             f"refusing to listen on {host} with no API keys: anyone who can reach it could use the models. "
             "Give keys (--api-keys FILE or $LLMKIT_API_KEYS; `llmkit keys new` makes one), bind 127.0.0.1, "
             "or pass --allow-public-without-keys if that is really meant"
-        ])
+        )])

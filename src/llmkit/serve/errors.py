@@ -52,6 +52,11 @@ def from_library(e: LlmkitError) -> APIError:
     return APIError(e.http_status, str(e), code=code, type=e.type)
 
 
+def bug() -> APIError:
+    """A 500: the server's fault. The traceback goes to the log, never to the client."""
+    return APIError(500, "internal server error (logged on the server)", code="internal_error")
+
+
 def overloaded(message: str, retry_after: int = 1) -> APIError:
     return APIError(503, message, code="overloaded", headers={"Retry-After": str(retry_after)})
 
@@ -100,7 +105,7 @@ def validation_error(exc: RequestValidationError) -> APIError:
 
 
 def install(app: FastAPI) -> None:
-    """Register the handlers that turn every exception into the envelope."""
+    """Register the handlers that turn library and HTTP errors into the envelope (bugs: `app.Gate`)."""
 
     @app.exception_handler(APIError)
     async def _api(request: Request, exc: APIError) -> JSONResponse:
@@ -123,8 +128,3 @@ def install(app: FastAPI) -> None:
         else:
             message, code = str(exc.detail), None
         return APIError(exc.status_code, message, code=code, headers=dict(exc.headers or {})).response()
-
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return APIError(500, "internal server error (logged on the server)", code="internal_error").response()

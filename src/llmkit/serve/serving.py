@@ -23,13 +23,13 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from llmkit.engines import GenParams, Generation, Piece
+from llmkit.engines import Generation, GenParams, Piece
 from llmkit.serve import protocol as p
-from llmkit.serve.errors import APIError
+from llmkit.serve.errors import APIError, bug
 from llmkit.serve.models import Served
 from llmkit.serve.state import ServerState
 
@@ -155,7 +155,7 @@ class Run:
                 async for piece in gen:
                     queue.put_nowait((i, piece))
                 queue.put_nowait((i, None))
-            except Exception as e:  # an engine failure: re-raised below, in the request's task
+            except Exception as e:  # noqa: BLE001 -- an engine failure: re-raised below, in the request's task
                 queue.put_nowait((i, e))
 
         self._tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(self.gens)]
@@ -254,7 +254,7 @@ async def stream_events(run: Run, first: list[BaseModel], make: Callable[[int, P
         yield sse(e.body())
     except Exception:
         log.exception("generation failed mid-stream on %s", run.route)
-        yield sse(APIError(500, "internal server error (logged on the server)", code="internal_error").body())
+        yield sse(bug().body())
     finally:
         run.close()
     yield "data: [DONE]\n\n"
@@ -334,8 +334,8 @@ class ServingChat:
                                 usage=run.usage())
 
     def _stream(self, run: Run, req: p.ChatCompletionRequest) -> AsyncIterator[str]:
-        head = dict(id=p.new_id("chatcmpl"), created=p.now(), model=req.model,
-                    system_fingerprint=self.state.fingerprint)
+        head = {"id": p.new_id("chatcmpl"), "created": p.now(), "model": req.model,
+                    "system_fingerprint": self.state.fingerprint}
         # the first chunk of each choice carries the role and no text, as OpenAI's do
         first = [p.ChatCompletionChunk(**head, choices=[p.ChatChunkChoice(index=i, delta=p.Delta(role="assistant",
                                                                                                    content=""))])
@@ -375,7 +375,7 @@ class ServingCompletion:
                             usage=run.usage())
 
     def _stream(self, run: Run, req: p.CompletionRequest) -> AsyncIterator[str]:
-        head = dict(id=p.new_id("cmpl"), created=p.now(), model=req.model, system_fingerprint=self.state.fingerprint)
+        head = {"id": p.new_id("cmpl"), "created": p.now(), "model": req.model, "system_fingerprint": self.state.fingerprint}
         offsets = [0] * len(run.gens)
 
         def make(i: int, piece: Piece | None) -> p.Completion | None:
