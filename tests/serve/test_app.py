@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from conftest import MODEL, wait_until
+from serve_helpers import MODEL, wait_until
 
 USER = [{"role": "user", "content": "Paris is the capital of"}]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from conftest import MODEL
+from serve_helpers import MODEL
 
 from llmkit.errors import ConfigError
 from llmkit.serve.auth import KeyStore, check_bind, hash_key, is_loopback

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import MODEL, running
+from serve_helpers import MODEL, running
 
 from llmkit.config import ServeConfig
 from llmkit.engines.hf import TransformersEngine

@@ -8,7 +8,7 @@ import random
 from collections import Counter
 
 import httpx
-from conftest import MODEL
+from serve_helpers import MODEL
 
 CHAT = "/v1/chat/completions"
 
