@@ -1,4 +1,5 @@
-"""The `llmkit` command: one subcommand per stage, plus `run`, `chat`, `models`, `validate` and `lineage`.
+"""The `llmkit` command: one subcommand per stage, plus `run`, `chat`, `models`, `validate`, `lineage`, `serve`
+and `keys`.
 
 Library errors (LlmkitError) become one clear line on stderr and a non-zero exit; `--debug` shows the
 traceback. Heavy libraries are imported inside the commands that need them, so `llmkit --help` is instant.
@@ -208,6 +209,93 @@ def _lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from llmkit.config import ServeConfig, load_recipe
+    from llmkit.serve import serve
+
+    base, models = ServeConfig(), []
+    if args.recipe:
+        recipe = load_recipe(args.recipe)
+        base = recipe.serve or base
+        model, engine = _recipe_model(recipe)
+        models = [f"{recipe.name}={model}"]
+        base = base.model_copy(update={"engine": engine} if engine else {})
+        if base.api_keys_file:  # relative to the recipe, like every path in it
+            base = base.model_copy(update={"api_keys_file": str(recipe.path(base.api_keys_file))})
+    given = {k: v for k, v in vars(args).items() if k in ServeConfig.model_fields and v is not None}
+    if given.get("embedder", "").lower() in ("none", "null"):
+        given["embedder"] = None
+    cfg = _validated(ServeConfig, {**base.model_dump(), **given})
+    serve(cfg, cfg.models or models or None, log_level=args.log_level)
+    return 0
+
+
+def _recipe_model(recipe) -> tuple[str, str | None]:
+    """What `serve --recipe` serves: its newest compressed GGUF (llamacpp), else its trained model
+    (transformers), else its base model (the configured engine)."""
+    ggufs = sorted((recipe.run_dir / "compress").glob("*.gguf"), key=lambda q: q.stat().st_mtime)
+    if ggufs:
+        return str(ggufs[-1]), "llamacpp"
+    train = recipe.run_dir / "train"
+    if (train / "adapter_config.json").is_file() or (train / "config.json").is_file():
+        return str(train), "transformers"
+    return recipe.model, None
+
+
+def _validated(model, data: dict):
+    from pydantic import ValidationError
+
+    from llmkit.errors import ConfigError
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError([f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}"
+                           for err in e.errors()]) from None
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from llmkit.serve.auth import hash_key, new_key
+
+    if args.action == "new":
+        key = new_key()
+        print(f"key (give it to the client; it is not stored anywhere): {key}")
+        print(f"line for the --api-keys file:                          {hash_key(key)}")
+        return 0
+    key = args.key if args.key is not None else sys.stdin.readline().strip()
+    if not key:
+        from llmkit.errors import ConfigError
+
+        raise ConfigError(["no key given: `llmkit keys hash KEY`, or the key on stdin"])
+    print(hash_key(key))
+    return 0
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, model, names: dict[str, list[str]]) -> None:
+    """One flag per field of a config model, its help the field's description: the CLI is the config, not a
+    second copy of it. Unset flags are None, so the config (or recipe) default stays."""
+    import types
+    import typing
+
+    from pydantic_core import PydanticUndefined
+
+    for field, info in model.model_fields.items():
+        flags = names.get(field, [f"--{field.replace('_', '-')}"])
+        kind = info.annotation
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `X | None`: the X
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        default = f" (default: {info.default})" if info.default not in (None, [], "", PydanticUndefined) else ""
+        help_ = (info.description or "") + default
+        if kind is bool:
+            parser.add_argument(*flags, dest=field, action="store_const", const=True, default=None, help=help_)
+        elif typing.get_origin(kind) is typing.Literal:
+            parser.add_argument(*flags, dest=field, choices=typing.get_args(kind), default=None, help=help_)
+        elif typing.get_origin(kind) is list:
+            parser.add_argument(*flags, dest=field, action="append", default=None, metavar="MODEL", help=help_)
+        else:
+            parser.add_argument(*flags, dest=field, type=kind, default=None, help=help_)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llmkit",
@@ -319,6 +407,33 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--threads", type=int, default=None, help="CPU threads (default: $LLMKIT_THREADS or cores)")
     z.add_argument("--force", action="store_true", help="export again even when a finished artifact matches")
     z.set_defaults(fn=_compress)
+
+    sv = sub.add_parser("serve", help="serve models over OpenAI's HTTP API (chat, completions, embeddings)",
+                        description="An OpenAI-compatible server: /v1/chat/completions, /v1/completions, "
+                                    "/v1/embeddings, /v1/models, plus /health, /metrics (Prometheus) and /docs. "
+                                    "Any OpenAI client works: base_url http://HOST:PORT/v1. Each --model is a "
+                                    "registry name, folder, .gguf, hub id or PEFT adapter folder; NAME=SPEC sets the "
+                                    "id clients send. With --recipe: the recipe's newest compressed GGUF, else its "
+                                    "trained model, else its base model, served as the recipe's name, with its "
+                                    "serve: section as defaults for these flags. Listening on anything but loopback "
+                                    "needs API keys. Ctrl-C (SIGTERM) drains: new requests get 503, running ones "
+                                    "finish; a second Ctrl-C stops at once.")
+    sv.add_argument("--recipe", help="serve this recipe's model, with its serve: section as the defaults")
+    from llmkit.config import ServeConfig
+
+    _add_config_flags(sv, ServeConfig, {"models": ["--model"], "api_keys_file": ["--api-keys"]})
+    sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                    help="uvicorn's log level (default info)")
+    sv.set_defaults(fn=_serve)
+
+    k = sub.add_parser("keys", help="make API keys and the hashed lines that `serve --api-keys FILE` reads",
+                       description="API keys for `llmkit serve`. The keys file holds one key a line, plaintext or, "
+                                   "better, as its `sha256:<hex>` hash so that no key is stored in the clear.")
+    ksub = k.add_subparsers(dest="action", required=True, metavar="ACTION")
+    kh = ksub.add_parser("hash", help="print the sha256: line of a key (the key from stdin if not given)")
+    kh.add_argument("key", nargs="?", help="the key; omit it to read it from stdin (keeps it out of shell history)")
+    ksub.add_parser("new", help="make a random key and print it with its sha256: line")
+    k.set_defaults(fn=_keys)
 
     ln = sub.add_parser("lineage", help="print the chain of manifests behind an artifact",
                         description="Follow manifest.json inputs from an artifact folder back to the raw files.")

@@ -142,12 +142,25 @@ class GuardConfig(Section):
 
 
 class ServeConfig(Section):
-    """`serve:` how `llmkit serve --recipe` serves the model."""
+    """`serve:` how `llmkit serve` serves models over OpenAI's HTTP API (`llmkit serve --help` has the same)."""
 
     engine: Literal["llamacpp", "transformers", "vllm"] = "llamacpp"
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="Address to bind; anything but loopback needs API keys (or allow_public_without_keys).")
     port: int = Field(8000, gt=0, lt=65536)
-    api_keys_file: str | None = None
+    api_keys_file: str | None = Field(None, description="One key per line: plaintext `sk-...` or `sha256:<hex>` (`llmkit keys hash`); `#` comments. Also $LLMKIT_API_KEYS (comma-separated).")
+    allow_public_without_keys: bool = Field(False, description="Bind a non-loopback host with no API keys (anyone who can reach it may use it).")
+    models: list[str] = Field(default_factory=list, description="Models to serve (registry name, folder, .gguf, hub id or PEFT adapter folder; `NAME=SPEC` sets the id clients use); default: the recipe's.")
+    embedder: str | None = Field("all-minilm-l6-v2", description="sentence-transformers model for /v1/embeddings (the bundled all-minilm-l6-v2, a folder or a hub id); null (CLI: none): no embeddings.")
+    threads: int | None = Field(None, gt=0, description="CPU threads per engine; default $LLMKIT_THREADS or the cores.")
+    n_ctx: int = Field(4096, gt=0, description="Context length in tokens (llamacpp's n_ctx); prompt + max_tokens beyond it is a 400.")
+    max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body; larger is a 413.")
+    requests_per_minute: int | None = Field(None, gt=0, description="Per API key (per client IP without keys); null: unlimited.")
+    tokens_per_minute: int | None = Field(None, gt=0, description="Prompt + max_tokens per key per minute (reserved at admission, corrected after); null: unlimited.")
+    request_timeout_s: float = Field(120.0, gt=0, description="A generation still running after this is cancelled and answered 503.")
+    max_inflight: int = Field(8, gt=0, description="Generations handed to the engine at once; more wait in the queue.")
+    max_queue: int = Field(64, ge=0, description="Requests waiting for a generation slot; beyond it new ones get 503.")
+    max_adapters: int = Field(4, gt=0, description="LoRA adapters loaded at once; the least recently used is unloaded beyond it.")
+    drain_timeout_s: float = Field(30.0, ge=0, description="On shutdown, how long in-flight requests may finish (new ones get 503).")
 
 
 class TrackConfig(Section):

@@ -1,0 +1,106 @@
+"""`llmkit serve`: an OpenAI-compatible HTTP server over llmkit's engines.
+
+    serve(ServeConfig(engine="transformers"), ["smollm2-135m-instruct", "support=runs/support/train"])
+
+Each model is a registry name, a folder, a .gguf, a hub id or a PEFT adapter folder; `NAME=SPEC` sets the id
+clients send as `model` (default: the spec as given). An adapter is served by the engine of the base it names
+(loaded too when it is not given), loaded on first use. The embedder (`cfg.embedder`) serves /v1/embeddings.
+
+`load_state` does everything but listening, so that tests and other hosts can run `build_app(state)` under their
+own server.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from llmkit import __version__
+from llmkit.config import ServeConfig
+from llmkit.errors import ConfigError, UnsupportedModel
+from llmkit.models import ModelRef, resolve_model
+from llmkit.serve.auth import KeyStore, check_bind
+from llmkit.serve.embed import Embedder
+from llmkit.serve.models import ModelTable
+from llmkit.serve.state import ServerState
+
+log = logging.getLogger("llmkit.serve")
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def split_spec(spec: str) -> tuple[str | None, str]:
+    """'NAME=SPEC' → (NAME, SPEC); a plain spec → (None, spec). NAME is a simple id, so paths with '=' still work."""
+    name, sep, rest = spec.partition("=")
+    if sep and name and "/" not in name and not Path(spec).exists():
+        return name, rest
+    return None, spec
+
+
+def _same_model(ref: ModelRef, spec: str) -> bool:
+    if ref.name == spec:
+        return True
+    try:
+        return resolve_model(spec).path == ref.path
+    except Exception:  # noqa: BLE001 -- the base named by an adapter may not resolve here; then it is simply not this one
+        return False
+
+
+def load_state(cfg: ServeConfig, models: list[str] | None = None, keys: KeyStore | None = None) -> ServerState:
+    """Check the bind address and keys, load every engine and start loading the embedder."""
+    from llmkit.engines import load_engine
+
+    keys = KeyStore.load(cfg.api_keys_file) if keys is None else keys
+    check_bind(cfg.host, keys, cfg.allow_public_without_keys)  # before any slow loading
+    specs = [split_spec(s) for s in (models or cfg.models or [DEFAULT_MODEL])]
+    refs = [(name, resolve_model(spec)) for name, spec in specs]
+    bases = [(name, ref) for name, ref in refs if ref.kind != "adapter"]
+    adapters = [(name, ref) for name, ref in refs if ref.kind == "adapter"]
+    plan: list[tuple[str, ModelRef, int]] = []  # adapter id, ref, index of its base in `bases`
+    for name, ref in adapters:
+        assert ref.base is not None
+        found = next((i for i, (_, b) in enumerate(bases) if _same_model(b, ref.base)), None)
+        if found is None:  # its base was not listed: serve that too
+            bases.append((None, resolve_model(ref.base)))
+            found = len(bases) - 1
+        plan.append((name or ref.name, ref, found))
+    ids = [name or ref.name for name, ref in bases] + [name for name, _, _ in plan]
+    if cfg.embedder:
+        ids.append(Embedder.id_of(cfg.embedder))
+    if dupes := sorted({i for i in ids if ids.count(i) > 1}):
+        raise ConfigError([f"two served models are both called '{d}'; name one with NAME=SPEC" for d in dupes])
+    opts: dict = {"n_threads": cfg.threads} if cfg.threads else {}
+    if cfg.engine == "llamacpp":
+        opts["n_ctx"] = cfg.n_ctx
+    table = ModelTable(cfg.max_adapters)
+    try:
+        for i, (name, ref) in enumerate(bases):
+            engine = load_engine(cfg.engine, ref, **opts)
+            if not hasattr(engine, "submit"):  # an engine of the Protocol's older, one-call-at-a-time shape
+                engine.close()
+                raise UnsupportedModel(f"engine {cfg.engine} cannot serve requests in this build (it has no "
+                                       "submit()); serve with --engine transformers")
+            table.add_base(ids[i], engine, getattr(engine, "n_ctx", None) or cfg.n_ctx)
+        for name, ref, base in plan:
+            table.add_adapter(name, ref, ids[base])
+    except BaseException:
+        table.close()
+        raise
+    embedder = Embedder(cfg.embedder) if cfg.embedder else None
+    return ServerState(cfg, table, embedder, keys, fingerprint=f"llmkit-{__version__}-{cfg.engine}")
+
+
+def serve(cfg: ServeConfig, models: list[str] | None = None, *, log_level: str = "info") -> None:
+    """Load the models and serve them on cfg.host:cfg.port until SIGINT/SIGTERM (then drain and stop)."""
+    import uvicorn
+
+    from llmkit.serve.app import Server, build_app
+
+    state = load_state(cfg, models)
+    app = build_app(state)
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level,
+                            timeout_graceful_shutdown=int(cfg.drain_timeout_s) + 1)
+    Server(config, state).run()
+
+
+__all__ = ["ServerState", "load_state", "serve", "split_spec"]

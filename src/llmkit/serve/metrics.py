@@ -1,0 +1,31 @@
+"""Prometheus metrics of one server, in its own registry (two servers in one process, as in the tests, do not
+mix their counts, and nothing else that registers globally leaks into /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# seconds; generation on CPU runs from tens of milliseconds (tiny models, errors) to minutes
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("llmkit_requests", "HTTP requests answered, by route template and status",
+                                ["route", "status"], registry=r)
+        self.request_seconds = Histogram("llmkit_request_seconds", "Time from request to the end of the response",
+                                         ["route"], buckets=_LATENCY, registry=r)
+        self.ttft = Histogram("llmkit_time_to_first_token_seconds", "Time from request to the first generated text",
+                              ["route"], buckets=_LATENCY, registry=r)
+        self.prompt_tokens = Counter("llmkit_prompt_tokens", "Prompt tokens of finished generations", registry=r)
+        self.completion_tokens = Counter("llmkit_completion_tokens", "Generated tokens", registry=r)
+        self.inflight = Gauge("llmkit_inflight_requests", "Requests being answered now", registry=r)
+        self.rate_limited = Counter("llmkit_rate_limited", "Requests refused by a rate limit", registry=r)
+        self.cancelled = Counter("llmkit_cancelled_generations", "Generations cancelled (client gone or timeout)",
+                                 ["reason"], registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

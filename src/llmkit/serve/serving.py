@@ -1,0 +1,448 @@
+"""What the routes do: chat, completions, embeddings and the model list, with no HTTP in sight.
+
+A generation request goes through these steps, each of which can refuse it with an OpenAI error:
+
+    unsupported fields → 400        the model table → 404 / 400 (adapter on an engine without adapters)
+    chat template + tokenize → prompt tokens; prompt + max_tokens over the context → 400 context_length_exceeded
+    tokens per minute → 429         a generation slot (queue full → 503)
+    engine.submit → UnsupportedFeature → 400
+    consume: pieces → response (or SSE chunks); timeout → 503; client gone → the generations are cancelled
+
+`Run` holds one request's generations and every resource it took (tokens reserved, slot, adapter lease);
+`Run.close()` gives them all back, cancels what still runs, and is called on every path, stream or not.
+
+Sampling defaults are OpenAI's (temperature 1, top_p 1), not the engines' greedy default, since OpenAI clients
+rely on them; send `temperature: 0` for greedy decoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from llmkit.engines import Generation, GenParams, Piece
+from llmkit.serve import protocol as p
+from llmkit.serve.errors import APIError, bug
+from llmkit.serve.models import Served
+from llmkit.serve.state import ServerState
+
+log = logging.getLogger("llmkit.serve")
+
+DEFAULT_MAX_TOKENS = 1024  # with no max_tokens: what is left of the context, at most this
+POLL_S = 0.25  # how often a non-streaming request checks that its client is still connected
+
+
+@dataclass
+class Context:
+    """What the route knows of the HTTP request that serving needs."""
+
+    client: str  # the identity rate limits count against: an API key's hash or the client's IP
+    is_disconnected: Callable[[], Awaitable[bool]] | None = None  # polled by non-streaming requests
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class Stream:
+    """A streaming answer: SSE lines, and the cleanup the response must call however the stream ends."""
+
+    body: AsyncIterator[str]
+    close: Callable[[], None]
+
+
+class ClientGone(APIError):
+    def __init__(self) -> None:
+        super().__init__(499, "client closed the request", code="client_closed_request")
+
+
+def refuse_unsupported(req: p.Sampling) -> None:
+    for param, why in req.unsupported():
+        raise APIError(400, why, param=param, code="unsupported_parameter")
+
+
+def sse(obj: BaseModel | dict) -> str:
+    data = obj.model_dump_json() if isinstance(obj, BaseModel) else json.dumps(obj)
+    return f"data: {data}\n\n"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One request's generations
+
+
+@dataclass
+class Job:
+    prompt: str
+    prompt_tokens: int
+    params: GenParams
+
+
+class Run:
+    def __init__(self, state: ServerState, served: Served, route: str, ctx: Context):
+        self.state, self.served, self.route, self.ctx = state, served, route, ctx
+        self.jobs: list[Job] = []
+        self.gens: list[Generation] = []
+        self.closed = False
+        self.cancel_reason: str | None = None
+        self._reserved = 0
+        self._tasks: list[asyncio.Task] = []
+        self._cleanups: list[Callable[[], None]] = [lambda: state.models.release(served)]
+        self._ttft_seen = False
+
+    async def prepare(self, prompts: list[str], max_tokens: int | None, param: str) -> list[tuple[str, int, int]]:
+        """(prompt, prompt tokens, max_tokens) of each prompt, checked against the context length."""
+        slot = self.served.slot
+        counts = await slot.call(lambda: [len(slot.engine.tokenize(x)) for x in prompts])
+        out = []
+        for prompt, n in zip(prompts, counts):
+            room = slot.n_ctx - n
+            if max_tokens is None and room < 1 or max_tokens is not None and max_tokens > room:
+                asked = f" + {max_tokens} max_tokens" if max_tokens is not None else ""
+                raise APIError(400, f"This model's maximum context length is {slot.n_ctx} tokens. However, you "
+                                    f"requested {n + (max_tokens or 0)} tokens ({n} in the {param}{asked}). "
+                                    f"Please reduce the length of the {param} or max_tokens.",
+                               param=param, code="context_length_exceeded")
+            out.append((prompt, n, max_tokens if max_tokens is not None else min(room, DEFAULT_MAX_TOKENS)))
+        return out
+
+    async def start(self, jobs: list[Job]) -> None:
+        """Reserve tokens, take a generation slot and submit every job to the engine."""
+        st = self.state
+        self.jobs = jobs
+        self._reserved = st.limiter.reserve(self.ctx.client, sum(j.prompt_tokens + j.params.max_tokens for j in jobs))
+        self._cleanups.append(self._refund)
+        await st.slots.acquire()
+        self._cleanups.append(st.slots.release)
+        engine, adapter = self.served.slot.engine, self.served.adapter
+
+        def submit_all() -> list[Generation]:
+            gens: list[Generation] = []
+            try:
+                for job in jobs:
+                    gens.append(engine.submit(job.prompt, job.params, adapter=adapter))
+            except BaseException:
+                for g in gens:
+                    g.cancel()
+                raise
+            return gens
+
+        self.gens = await self.served.slot.call(submit_all)
+
+    def _refund(self) -> None:
+        if self._reserved:
+            used = sum(j.prompt_tokens for j in self.jobs) + sum(g.completion_tokens for g in self.gens)
+            self.state.limiter.refund(self.ctx.client, self._reserved - used)
+
+    def cancel(self, reason: str) -> None:
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+            self.state.metrics.cancelled.labels(reason).inc()
+        for g in self.gens:
+            g.cancel()
+
+    async def events(self) -> AsyncIterator[tuple[int, Piece | None]]:
+        """(choice index, piece) as the engine makes them, and (index, None) when that choice is finished.
+        Raises APIError 503 at the request timeout and ClientGone when a polled client disconnected."""
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(i: int, gen: Generation) -> None:
+            try:
+                async for piece in gen:
+                    queue.put_nowait((i, piece))
+                queue.put_nowait((i, None))
+            except Exception as e:  # noqa: BLE001 -- an engine failure: re-raised below, in the request's task
+                queue.put_nowait((i, e))
+
+        self._tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(self.gens)]
+        deadline = self.ctx.started + self.state.cfg.request_timeout_s
+        poll = self.ctx.is_disconnected
+        running = len(self.gens)
+        while running:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                self.cancel("timeout")
+                raise APIError(503, f"the request took longer than {self.state.cfg.request_timeout_s:g} s and was "
+                                    "cancelled", code="timeout", headers={"Retry-After": "1"})
+            try:
+                i, item = await asyncio.wait_for(queue.get(), min(left, POLL_S) if poll else left)
+            except TimeoutError:
+                if poll is not None and await poll():
+                    self.cancel("disconnect")
+                    raise ClientGone() from None
+                continue
+            if isinstance(item, Exception):
+                raise item
+            if item is None:
+                running -= 1
+            elif not self._ttft_seen and item.text:
+                self._ttft_seen = True
+                self.state.metrics.ttft.labels(self.route).observe(time.perf_counter() - self.ctx.started)
+            yield i, item
+
+    def finish_reason(self, i: int) -> str:
+        return "length" if self.gens[i].finish_reason == "length" else "stop"
+
+    def usage(self) -> p.Usage:
+        seen: dict[str, int] = {}  # n choices of one prompt count its tokens once, as OpenAI does
+        for j in self.jobs:
+            seen[j.prompt] = j.prompt_tokens
+        return p.Usage.of(sum(seen.values()), sum(g.completion_tokens for g in self.gens))
+
+    def close(self) -> None:
+        """Cancel what still runs, give back every resource, count the tokens. Safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
+        if any(g.finish_reason is None for g in self.gens):
+            self.cancel("disconnect")  # nothing consumes these any more: the client went away mid-stream
+        for t in self._tasks:
+            t.cancel()
+        if self.gens:
+            u = self.usage()
+            self.state.metrics.prompt_tokens.inc(u.prompt_tokens)
+            self.state.metrics.completion_tokens.inc(u.completion_tokens)
+        for fn in reversed(self._cleanups):
+            try:
+                fn()
+            except Exception:  # one failed cleanup must not keep the others from running
+                log.exception("cleanup of a request failed")
+
+
+def gen_params(req: p.Sampling, max_tokens: int, i: int, logprobs: int | None = None,
+               response_format: dict | None = None) -> GenParams:
+    return GenParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
+                     top_p=1.0 if req.top_p is None else req.top_p,
+                     seed=None if req.seed is None else req.seed + i,  # n choices differ, yet reproducibly
+                     stop=req.stops(), logprobs=logprobs, response_format=response_format)
+
+
+async def start_run(state: ServerState, req: p.Sampling, route: str, ctx: Context, prompts: list[str],
+                    param: str, **extra) -> Run:
+    """Admit and submit `req.n` generations of each prompt (choice index = prompt index * n + choice)."""
+    served = await state.models.acquire(req.model)
+    run = Run(state, served, route, ctx)
+    try:
+        prepared = await run.prepare(prompts, req.max_new_tokens(), param)
+        jobs = [Job(prompt, n, gen_params(req, max_tokens, i, **extra))
+                for prompt, n, max_tokens in prepared for i in range(req.n)]
+        await run.start(jobs)
+    except BaseException:
+        run.close()
+        raise
+    return run
+
+
+async def stream_events(run: Run, first: list[BaseModel], make: Callable[[int, Piece | None], BaseModel | None],
+                        usage_chunk: Callable[[], BaseModel] | None) -> AsyncIterator[str]:
+    """SSE lines of a run: `first`, `make`'s chunk per event, the usage chunk if asked, then `[DONE]`. An error
+    after the headers went out can only be told in the stream: an `error` event, as OpenAI and vLLM send it."""
+    try:
+        for chunk in first:
+            yield sse(chunk)
+        async for i, piece in run.events():
+            chunk = make(i, piece)
+            if chunk is not None:
+                yield sse(chunk)
+        if usage_chunk is not None:
+            yield sse(usage_chunk())
+    except APIError as e:
+        yield sse(e.body())
+    except Exception:
+        log.exception("generation failed mid-stream on %s", run.route)
+        yield sse(bug().body())
+    finally:
+        run.close()
+    yield "data: [DONE]\n\n"
+
+
+async def collect(run: Run) -> tuple[list[str], list[list[Piece]]]:
+    """The whole text and the pieces of every choice (non-streaming); the run is closed after."""
+    texts = [""] * len(run.gens)
+    pieces: list[list[Piece]] = [[] for _ in run.gens]
+    try:
+        async for i, piece in run.events():
+            if piece is not None:
+                texts[i] += piece.text
+                pieces[i].append(piece)
+    finally:
+        run.close()
+    return texts, pieces
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Logprobs in OpenAI's two shapes
+
+
+def _top(text: str, logprob: float) -> p.TopLogprob:
+    return p.TopLogprob(token=text, logprob=logprob, bytes=list(text.encode("utf-8")))
+
+
+def chat_logprobs(pieces: list[Piece]) -> p.ChoiceLogprobs:
+    """`choices[].logprobs.content`: one entry per token (Piece.text is that token's text)."""
+    content = [p.TokenLogprob(token=x.text, logprob=x.logprob, bytes=list(x.text.encode("utf-8")),
+                              top_logprobs=[_top(t, lp) for t, lp in x.top_logprobs or []])
+               for x in pieces if x.logprob is not None]
+    return p.ChoiceLogprobs(content=content)
+
+
+def completion_logprobs(pieces: list[Piece], offset: int = 0) -> p.CompletionLogprobs:
+    """The legacy shape: parallel lists; text_offset counts characters from the start of the completion."""
+    out = p.CompletionLogprobs()
+    for x in pieces:
+        if x.logprob is None:
+            offset += len(x.text)
+            continue
+        out.tokens.append(x.text)
+        out.token_logprobs.append(x.logprob)
+        out.top_logprobs.append(dict(x.top_logprobs) if x.top_logprobs is not None else None)
+        out.text_offset.append(offset)
+        offset += len(x.text)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The services the routes call
+
+
+class ServingChat:
+    route = "/v1/chat/completions"
+
+    def __init__(self, state: ServerState):
+        self.state = state
+
+    async def create(self, req: p.ChatCompletionRequest, ctx: Context) -> p.ChatCompletion | Stream:
+        refuse_unsupported(req)
+        served = self.state.models.get(req.model)
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+        prompt = await served.slot.call(served.slot.engine.format_chat, messages)
+        rf = req.response_format.model_dump(by_alias=True, exclude_none=True) if req.response_format else None
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        run = await start_run(self.state, req, self.route, ctx, [prompt], "messages", logprobs=logprobs,
+                              response_format=rf)
+        if req.stream:
+            return Stream(self._stream(run, req), run.close)
+        texts, pieces = await collect(run)
+        choices = [p.ChatChoice(index=i, message=p.AssistantMessage(content=text), finish_reason=run.finish_reason(i),
+                                logprobs=chat_logprobs(pieces[i]) if req.logprobs else None)
+                   for i, text in enumerate(texts)]
+        return p.ChatCompletion(model=req.model, system_fingerprint=self.state.fingerprint, choices=choices,
+                                usage=run.usage())
+
+    def _stream(self, run: Run, req: p.ChatCompletionRequest) -> AsyncIterator[str]:
+        head = {"id": p.new_id("chatcmpl"), "created": p.now(), "model": req.model,
+                    "system_fingerprint": self.state.fingerprint}
+        # the first chunk of each choice carries the role and no text, as OpenAI's do
+        first = [p.ChatCompletionChunk(**head, choices=[p.ChatChunkChoice(index=i, delta=p.Delta(role="assistant",
+                                                                                                   content=""))])
+                 for i in range(len(run.gens))]
+
+        def make(i: int, piece: Piece | None) -> p.ChatCompletionChunk | None:
+            if piece is None:
+                choice = p.ChatChunkChoice(index=i, delta=p.Delta(), finish_reason=run.finish_reason(i))
+            elif piece.text or piece.logprob is not None:
+                choice = p.ChatChunkChoice(index=i, delta=p.Delta(content=piece.text),
+                                           logprobs=chat_logprobs([piece]) if req.logprobs else None)
+            else:
+                return None
+            return p.ChatCompletionChunk(**head, choices=[choice])
+
+        usage = req.stream_options is not None and req.stream_options.include_usage
+        return stream_events(run, first, make, (lambda: p.ChatCompletionChunk(**head, choices=[], usage=run.usage()))
+                             if usage else None)
+
+
+class ServingCompletion:
+    route = "/v1/completions"
+
+    def __init__(self, state: ServerState):
+        self.state = state
+
+    async def create(self, req: p.CompletionRequest, ctx: Context) -> p.Completion | Stream:
+        refuse_unsupported(req)
+        run = await start_run(self.state, req, self.route, ctx, req.prompts(), "prompt", logprobs=req.logprobs)
+        if req.stream:
+            return Stream(self._stream(run, req), run.close)
+        texts, pieces = await collect(run)
+        choices = [p.CompletionChoice(index=i, text=text, finish_reason=run.finish_reason(i),
+                                      logprobs=completion_logprobs(pieces[i]) if req.logprobs is not None else None)
+                   for i, text in enumerate(texts)]
+        return p.Completion(model=req.model, system_fingerprint=self.state.fingerprint, choices=choices,
+                            usage=run.usage())
+
+    def _stream(self, run: Run, req: p.CompletionRequest) -> AsyncIterator[str]:
+        head = {"id": p.new_id("cmpl"), "created": p.now(), "model": req.model, "system_fingerprint": self.state.fingerprint}
+        offsets = [0] * len(run.gens)
+
+        def make(i: int, piece: Piece | None) -> p.Completion | None:
+            if piece is None:
+                choice = p.CompletionChoice(index=i, text="", finish_reason=run.finish_reason(i))
+            elif piece.text or piece.logprob is not None:
+                lp = completion_logprobs([piece], offsets[i]) if req.logprobs is not None else None
+                offsets[i] += len(piece.text)
+                choice = p.CompletionChoice(index=i, text=piece.text, logprobs=lp)
+            else:
+                return None
+            return p.Completion(**head, choices=[choice])
+
+        usage = req.stream_options is not None and req.stream_options.include_usage
+        return stream_events(run, [], make, (lambda: p.Completion(**head, choices=[], usage=run.usage()))
+                             if usage else None)
+
+
+class ServingEmbedding:
+    route = "/v1/embeddings"
+
+    def __init__(self, state: ServerState):
+        self.state = state
+
+    async def create(self, req: p.EmbeddingRequest, ctx: Context) -> p.EmbeddingList:
+        emb = self.state.embedder
+        if emb is None or req.model != emb.id:
+            if req.model in self.state.models.entries:
+                served_by = f"; embeddings are served by '{emb.id}'" if emb else ""
+                raise APIError(400, f"'{req.model}' is a generation model{served_by}", param="model",
+                               code="model_not_supported")
+            known = f"'{emb.id}'" if emb else "none (the server was started without an embedder)"
+            raise APIError(404, f"the embedding model '{req.model}' does not exist; this server has {known}",
+                           param="model", code="model_not_found")
+        texts = req.inputs()
+        for i, t in enumerate(texts):
+            if not t:
+                raise APIError(400, f"input[{i}] is empty", param=f"input[{i}]" if len(texts) > 1 else "input")
+        if req.dimensions is not None and req.dimensions != (dims := await emb.dimensions()):
+            raise APIError(400, f"{emb.id} makes {dims}-dimensional vectors; other dimensions are not supported",
+                           param="dimensions", code="unsupported_parameter")
+        vectors, counts = await emb.encode(texts)
+        self.state.limiter.charge(ctx.client, sum(counts))
+        self.state.metrics.prompt_tokens.inc(sum(counts))
+        if req.encoding_format == "base64":  # float32 little-endian, as OpenAI encodes it
+            data = [p.Embedding(index=i, embedding=base64.b64encode(v.tobytes()).decode()) for i, v in enumerate(vectors)]
+        else:
+            data = [p.Embedding(index=i, embedding=v.tolist()) for i, v in enumerate(vectors)]
+        return p.EmbeddingList(data=data, model=emb.id,
+                               usage=p.EmbeddingUsage(prompt_tokens=sum(counts), total_tokens=sum(counts)))
+
+
+class ServingModels:
+    def __init__(self, state: ServerState):
+        self.state = state
+
+    def cards(self) -> list[p.ModelCard]:
+        cards = [p.ModelCard(id=s.id, created=s.created, parent=s.parent) for s in self.state.models.entries.values()]
+        if self.state.embedder is not None:
+            cards.append(p.ModelCard(id=self.state.embedder.id, created=min((c.created for c in cards), default=p.now())))
+        return cards
+
+    def list(self) -> p.ModelList:
+        return p.ModelList(data=self.cards())
+
+    def retrieve(self, id: str) -> p.ModelCard:
+        for card in self.cards():
+            if card.id == id:
+                return card
+        raise APIError(404, f"the model '{id}' does not exist", param="model", code="model_not_found")
