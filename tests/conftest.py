@@ -149,3 +149,27 @@ def llmkit_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "llmkit-home"
     monkeypatch.setenv("LLMKIT_HOME", str(home))
     return home
+
+
+STYLES = {"pirate": "Ahoy matey! Restart the router, arr.", "formal": "Dear customer, kindly restart the router."}
+
+
+@pytest.fixture(scope="session")
+def style_adapters(tiny_llama, tmp_path_factory) -> dict[str, Path]:
+    """Two real LoRA adapters trained on the tiny model by the train stage, each to answer in its own style."""
+    from llmkit.config import DataConfig, TrainConfig
+    from llmkit.data import prepare
+    from llmkit.train import finetune
+
+    out = {}
+    for style, reply in STYLES.items():
+        d = tmp_path_factory.mktemp(style)
+        rows = [{"instruction": f"Question {i}: my router R{i % 5} is slow.", "output": reply} for i in range(48)]
+        (d / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        prepare(DataConfig(train=str(d / "t.jsonl"), val_fraction=0.1), d / "data", model=str(tiny_llama),
+                progress=False)
+        cfg = TrainConfig(epochs=4, lr=1e-2, batch_size=4, max_length=96, eval_every=100, save_every=100,
+                          precision="fp32")
+        finetune(cfg, d / "data", str(tiny_llama), d / "adapter", progress=False)
+        out[style] = d / "adapter"
+    return out

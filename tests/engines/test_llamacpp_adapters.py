@@ -1,37 +1,18 @@
 """Many LoRA adapters on one base in the llama.cpp engine: two adapters trained to answer in different styles
 run side by side in the same engine (and the same decode steps) as the plain base, each in its own style."""
 
-import json
-
 import pytest
 
-from llmkit.config import DataConfig, TrainConfig
 from llmkit.engines import GenParams
 from llmkit.engines.llamacpp import LlamaCppEngine
 from llmkit.models import resolve_model
 
-STYLES = {"pirate": "Ahoy matey! Restart the router, arr.", "formal": "Dear customer, kindly restart the router."}
-
-
 @pytest.fixture(scope="module")
-def adapters(tiny_llama, tmp_path_factory):
-    """Two real LoRA adapters trained on the tiny model by the train stage, exported to llama.cpp's format."""
+def adapters(style_adapters, tiny_gguf):
     from llmkit.compress.lora_gguf import export_lora_gguf
-    from llmkit.data import prepare
-    from llmkit.train import finetune
 
-    out = {}
-    for style, reply in STYLES.items():
-        d = tmp_path_factory.mktemp(style)
-        rows = [{"instruction": f"Question {i}: my router R{i % 5} is slow.", "output": reply} for i in range(48)]
-        (d / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        prepare(DataConfig(train=str(d / "t.jsonl"), val_fraction=0.1), d / "data", model=str(tiny_llama),
-                progress=False)
-        cfg = TrainConfig(epochs=4, lr=1e-2, batch_size=4, max_length=96, eval_every=100, save_every=100,
-                          precision="fp32")
-        finetune(cfg, d / "data", str(tiny_llama), d / "adapter", progress=False)
-        out[style] = export_lora_gguf(d / "adapter", d / f"{style}.gguf")
-    return out
+    return {name: export_lora_gguf(folder, folder.parent / f"{name}.gguf", base=tiny_gguf)
+            for name, folder in style_adapters.items()}
 
 
 def test_two_adapters_and_the_base_answer_side_by_side(tiny_gguf, adapters):

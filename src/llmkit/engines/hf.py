@@ -26,6 +26,7 @@ class TransformersEngine:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._jobs_lock = threading.Lock()
         self._worker: threading.Thread | None = None
+        self._adapters: set[str] = set()  # loaded through load_adapter (the server's multi-adapter path)
         if model.kind == "adapter":  # a PEFT adapter: load its base, then apply it
             from peft import PeftModel
 
@@ -107,29 +108,59 @@ class TransformersEngine:
             raise UnsupportedFeature("response_format (constrained decoding) needs the llamacpp engine")
         if params.logprobs is not None:
             raise UnsupportedFeature("logprobs are served by the llamacpp engine only")
-        if adapter is not None:
-            raise UnsupportedFeature(f"adapter '{adapter}' is not loaded in this engine")
+        if adapter is not None and adapter not in self._adapters:
+            raise UnsupportedFeature(f"adapter '{adapter}' is not loaded")
         ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
         gen = Generation(prompt_tokens=int(ids["input_ids"].shape[1]))
         with self._jobs_lock:
             if self._worker is None:
                 self._worker = threading.Thread(target=self._serve_jobs, daemon=True, name="llmkit-hf")
                 self._worker.start()
-        self._jobs.put((dict(ids), params, gen))
+        self._jobs.put((dict(ids), params, gen, adapter))
         return gen
+
+    def load_adapter(self, name: str, path) -> None:
+        """Load a PEFT LoRA adapter folder beside the others on this base (PEFT's multi-adapter model)."""
+        from peft import PeftModel
+
+        with self._jobs_lock:
+            if name in self._adapters:
+                return
+            if isinstance(self.lm, PeftModel):
+                self.lm.load_adapter(str(path), adapter_name=name)
+            else:
+                self.lm = PeftModel.from_pretrained(self.lm, str(path), adapter_name=name).eval()
+            self._adapters.add(name)
+
+    def unload_adapter(self, name: str) -> None:
+        with self._jobs_lock:
+            if name in self._adapters:
+                self.lm.delete_adapter(name)
+                self._adapters.discard(name)
+
+    def _adapter_context(self, adapter: str | None):
+        """Run with `adapter` active, or with every adapter off for the base (on the worker thread only)."""
+        import contextlib
+
+        if not self._adapters:
+            return contextlib.nullcontext()
+        if adapter is None:
+            return self.lm.disable_adapter()
+        self.lm.set_adapter(adapter)
+        return contextlib.nullcontext()
 
     def _serve_jobs(self) -> None:
         while True:
-            inputs, params, gen = self._jobs.get()
+            inputs, params, gen, adapter = self._jobs.get()
             if gen.cancelled.is_set():
                 gen.close("cancelled")
                 continue
             try:
                 reason = "length"
-                pieces = self._generate(inputs, params, gen)
-                for text in pieces:
-                    gen.completion_tokens = self._last_new_tokens
-                    gen.put(Piece(text))
+                with self._adapter_context(adapter):
+                    for text in self._generate(inputs, params, gen):
+                        gen.completion_tokens = self._last_new_tokens
+                        gen.put(Piece(text))
                 gen.completion_tokens = self._last_new_tokens
                 if self._last_stopped:
                     reason = "stop"

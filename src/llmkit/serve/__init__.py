@@ -71,7 +71,7 @@ def load_state(cfg: ServeConfig, models: list[str] | None = None, keys: KeyStore
         raise ConfigError([f"two served models are both called '{d}'; name one with NAME=SPEC" for d in dupes])
     opts: dict = {"n_threads": cfg.threads} if cfg.threads else {}
     if cfg.engine == "llamacpp":
-        opts["n_ctx"] = cfg.n_ctx
+        opts.update(n_ctx=cfg.n_ctx, parallel=cfg.max_inflight)
     table = ModelTable(cfg.max_adapters)
     try:
         for i, (name, ref) in enumerate(bases):

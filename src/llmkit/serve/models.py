@@ -26,6 +26,16 @@ from llmkit.models import ModelRef
 from llmkit.serve.errors import APIError
 
 
+def adapter_source(engine: Engine, ref: ModelRef):
+    """What the engine loads for a PEFT adapter: the folder itself (transformers), or its llama.cpp adapter GGUF,
+    converted once and cached by content (llamacpp: LoRA on an unmerged GGUF base)."""
+    if engine.name != "llamacpp":
+        return ref.path
+    from llmkit.compress.lora_gguf import adapter_gguf
+
+    return adapter_gguf(ref.path, base=engine.model.path)
+
+
 @dataclass
 class EngineSlot:
     """An engine, its context length and the one thread the server calls it on."""
@@ -98,7 +108,7 @@ class ModelTable:
                                 "`llmkit compress` or serve it alone", param="model", code="model_not_supported")
         async with self._lock:  # one load at a time; a second request for the same adapter waits for the first
             if id not in self._loaded:
-                await served.slot.call(engine.load_adapter, served.adapter, served.ref)
+                await served.slot.call(engine.load_adapter, served.adapter, adapter_source(engine, served.ref))
                 self._loaded[id] = served
             self._loaded.move_to_end(id)
             self._users[id] = self._users.get(id, 0) + 1

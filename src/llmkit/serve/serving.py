@@ -282,9 +282,14 @@ def _top(text: str, logprob: float) -> p.TopLogprob:
     return p.TopLogprob(token=text, logprob=logprob, bytes=list(text.encode("utf-8")))
 
 
+def _tok(x: Piece) -> str:
+    """The token's own text: `Piece.text` may hold part of it back (a possible stop string, half a character)."""
+    return x.token_text if x.token_text is not None else x.text
+
+
 def chat_logprobs(pieces: list[Piece]) -> p.ChoiceLogprobs:
     """`choices[].logprobs.content`: one entry per token (Piece.text is that token's text)."""
-    content = [p.TokenLogprob(token=x.text, logprob=x.logprob, bytes=list(x.text.encode("utf-8")),
+    content = [p.TokenLogprob(token=_tok(x), logprob=x.logprob, bytes=list(_tok(x).encode("utf-8")),
                               top_logprobs=[_top(t, lp) for t, lp in x.top_logprobs or []])
                for x in pieces if x.logprob is not None]
     return p.ChoiceLogprobs(content=content)
@@ -297,7 +302,7 @@ def completion_logprobs(pieces: list[Piece], offset: int = 0) -> p.CompletionLog
         if x.logprob is None:
             offset += len(x.text)
             continue
-        out.tokens.append(x.text)
+        out.tokens.append(_tok(x))
         out.token_logprobs.append(x.logprob)
         out.top_logprobs.append(dict(x.top_logprobs) if x.top_logprobs is not None else None)
         out.text_offset.append(offset)
