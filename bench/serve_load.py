@@ -63,9 +63,14 @@ def peer_cmd(model: str, threads: int, port: int) -> list[str]:
 
 
 def llmkit_cmd(model: str, threads: int, port: int) -> list[str]:
-    """The one place to edit while `llmkit serve` settles its flags."""
+    """`llmkit serve` with its defaults, but no embedder (nothing here asks for embeddings) and room for every
+    client of the largest level in one batch (--max-inflight, default 8)."""
     return [sys.executable, "-m", "llmkit.cli", "serve", "--model", model, "--engine", "llamacpp",
-            "--threads", str(threads), "--host", "127.0.0.1", "--port", str(port)]
+            "--threads", str(threads), "--host", "127.0.0.1", "--port", str(port), "--embedder", "none",
+            "--max-inflight", str(MAX_INFLIGHT)]
+
+
+MAX_INFLIGHT = 16
 
 
 COMMANDS = {"peer": peer_cmd, "llmkit": llmkit_cmd}

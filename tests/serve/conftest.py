@@ -18,12 +18,14 @@ def server(tiny_llama) -> Iterator[Running]:
 
 
 @pytest.fixture
-def make_server(tiny_llama):
-    """Start a server of its own with config overrides; it is stopped at the end of the test."""
+def make_server(tiny_llama, tiny_gguf):
+    """Start a server of its own with config overrides (engine="llamacpp" serves the tiny GGUF); it is stopped
+    at the end of the test."""
     with_servers: list = []
 
     def start(keys: KeyStore | None = None, **cfg) -> Running:
-        cm = running(make_state(tiny_llama, keys=keys, **cfg))
+        model = tiny_gguf if cfg.get("engine") == "llamacpp" else tiny_llama
+        cm = running(make_state(model, keys=keys, **cfg))
         with_servers.append(cm)
         return cm.__enter__()
 

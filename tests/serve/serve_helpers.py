@@ -83,8 +83,10 @@ def running(state: ServerState) -> Iterator[Running]:
         sock.close()
 
 
-def make_state(tiny_llama, embedder: str | None = None, keys: KeyStore | None = None, **cfg) -> ServerState:
-    config = ServeConfig(engine="transformers", threads=1, n_ctx=256, embedder=embedder, **cfg)
-    return load_state(config, [f"{MODEL}={tiny_llama}"], keys=keys or KeyStore())
+def make_state(tiny_model, embedder: str | None = None, keys: KeyStore | None = None, engine: str = "transformers",
+               **cfg) -> ServerState:
+    """The tiny model as 'tiny': its HF folder on transformers, or its GGUF on llamacpp."""
+    config = ServeConfig(engine=engine, threads=1, n_ctx=256, embedder=embedder, **cfg)
+    return load_state(config, [f"{MODEL}={tiny_model}"], keys=keys or KeyStore())
 
 

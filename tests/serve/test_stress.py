@@ -8,6 +8,7 @@ import random
 from collections import Counter
 
 import httpx
+import pytest
 from serve_helpers import MODEL
 
 CHAT = "/v1/chat/completions"
@@ -73,8 +74,9 @@ async def fire(url: str, todo, concurrency: int = 16) -> tuple[Counter, list[str
     return statuses, wrong
 
 
-def test_thousand_requests_with_malformed_ones(make_server):
-    srv = make_server()
+@pytest.mark.parametrize("engine", ["llamacpp", "transformers"])
+def test_thousand_requests_with_malformed_ones(make_server, engine):
+    srv = make_server(engine=engine)
     statuses, wrong = asyncio.run(fire(srv.url, requests()))
     assert sum(statuses.values()) == 1000
     assert not [s for s in statuses if s >= 500], statuses

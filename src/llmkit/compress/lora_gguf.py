@@ -133,7 +133,7 @@ def _base_info(base: str | Path, adapter_dir: Path) -> dict:
 
     ref = resolve_model(str(base))
     if ref.kind == "gguf":
-        kv = _gguf_scalars(ref.path, ("general.architecture", "{}.attention.head_count", "{}.attention.head_count_kv"))
+        kv = gguf_scalars(ref.path, ("general.architecture", "{}.attention.head_count", "{}.attention.head_count_kv"))
         arch = kv.get("general.architecture")
         if arch not in SUPPORTED_ARCHITECTURES.values():
             raise UnsupportedModel(f"{ref.path}: GGUF architecture '{arch}' is not supported for LoRA adapters; "
@@ -154,7 +154,7 @@ def _base_info(base: str | Path, adapter_dir: Path) -> dict:
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 
 
-def _gguf_scalars(path: Path, wanted: tuple[str, ...]) -> dict:
+def gguf_scalars(path: Path, wanted: tuple[str, ...]) -> dict:
     """The scalar and string key/values `wanted` from a GGUF header ("{}" in a key stands for general.architecture),
     reading only until they are found. Why not gguf.GGUFReader: it parses every field, the 49k-token vocabulary
     included (4.4 s for SmolLM2 here), and a server's cache hit must not pay that. Keys are read in file order;

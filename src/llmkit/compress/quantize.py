@@ -62,11 +62,12 @@ def _llama_log() -> Iterator[list[str]]:
 
 
 def quantize(f16: Path, out: Path, qtype: str, *, threads: int = 1, preset: dict | None = None,
-             imatrix: dict | None = None) -> dict:
+             imatrix: dict | None = None, requantize: bool = False) -> dict:
     """Quantize an f16 GGUF to `qtype` with llama.cpp's quantizer, writing `out` atomically.
 
     preset: llama.cpp settings ({"ftype", "token_embd", "overrides"}); default QUANT_PRESETS[qtype].
     imatrix: {llama.cpp tensor name: float32 importance per input column}, from `importance`.
+    requantize: accept a quantized source (each weight is dequantized, then quantized again).
     """
     try:
         import llama_cpp
@@ -79,6 +80,7 @@ def quantize(f16: Path, out: Path, qtype: str, *, threads: int = 1, preset: dict
     preset = preset or QUANT_PRESETS[qtype]
     params = llama_cpp.llama_model_quantize_default_params()
     params.nthread = threads
+    params.allow_requantize = requantize  # from an already quantized GGUF (serve's Q4_1 → Q8_0 for batching)
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{preset['ftype']}")
     if preset.get("token_embd"):
         params.token_embedding_type = _ggml(preset["token_embd"])
