@@ -4,6 +4,7 @@ ChatML template, as an HF folder and as a GGUF file, so unit tests run in second
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 import os
 from pathlib import Path
 
@@ -173,3 +174,34 @@ def style_adapters(tiny_llama, tmp_path_factory) -> dict[str, Path]:
         finetune(cfg, d / "data", str(tiny_llama), d / "adapter", progress=False)
         out[style] = d / "adapter"
     return out
+
+
+# -- the serve tests' servers (tests/serve_helpers.py: real uvicorn servers on free loopback ports) --
+
+@pytest.fixture(scope="session")
+def server(tiny_llama) -> Iterator:
+    """The shared server of the serve tests: the tiny model as 'tiny', the bundled MiniLM embedder, no keys, no
+    rate limits (tests/serve_helpers.py starts it)."""
+    from serve_helpers import make_state, running
+
+    with running(make_state(tiny_llama, embedder="all-minilm-l6-v2")) as r:
+        yield r
+
+
+@pytest.fixture
+def make_server(tiny_llama, tiny_gguf):
+    """Start a server of its own with config overrides (engine="llamacpp" serves the tiny GGUF); it is stopped
+    at the end of the test."""
+    from serve_helpers import make_state, running
+
+    with_servers: list = []
+
+    def start(keys=None, **cfg):
+        model = tiny_gguf if cfg.get("engine") == "llamacpp" else tiny_llama
+        cm = running(make_state(model, keys=keys, **cfg))
+        with_servers.append(cm)
+        return cm.__enter__()
+
+    yield start
+    for cm in reversed(with_servers):
+        cm.__exit__(None, None, None)

@@ -285,7 +285,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, model, names: dict[str, l
         if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `X | None`: the X
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         default = f" (default: {info.default})" if info.default not in (None, [], "", PydanticUndefined) else ""
-        help_ = (info.description or "") + default
+        help_ = ((info.description or "") + default).replace("%", "%%")  # argparse %-formats help
         if kind is bool:
             parser.add_argument(*flags, dest=field, action="store_const", const=True, default=None, help=help_)
         elif typing.get_origin(kind) is typing.Literal:
