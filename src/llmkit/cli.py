@@ -222,6 +222,8 @@ def _serve(args: argparse.Namespace) -> int:
         base = base.model_copy(update={"engine": engine} if engine else {})
         if base.api_keys_file:  # relative to the recipe, like every path in it
             base = base.model_copy(update={"api_keys_file": str(recipe.path(base.api_keys_file))})
+        if recipe.rag is not None and not base.rag and (recipe.run_dir / "rag" / "manifest.json").is_file():
+            base = base.model_copy(update={"rag": [str(recipe.run_dir / "rag")]})  # its rag stage's collection
     given = {k: v for k, v in vars(args).items() if k in ServeConfig.model_fields and v is not None}
     if given.get("embedder", "").lower() in ("none", "null"):
         given["embedder"] = None
@@ -349,13 +351,14 @@ def _add_config_flags(parser: argparse.ArgumentParser, model, names: dict[str, l
         if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `X | None`: the X
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         default = f" (default: {info.default})" if info.default not in (None, [], "", PydanticUndefined) else ""
-        help_ = (info.description or "") + default
+        help_ = ((info.description or "") + default).replace("%", "%%")  # argparse formats help with %
         if kind is bool:
             parser.add_argument(*flags, dest=field, action="store_const", const=True, default=None, help=help_)
         elif typing.get_origin(kind) is typing.Literal:
             parser.add_argument(*flags, dest=field, choices=typing.get_args(kind), default=None, help=help_)
         elif typing.get_origin(kind) is list:
-            parser.add_argument(*flags, dest=field, action="append", default=None, metavar="MODEL", help=help_)
+            parser.add_argument(*flags, dest=field, action="append", default=None,
+                                metavar="MODEL" if field == "models" else "DIR", help=help_)
         else:
             parser.add_argument(*flags, dest=field, type=kind, default=None, help=help_)
 
@@ -479,7 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "registry name, folder, .gguf, hub id or PEFT adapter folder; NAME=SPEC sets the "
                                     "id clients send. With --recipe: the recipe's newest compressed GGUF, else its "
                                     "trained model, else its base model, served as the recipe's name, with its "
-                                    "serve: section as defaults for these flags. Listening on anything but loopback "
+                                    "serve: section as defaults for these flags (and its rag stage's index as --rag). "
+                                    "--rag DIR makes a collection answer chats: a request body with "
+                                    "\"rag\": {\"collection\": NAME, \"top_k\": 4} gets NAME's chunks as numbered "
+                                    "sources and a top-level citations list. Listening on anything but loopback "
                                     "needs API keys. Ctrl-C (SIGTERM) drains: new requests get 503, running ones "
                                     "finish; a second Ctrl-C stops at once.")
     sv.add_argument("--recipe", help="serve this recipe's model, with its serve: section as the defaults")

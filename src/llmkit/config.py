@@ -167,6 +167,7 @@ class ServeConfig(Section):
     api_keys_file: str | None = Field(None, description="One key per line: plaintext `sk-...` or `sha256:<hex>` (`llmkit keys hash`); `#` comments. Also $LLMKIT_API_KEYS (comma-separated).")
     allow_public_without_keys: bool = Field(False, description="Bind a non-loopback host with no API keys (anyone who can reach it may use it).")
     models: list[str] = Field(default_factory=list, description="Models to serve (registry name, folder, .gguf, hub id or PEFT adapter folder; `NAME=SPEC` sets the id clients use); default: the recipe's.")
+    rag: list[str] = Field(default_factory=list, description="Rag index folders (`llmkit rag index`, a recipe's rag stage) or folders of them; a chat request with `\"rag\": {\"collection\": NAME}` is answered from NAME's chunks, with citations.")
     embedder: str | None = Field("all-minilm-l6-v2", description="sentence-transformers model for /v1/embeddings (the bundled all-minilm-l6-v2, a folder or a hub id); null (CLI: none): no embeddings.")
     threads: int | None = Field(None, gt=0, description="CPU threads per engine; default $LLMKIT_THREADS or the cores.")
     n_ctx: int = Field(2048, gt=0, description="Context length per request in tokens; prompt + max_tokens beyond it is a 400. llamacpp keeps max_inflight × n_ctx tokens of KV cache (~23 KB each for SmolLM2-135M).")

@@ -49,7 +49,7 @@ class LanceStore:
 
     def __init__(self, folder: Path, collection: str):
         # lance logs from Rust; "creating a new dataset" is a WARN there, and we only create new ones
-        os.environ.setdefault("LANCE_LOG", "error")
+        os.environ.setdefault("LANCEDB_LOG", "error")
         try:
             import lancedb
         except ImportError:
