@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from llmkit import artifacts
 from llmkit.config import RagConfig
@@ -108,12 +109,15 @@ def index(cfg: RagConfig, out: Path, *, base_dir: Path | None = None, force: boo
 
         t = time.perf_counter()
         dim = model.get_embedding_dimension()
-        tables = {s: _rows([(i, c) for s2, i, c in new if s2 == s], vectors[[k for k, x in enumerate(new) if x[0] == s]],
-                           s, dim) for s in chunks}
+        tables, k = {}, 0
+        for s in sorted(chunks):  # `new` is in this order: each file's rows are one slice of `vectors`
+            n = len(chunks[s])
+            tables[s] = _rows(list(enumerate(chunks[s])), vectors[k:k + n], s, dim)
+            k += n
         if kept:
             old = open_store(cfg.store, out / "lance", cfg.collection).read()
             for s in kept:
-                tables[s] = old.filter(pa.compute.equal(old["source"], s))
+                tables[s] = old.filter(pc.equal(old["source"], s))
         rows = pa.concat_tables([tables[s] for s in sorted(tables)]) if tables else schema(dim).empty_table()
         open_store(cfg.store, b.tmp / "lance", cfg.collection).write(rows)
         _write_bm25(b.tmp / "bm25", rows)
