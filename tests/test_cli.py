@@ -9,10 +9,11 @@ from llmkit.cli import build_parser, main
 def test_every_command_has_help(capsys):
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"models", "chat", "validate", "run", "lineage", "data", "train", "compress", "serve", "keys"}
-    for name in sub.choices:
+    assert set(sub.choices) == {"models", "chat", "validate", "run", "lineage", "data", "train", "compress", "serve", "keys",
+                                  "rag"}
+    for name in [*sub.choices, "rag index", "rag query", "rag eval"]:
         with pytest.raises(SystemExit) as e:
-            main([name, "--help"])
+            main([*name.split(), "--help"])
         assert e.value.code == 0
         assert "usage: llmkit" in capsys.readouterr().out
 

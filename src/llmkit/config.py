@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmkit.errors import ConfigError
 
@@ -120,14 +120,31 @@ class EvalConfig(Section):
 
 
 class RagConfig(Section):
-    """`rag:` indexes documents into a vector database for retrieval at serving time."""
+    """`rag:` indexes documents (.md, .txt, .html, .pdf) for retrieval: dense vectors in LanceDB + BM25, fused."""
 
-    sources: list[str] = Field(description="Folders or files to index.")
-    collection: str = Field("docs", min_length=3)
-    store: Literal["lancedb", "chroma", "qdrant"] = "lancedb"
-    chunk_tokens: int = Field(256, gt=0)
-    chunk_overlap: int = Field(32, ge=0)
-    embedder: str = "all-minilm-l6-v2"
+    sources: list[str] = Field(description="Folders or files to index; folders are walked (see include/exclude).")
+    include: list[str] = Field(default_factory=lambda: ["*.md", "*.markdown", "*.txt", "*.html", "*.htm", "*.pdf"],
+                               description="Globs a file's path below its source folder must match (any of them).")
+    exclude: list[str] = Field(default_factory=list, description="Globs that drop a file, e.g. 'drafts/*' (matched like include).")
+    collection: str = Field("docs", min_length=3, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                            description="Name clients ask for (`rag: {collection: ...}` in a chat request).")
+    # One backend so far; a server database (Qdrant, Milvus) goes behind the same `Store` Protocol (rag/store.py).
+    store: Literal["lancedb"] = Field("lancedb", description="Vector store: lancedb (embedded, on disk).")
+    # MiniLM reads at most 256 tokens with its 2 special ones, and the heading is embedded with each chunk:
+    # chunks of 200 leave room for it. Longer than the embedder reads is an error, never silent truncation.
+    chunk_tokens: int = Field(200, ge=16, description="Chunk length in the embedder's tokens (heading included).")
+    chunk_overlap: int = Field(32, ge=0, description="Tokens a chunk repeats from the one before, within a section.")
+    embedder: str = Field("all-minilm-l6-v2", description="sentence-transformers model: the bundled all-minilm-l6-v2, a folder or a hub id.")
+    batch_size: int = Field(32, gt=0, description="Chunks embedded per batch.")
+    top_k: int = Field(4, gt=0, description="Chunks retrieved per query, by default.")
+    rrf_k: int = Field(60, gt=0, description="Reciprocal-rank fusion constant: score = sum of 1 / (rrf_k + rank) over dense and BM25.")
+    on_error: Literal["skip", "fail"] = Field("skip", description="A file that cannot be read: `skip` reports it and indexes the rest; `fail` stops.")
+
+    @model_validator(mode="after")
+    def _overlap_below_chunk(self) -> RagConfig:
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be < chunk_tokens ({self.chunk_tokens})")
+        return self
 
 
 Rail = Literal["pii", "injection", "toxicity", "topics", "secrets"]
@@ -150,6 +167,7 @@ class ServeConfig(Section):
     api_keys_file: str | None = Field(None, description="One key per line: plaintext `sk-...` or `sha256:<hex>` (`llmkit keys hash`); `#` comments. Also $LLMKIT_API_KEYS (comma-separated).")
     allow_public_without_keys: bool = Field(False, description="Bind a non-loopback host with no API keys (anyone who can reach it may use it).")
     models: list[str] = Field(default_factory=list, description="Models to serve (registry name, folder, .gguf, hub id or PEFT adapter folder; `NAME=SPEC` sets the id clients use); default: the recipe's.")
+    rag: list[str] = Field(default_factory=list, description="Rag index folders (`llmkit rag index`, a recipe's rag stage) or folders of them; a chat request with `\"rag\": {\"collection\": NAME}` is answered from NAME's chunks, with citations.")
     embedder: str | None = Field("all-minilm-l6-v2", description="sentence-transformers model for /v1/embeddings (the bundled all-minilm-l6-v2, a folder or a hub id); null (CLI: none): no embeddings.")
     threads: int | None = Field(None, gt=0, description="CPU threads per engine; default $LLMKIT_THREADS or the cores.")
     n_ctx: int = Field(2048, gt=0, description="Context length per request in tokens; prompt + max_tokens beyond it is a 400. llamacpp keeps max_inflight × n_ctx tokens of KV cache (~23 KB each for SmolLM2-135M).")

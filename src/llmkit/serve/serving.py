@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from llmkit.engines import Generation, GenParams, Piece
 from llmkit.serve import protocol as p
+from llmkit.serve import rag
 from llmkit.serve.errors import APIError, bug
 from llmkit.serve.models import Served
 from llmkit.serve.state import ServerState
@@ -324,27 +325,53 @@ class ServingChat:
         refuse_unsupported(req)
         served = self.state.models.get(req.model)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
-        prompt = await served.slot.call(served.slot.engine.format_chat, messages)
+        hits = None
+        if req.rag is not None:
+            if self.state.rag is None:
+                raise APIError(400, "this server has no collections (start it with --rag INDEX_DIR)", param="rag",
+                               code="rag_not_configured")
+            hits = await self.state.rag.search(req.rag, rag.query_of(messages))
+            self.state.metrics.rag_retrievals.labels(req.rag.collection).inc()
+            prompt, hits = await self._fit(served, messages, hits, req.max_new_tokens())
+        else:
+            prompt = await served.slot.call(served.slot.engine.format_chat, messages)
         rf = req.response_format.model_dump(by_alias=True, exclude_none=True) if req.response_format else None
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         run = await start_run(self.state, req, self.route, ctx, [prompt], "messages", logprobs=logprobs,
                               response_format=rf)
         if req.stream:
-            return Stream(self._stream(run, req), run.close)
+            return Stream(self._stream(run, req, hits), run.close)
         texts, pieces = await collect(run)
         choices = [p.ChatChoice(index=i, message=p.AssistantMessage(content=text), finish_reason=run.finish_reason(i),
                                 logprobs=chat_logprobs(pieces[i]) if req.logprobs else None)
                    for i, text in enumerate(texts)]
+        if hits is not None:
+            return p.RagChatCompletion(model=req.model, system_fingerprint=self.state.fingerprint, choices=choices,
+                                       usage=run.usage(), citations=rag.citations(hits, texts))
         return p.ChatCompletion(model=req.model, system_fingerprint=self.state.fingerprint, choices=choices,
                                 usage=run.usage())
 
-    def _stream(self, run: Run, req: p.ChatCompletionRequest) -> AsyncIterator[str]:
+    @staticmethod
+    async def _fit(served: Served, messages: list[dict], hits: list, max_tokens: int | None) -> tuple[str, list]:
+        """The prompt with as many sources as fit the context (with room for max_tokens), the lowest-ranked left
+        out first; the citations then list exactly the sources the model saw."""
+        slot = served.slot
+        budget = slot.n_ctx - (max_tokens or 1)
+        for n in range(len(hits), -1, -1):
+            prompt = await slot.call(slot.engine.format_chat, rag.augment(messages, hits[:n]))
+            if n == 0 or len(await slot.call(slot.engine.tokenize, prompt)) <= budget:
+                return prompt, hits[:n]
+        raise AssertionError("unreachable")
+
+    def _stream(self, run: Run, req: p.ChatCompletionRequest, hits: list | None = None) -> AsyncIterator[str]:
         head = {"id": p.new_id("chatcmpl"), "created": p.now(), "model": req.model,
                     "system_fingerprint": self.state.fingerprint}
         # the first chunk of each choice carries the role and no text, as OpenAI's do
         first = [p.ChatCompletionChunk(**head, choices=[p.ChatChunkChoice(index=i, delta=p.Delta(role="assistant",
                                                                                                    content=""))])
                  for i in range(len(run.gens))]
+        if hits is not None:  # the sources go out first: a client can show them while the answer streams
+            first[0] = p.RagChatCompletionChunk(**first[0].model_dump(), citations=rag.citations(hits, None))
 
         def make(i: int, piece: Piece | None) -> p.ChatCompletionChunk | None:
             if piece is None:

@@ -12,6 +12,7 @@ from llmkit.serve.auth import KeyStore
 from llmkit.serve.embed import Embedder
 from llmkit.serve.limits import RateLimiter, Slots
 from llmkit.serve.metrics import Metrics
+from llmkit.serve.rag import Collections
 from llmkit.serve.models import ModelTable
 
 
@@ -24,6 +25,7 @@ class ServerState:
     metrics: Metrics = field(default_factory=Metrics)
     limiter: RateLimiter | None = None
     slots: Slots | None = None
+    rag: Collections | None = None  # the collections chat requests may name (`--rag`)
     fingerprint: str | None = None  # system_fingerprint of responses: llmkit's version and the engine
     draining: bool = False  # set when shutdown began: new requests get 503, running ones finish
     inflight: int = 0
@@ -72,3 +74,5 @@ class ServerState:
         self.models.close()
         if self.embedder is not None:
             self.embedder.close()
+        if self.rag is not None:
+            self.rag.close()

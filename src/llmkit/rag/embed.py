@@ -1,0 +1,58 @@
+"""The embedder: a sentence-transformers model (default the bundled all-MiniLM-L6-v2), loaded once per process.
+
+Vectors are L2-normalized, so the store's cosine distance and a dot product rank alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from llmkit.errors import ConfigError, MissingExtra
+from llmkit.models import embedder_path
+
+
+@functools.lru_cache(maxsize=2)
+def load_embedder(spec: str):
+    path = embedder_path(spec)
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise MissingExtra("sentence-transformers is not installed: pip install sentence-transformers") from None
+    return SentenceTransformer(path, device="cpu")
+
+
+def check_chunk_size(model, spec: str, chunk_tokens: int) -> None:
+    """A chunk longer than the model reads would be cut silently by sentence-transformers: refuse it up front."""
+    limit = model.max_seq_length - 2  # [CLS] and [SEP]
+    if chunk_tokens > limit:
+        raise ConfigError([f"rag.chunk_tokens: {chunk_tokens} is more than {spec} reads ({limit} tokens "
+                           f"besides its 2 special ones); use at most {limit}"])
+
+
+def encode(model, texts: list[str], batch_size: int, progress: bool = True,
+           after_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """(N, D) float32, L2-normalized, in batches of `batch_size` with a tqdm bar; `after_batch(i)` after each."""
+    from tqdm import tqdm
+
+    dim = model.get_embedding_dimension()
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    with tqdm(total=len(texts), desc="embed", unit="chunk", disable=not progress) as bar:
+        for b, i in enumerate(range(0, len(texts), batch_size)):
+            batch = texts[i:i + batch_size]
+            out[i:i + len(batch)] = model.encode(batch, batch_size=batch_size, convert_to_numpy=True,
+                                                 normalize_embeddings=True, show_progress_bar=False)
+            bar.update(len(batch))
+            if after_batch is not None:
+                after_batch(b + 1)
+    return out
+
+
+def kill_hook(batches: int) -> None:
+    """Tests: `LLMKIT_TEST_KILL_AFTER_BATCHES=N` SIGKILLs this process after N batches were embedded."""
+    n = int(os.environ.get("LLMKIT_TEST_KILL_AFTER_BATCHES", "0"))
+    if n and batches == n:
+        os.kill(os.getpid(), 9)

@@ -1,0 +1,55 @@
+"""Small documents for the rag tests, written by each test, and a minimal PDF writer (no PDF library needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmkit.config import RagConfig
+
+DOCS = {
+    "router.md": "# Router guide\n\nThe router connects your home to the internet.\n\n"
+                 "## Factory reset\n\nHold the Reset button with a paperclip for 10 seconds until the light blinks "
+                 "red, then wait two minutes for the router to restart.\n\n"
+                 "## Lights\n\nSolid white means connected. Amber means the WAN cable has no internet.\n",
+    "modem.txt": "The modem plugs into the cable line. Its MAC address is printed on the label underneath; "
+                 "your provider needs it before the modem works.\n",
+    "family.html": "<html><head><style>p {color: red}</style></head><body><h1>Family</h1>"
+                   "<h2>Bedtime</h2><p>Set bedtime hours for each profile so its devices go offline at night.</p>"
+                   "<script>var x = 'hidden';</script></body></html>",
+}
+
+
+def write_docs(folder: Path, docs: dict[str, str] | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in (DOCS if docs is None else docs).items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return folder
+
+
+def make_pdf(path: Path, pages: list[str]) -> Path:
+    """A valid PDF with one line of Helvetica text per page (enough for pypdf's text extraction)."""
+    n = len(pages)
+    objs = ["<< /Type /Catalog /Pages 2 0 R >>",
+            "<< /Type /Pages /Kids [" + " ".join(f"{3 + 2 * i} 0 R" for i in range(n)) + f"] /Count {n} >>"]
+    font = 3 + 2 * n
+    for i, text in enumerate(pages):
+        stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+        objs.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {4 + 2 * i} 0 R "
+                    f"/Resources << /Font << /F1 {font} 0 R >> >> >>")
+        objs.append(f"<< /Length {len(stream)} >>\nstream\n{stream.decode()}\nendstream")
+    objs.append("<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    out, offsets = b"%PDF-1.4\n", []
+    for i, obj in enumerate(objs, 1):
+        offsets.append(len(out))
+        out += f"{i} 0 obj\n{obj}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objs) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{o:010d} 00000 n \n" for o in offsets).encode()
+    out += f"trailer\n<< /Size {len(objs) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    path.write_bytes(out)
+    return path
+
+
+def cfg(*sources: Path, **kw) -> RagConfig:
+    return RagConfig(sources=[str(s) for s in sources], **kw)
