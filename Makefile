@@ -38,7 +38,8 @@ run: setup
 	$(BIN)/llmkit chat runs/support-assistant/compress --engine llamacpp --max-tokens 120 \
 		--prompt "My Nimbus R2 router has slow Wi-Fi. What should I do?"
 	# the OpenAI-compatible server: the bundled base and the trained LoRA adapter side by side on one llama.cpp base
-	$(BIN)/python examples/serve_demo.py --model smollm2-135m-instruct --model support=runs/support-assistant/train
+	$(BIN)/python examples/serve_demo.py --model smollm2-135m-instruct --model support=runs/support-assistant/train \
+		--rag runs/support-assistant/rag
 
 # pytest exits 5 when it collected no tests: that must fail, not pass silently.
 test: setup

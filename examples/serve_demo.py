@@ -1,7 +1,9 @@
 """Start `llmkit serve` on the given models, ask each the same question through the official `openai` client,
-print the answers side by side, and stop the server (what `make run` does after training).
+print the answers side by side, then (with --rag) ask a question answered from the indexed docs and print the
+citations; stop the server (what `make run` does after training).
 
-    python examples/serve_demo.py --model smollm2-135m-instruct --model support=runs/support-assistant/train
+    python examples/serve_demo.py --model smollm2-135m-instruct --model support=runs/support-assistant/train \
+        --rag runs/support-assistant/rag
 """
 
 from __future__ import annotations
@@ -29,12 +31,17 @@ def main() -> int:
     ap.add_argument("--model", action="append", required=True, help="NAME=SPEC or SPEC, as `llmkit serve --model`")
     ap.add_argument("--prompt", default="My Nimbus R2 router has slow Wi-Fi. What should I do?")
     ap.add_argument("--max-tokens", type=int, default=120)
+    ap.add_argument("--rag", help="an index folder from `llmkit rag index` or the recipe's rag stage")
+    ap.add_argument("--rag-collection", default="nimbus")
+    ap.add_argument("--rag-question", default="How long do I hold the reset button on the R2 router?")
     args = ap.parse_args()
 
     port = free_port()
     cmd = [sys.executable, "-m", "llmkit.cli", "serve", "--port", str(port), "--embedder", "none"]
     for m in args.model:
         cmd += ["--model", m]
+    if args.rag:
+        cmd += ["--rag", args.rag]
     print("$ llmkit", " ".join(cmd[4:]), flush=True)
     server = subprocess.Popen(cmd, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -62,6 +69,14 @@ def main() -> int:
                                                messages=[{"role": "user", "content": args.prompt}])
             took = time.perf_counter() - t0
             print(f"--- {model} ({r.usage.completion_tokens} tokens, {took:.1f} s)\n{r.choices[0].message.content}\n")
+        if args.rag:
+            r = client.chat.completions.create(
+                model=models[0], max_tokens=args.max_tokens, temperature=0,
+                messages=[{"role": "user", "content": args.rag_question}],
+                extra_body={"rag": {"collection": args.rag_collection, "top_k": 3}})
+            print(f"--- {models[0]} with retrieval: {args.rag_question!r}\n{r.choices[0].message.content}")
+            for c in (r.model_extra or {}).get("citations", []):
+                print(f"  [{c['index']}] {c['source']} § {c.get('heading') or '-'}{'  (cited)' if c.get('cited') else ''}")
         return 0
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # graceful: the server drains, then exits

@@ -35,8 +35,10 @@ def test_chat_with_rag_returns_citations(rag_server):
     client = rag_server.openai()
     plain = ask(client)
     r = ask(client, collection="help", top_k=2)
-    # the tiny model reads 256 tokens of its byte-level vocabulary: one source fits, the second is left out
-    [cite] = r.model_extra["citations"]
+    # the tiny model reads 256 tokens of its byte-level vocabulary: sources that do not fit are left out
+    cites = r.model_extra["citations"]
+    cite = cites[0]
+    assert 1 <= len(cites) <= 2
     assert (cite["index"], cite["source"], cite["heading"]) == (1, "docs/router.md", "Factory reset")
     assert "10 seconds" in cite["text"] and isinstance(cite["cited"], bool)
     assert plain.usage.prompt_tokens + 40 < r.usage.prompt_tokens <= 256 - 4  # the source went into the prompt
@@ -73,9 +75,13 @@ def test_rag_errors(rag_server, tiny_llama):
 def test_prompt_numbers_the_sources_and_citations_mark_cited():
     hits = [Hit("Hold Reset for 10 seconds.", "docs/router.md", None, "Factory reset", 0, 26, 0.03, 1),
             Hit("Page two.", "docs/m.pdf", 2, None, 0, 9, 0.02, 2)]
-    msgs = augment([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "q"}], hits)
-    assert msgs[0]["content"].startswith("Be brief.\n\nAnswer from the numbered sources below")
-    assert "[1] source: docs/router.md — Factory reset\nHold Reset for 10 seconds.\n\n[2] source: docs/m.pdf p.2\n" \
-           "Page two." in msgs[0]["content"] and msgs[1:] == [{"role": "user", "content": "q"}]
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "old q"},
+            {"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]
+    msgs = augment(chat, hits)
+    assert msgs[:3] == chat[:3]  # the client's system prompt and earlier turns are untouched
+    assert msgs[3] == {"role": "user", "content": (
+        "Sources:\n\n[1] source: docs/router.md — Factory reset\nHold Reset for 10 seconds.\n\n"
+        "[2] source: docs/m.pdf p.2\nPage two.\n\nQuestion: q\n\n"
+        "Answer the question from the sources above and cite the source number like [1].")}
     assert [c.cited for c in citations(hits, ["Hold it 10 s [1]."])] == [True, False]
     assert [c.cited for c in citations(hits, ["See [1, 2]."])] == [True, True]
