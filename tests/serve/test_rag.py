@@ -80,8 +80,7 @@ def test_prompt_numbers_the_sources_and_citations_mark_cited():
     msgs = augment(chat, hits)
     assert msgs[:3] == chat[:3]  # the client's system prompt and earlier turns are untouched
     assert msgs[3] == {"role": "user", "content": (
-        "Sources:\n\n[1] source: docs/router.md — Factory reset\nHold Reset for 10 seconds.\n\n"
-        "[2] source: docs/m.pdf p.2\nPage two.\n\nQuestion: q\n\n"
+        "Sources:\n\n[1] Hold Reset for 10 seconds.\n\n[2] Page two.\n\nQuestion: q\n\n"
         "Answer the question from the sources above and cite the source number like [1].")}
     assert [c.cited for c in citations(hits, ["Hold it 10 s [1]."])] == [True, False]
     assert [c.cited for c in citations(hits, ["See [1, 2]."])] == [True, True]

@@ -89,11 +89,11 @@ def augment(messages: list[dict], hits: list[Hit]) -> list[dict]:
 
     Why there and in that order: SmolLM2-135M, given the sources in the system message, answered "How long do I
     hold the reset button?" with an invented "1.5mm"; given "Sources … Question … instruction" as the user turn
-    it quoted the right step ("hold it with a paperclip for 10 seconds"). It still rarely writes [n] itself;
-    `citations` in the response carries the sources either way."""
+    it quoted the right step ("hold it with a paperclip for 10 seconds") — but only with bare "[n] text" sources:
+    with a "source: path — heading" line above each it answered from the wrong one. The file, page and heading
+    go to the client in `citations` instead. It still rarely writes [n] itself."""
     last = max(i for i, m in enumerate(messages) if m["role"] == "user")
-    sources = "\n\n".join(f"[{i}] source: {h.source}{f' p.{h.page}' if h.page else ''}"
-                          f"{f' — {h.heading}' if h.heading else ''}\n{h.text}" for i, h in enumerate(hits, 1))
+    sources = "\n\n".join(f"[{i}] {h.text}" for i, h in enumerate(hits, 1))
     if hits:
         content = f"Sources:\n\n{sources}\n\nQuestion: {messages[last]['content']}\n\n{INSTRUCTION}"
     else:
