@@ -137,6 +137,7 @@ class RagConfig(Section):
     embedder: str = Field("all-minilm-l6-v2", description="sentence-transformers model: the bundled all-minilm-l6-v2, a folder or a hub id.")
     batch_size: int = Field(32, gt=0, description="Chunks embedded per batch.")
     top_k: int = Field(4, gt=0, description="Chunks retrieved per query, by default.")
+    ann_min_rows: int | None = Field(50_000, ge=0, description="Build an approximate (HNSW) vector index when the collection has at least this many chunks; fewer are searched exactly. null: always exact.")
     rrf_k: int = Field(60, gt=0, description="Reciprocal-rank fusion constant: score = sum of 1 / (rrf_k + rank) over dense and BM25.")
     on_error: Literal["skip", "fail"] = Field("skip", description="A file that cannot be read: `skip` reports it and indexes the rest; `fail` stops.")
 

@@ -119,7 +119,8 @@ def index(cfg: RagConfig, out: Path, *, base_dir: Path | None = None, force: boo
             for s in kept:
                 tables[s] = old.filter(pc.equal(old["source"], s))
         rows = pa.concat_tables([tables[s] for s in sorted(tables)]) if tables else schema(dim).empty_table()
-        open_store(cfg.store, b.tmp / "lance", cfg.collection).write(rows)
+        store = open_store(cfg.store, b.tmp / "lance", cfg.collection)
+        store.write(rows, ann_min_rows=cfg.ann_min_rows)
         _write_bm25(b.tmp / "bm25", rows)
         timings["store_s"] = time.perf_counter() - t
 
@@ -127,6 +128,7 @@ def index(cfg: RagConfig, out: Path, *, base_dir: Path | None = None, force: boo
                          "pages": pages.get(s, previous["outputs"]["files"][s]["pages"] if s in kept else 0)}
                      for s in sorted(tables)}
         b.outputs = {"collection": cfg.collection, "store": cfg.store, "dim": dim, "files": files_out,
+                     "ann": "hnsw_sq" if getattr(store, "has_ann", False) else None,
                      "failed": [vars(x) for x in failed]}
         removed = sorted(set(previous["outputs"]["files"]) - set(tables)) if previous else []
         b.metrics = {"files": len(files_out), "chunks": int(rows.num_rows), "embedded_files": len(chunks),
