@@ -134,17 +134,37 @@ def encode(model, texts: list[str], batch: int) -> np.ndarray:
                         show_progress_bar=False).astype(np.float32)
 
 
+SHARD = 5000  # chunks per cached shard: an interrupted embedding run resumes from the last full shard
+
+
 def corpus_vectors(model, texts: list[str], batch: int) -> np.ndarray:
+    """All chunk vectors, cached in bench/results: the full matrix once done, and shards of SHARD chunks while
+    embedding (100k MiniLM embeddings take ~90 min on 2 cores, so a killed run must not start over)."""
     h = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
     path = RESULTS / f"rag_emb_{len(texts)}_{h}.npy"
     if path.is_file():
         log(f"embeddings: cached {path.name}")
         return np.load(path)
-    log(f"embedding {len(texts)} chunks (cached afterwards in {path.name}) ...")
-    t = time.perf_counter()
-    vecs = rag_embed.encode(model, texts, batch, progress=sys.stderr.isatty())
-    log(f"  {len(texts) / (time.perf_counter() - t):.0f} chunks/s")
+    shards = []
+    t, done = time.perf_counter(), 0
+    for i in range(0, len(texts), SHARD):
+        part = RESULTS / f"{path.stem}.part{i // SHARD:03d}.npy"
+        if part.is_file():
+            shards.append(np.load(part))
+            continue
+        if not done:
+            log(f"embedding chunks {i}..{len(texts)} (shards of {SHARD} cached in {part.parent}) ...")
+        vecs = rag_embed.encode(model, texts[i:i + SHARD], batch, progress=sys.stderr.isatty())
+        tmp = part.with_name(part.stem + ".tmp.npy")
+        np.save(tmp, vecs)
+        os.replace(tmp, part)  # a shard is there whole or not at all
+        shards.append(vecs)
+        done += len(vecs)
+        log(f"  {i + len(vecs)}/{len(texts)} embedded, {done / (time.perf_counter() - t):.0f} chunks/s")
+    vecs = np.concatenate(shards)
     np.save(path, vecs)
+    for part in RESULTS.glob(f"{path.stem}.part*.npy"):
+        part.unlink()
     return vecs
 
 
@@ -261,6 +281,8 @@ def main() -> int:
     ap.add_argument("--ann", default=DEFAULT_ANN, help=f"LanceDB index settings, comma-separated, of: {', '.join(ANN)}")
     ap.add_argument("--peer-queries", type=int, default=50, help="queries for LlamaIndex (its search is slow)")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--embed-only", action="store_true",
+                    help="only fill the embedding cache (resumable shards) and exit: run it alone, in the background")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="3,000 chunks, 50 queries, raw and ingest samples 300")
     ap.add_argument("--out", default=str(RESULTS / "rag.json"))
@@ -286,6 +308,9 @@ def main() -> int:
     log(f"corpus: {len(ws)} words -> {len(texts)} chunks; {len(queries)} queries; torch threads "
         f"{torch.get_num_threads()}")
 
+    if args.embed_only:
+        log(f"embeddings cached: {corpus_vectors(model, texts, args.batch).shape}")
+        return 0
     sample = texts[:args.raw_sample]
     encode(model, sample[:args.batch], args.batch)  # warm-up
     t = time.perf_counter()
