@@ -101,3 +101,21 @@ def test_json_schema_output_is_valid_json(engine):
 def test_too_long_a_request_is_refused_up_front(engine):
     with pytest.raises(Exception, match="exceeds the context"):
         engine.submit(PROMPTS[0], GenParams(max_tokens=1000))
+
+
+def test_a_request_that_cannot_start_fails_alone(engine, monkeypatch):
+    from llmkit.engines import UnsupportedFeature
+
+    real = engine._sampler
+
+    def refuse(req):  # as llama.cpp does with a grammar it cannot compile
+        if req.params.max_tokens == 3:
+            raise UnsupportedFeature("llama.cpp rejected the grammar made from response_format")
+        return real(req)
+
+    monkeypatch.setattr(engine, "_sampler", refuse)
+    bad = engine.submit(PROMPTS[0], GenParams(max_tokens=3))
+    with pytest.raises(UnsupportedFeature):
+        bad.text()
+    assert bad.finish_reason == "error"
+    assert engine.submit(PROMPTS[0], GenParams(max_tokens=4)).text()  # the scheduler thread is still alive

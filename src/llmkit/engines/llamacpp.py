@@ -277,13 +277,18 @@ class LlamaCppEngine:
             slot = max(free, key=lambda s: _common_prefix(s.cached, req.tokens) if s.adapter == req.adapter else -1)
             keep = _common_prefix(slot.cached, req.tokens) if slot.adapter == req.adapter else 0
             keep = min(keep, len(req.tokens) - 1)  # at least one prompt token must run to get logits
+            try:  # a request that cannot start (llama.cpp refused its grammar) fails alone, the engine goes on
+                sampler = self._sampler(req)
+            except Exception as e:
+                req.gen.close("error", e)
+                continue
             self._lc.llama_memory_seq_rm(self._mem, slot.seq, keep, -1)
             slot.cached = req.tokens[:keep]
             slot.todo = req.tokens[keep:]
             self.stats["prompt_tokens_reused"] += keep
             self.stats["prompt_tokens_computed"] += len(slot.todo)
             slot.adapter, slot.req = req.adapter, req
-            slot.sampler = self._sampler(req)
+            slot.sampler = sampler
             slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             slot.held, slot.n_out = "", 0
         return rest
