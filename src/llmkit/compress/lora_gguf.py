@@ -129,11 +129,11 @@ def _weights(adapter_dir: Path) -> Path:
 
 def _base_info(base: str | Path, adapter_dir: Path) -> dict:
     """{"architecture", "n_head", "n_head_kv"} of the base: what the adapter GGUF's content depends on."""
-    from llmkit.models import resolve_model
+    from llmkit.models import gguf_metadata, resolve_model
 
     ref = resolve_model(str(base))
     if ref.kind == "gguf":
-        kv = gguf_scalars(ref.path, ("general.architecture", "{}.attention.head_count", "{}.attention.head_count_kv"))
+        kv, _ = gguf_metadata(ref.path)
         arch = kv.get("general.architecture")
         if arch not in SUPPORTED_ARCHITECTURES.values():
             raise UnsupportedModel(f"{ref.path}: GGUF architecture '{arch}' is not supported for LoRA adapters; "
@@ -148,59 +148,6 @@ def _base_info(base: str | Path, adapter_dir: Path) -> dict:
         heads = cfg["num_attention_heads"]
         return {"architecture": arch, "n_head": heads, "n_head_kv": cfg.get("num_key_value_heads") or heads}
     raise UnsupportedModel(f"adapter {adapter_dir}: its base '{base}' is itself an adapter; give the base model")
-
-
-# GGUF value types (gguf.GGUFValueType) → struct format; 8 is a string, 9 an array
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-
-
-def gguf_scalars(path: Path, wanted: tuple[str, ...]) -> dict:
-    """The scalar and string key/values `wanted` from a GGUF header ("{}" in a key stands for general.architecture),
-    reading only until they are found. Why not gguf.GGUFReader: it parses every field, the 49k-token vocabulary
-    included (4.4 s for SmolLM2 here), and a server's cache hit must not pay that. Keys are read in file order;
-    llama.cpp's writers put general.* and the hyperparameters before tokenizer.*."""
-    import struct
-
-    def read(fmt: str):
-        return struct.unpack("<" + fmt, f.read(struct.calcsize(fmt)))[0]
-
-    def string() -> str:
-        return f.read(read("Q")).decode("utf-8", "replace")
-
-    def skip(vtype: int) -> None:
-        if vtype in _SCALARS:
-            f.seek(struct.calcsize(_SCALARS[vtype]), 1)
-        elif vtype == 8:
-            f.seek(read("Q"), 1)
-        elif vtype == 9:
-            item, n = read("I"), read("Q")
-            if item in _SCALARS:
-                f.seek(n * struct.calcsize(_SCALARS[item]), 1)
-            else:
-                for _ in range(n):
-                    skip(item)
-        else:
-            raise UnsupportedModel(f"{path}: unknown GGUF value type {vtype}")
-
-    found: dict = {}
-    keys = set(wanted)  # "{}" filled in once general.architecture is read
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF" or read("I") < 2:
-            raise UnsupportedModel(f"{path}: not a GGUF file (version 2 or later)")
-        read("Q")  # tensor count
-        for _ in range(read("Q")):
-            key, vtype = string(), read("I")
-            if (key in keys or key == "general.architecture") and (vtype in _SCALARS or vtype == 8):
-                value = string() if vtype == 8 else read(_SCALARS[vtype])
-                if key == "general.architecture":
-                    keys = {w.format(value) for w in wanted}
-                if key in keys:
-                    found[key] = value
-                if len(found) == len(keys):
-                    break
-            else:
-                skip(vtype)
-    return found
 
 
 def _pattern_value(patterns: dict, module: str, default):

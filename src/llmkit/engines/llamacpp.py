@@ -352,7 +352,7 @@ class LlamaCppEngine:
                 b.seq_id[n][0] = s.seq
                 b.logits[n] = 0
                 n += 1
-            s.cached = s.cached + chunk
+            s.cached.extend(chunk)  # (a slice of the request's tokens, owned by the slot)
             if s.todo:
                 s.todo = s.todo[len(chunk):]
             if not s.todo:  # the last prompt token, or a generated one: its logits pick the next token
@@ -413,8 +413,8 @@ class LlamaCppEngine:
                        default=0)
             out, s.held = held[: len(held) - keep], held[len(held) - keep:]
         if token is not None or out:
-            s.req.gen.put(Piece(out, token=token, logprob=logprob, top_logprobs=top,
-                                token_text=self._token_text(token) if token is not None else None))
+            text = self._token_text(token) if logprob is not None else None  # only logprobs show a token's text
+            s.req.gen.put(Piece(out, token=token, logprob=logprob, top_logprobs=top, token_text=text))
         return cut >= 0
 
     def _finish(self, s: _Slot, reason: str, error: BaseException | None = None) -> None:

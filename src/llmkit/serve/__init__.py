@@ -60,11 +60,10 @@ def serving_weights(ref: ModelRef, cfg: ServeConfig) -> ModelRef:
     if cfg.engine != "llamacpp" or cfg.weights == "as-is" or ref.kind != "gguf" or cfg.max_inflight < 2:
         return ref
     from llmkit.artifacts import sha256_file
-    from llmkit.compress.lora_gguf import gguf_scalars
     from llmkit.compress.quantize import quantize
-    from llmkit.models import home
+    from llmkit.models import gguf_metadata, home
 
-    ftype = gguf_scalars(ref.path, ("general.file_type",)).get("general.file_type")
+    ftype = gguf_metadata(ref.path)[0].get("general.file_type")
     if ftype not in SLOW_BATCH_FTYPES:
         return ref
     out = home() / "serve" / f"{sha256_file(ref.path)[:24]}.q8_0.gguf"
