@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet torch==2.13.0
 	# llama-cpp-python builds from source the first time (5-30 min); pip caches the wheel after that.
 	$(BIN)/pip install --quiet -e ".[test]"
+	# the guard's injection/toxicity classifiers, trained once (~20 s) into $$LLMKIT_HOME/guard/ (else on first use)
+	$(BIN)/llmkit guard train > /dev/null
 	touch $(STAMP)
 
 run: setup
@@ -37,9 +39,10 @@ run: setup
 	cat runs/support-assistant/compress/report.md
 	$(BIN)/llmkit chat runs/support-assistant/compress --engine llamacpp --max-tokens 120 \
 		--prompt "My Nimbus R2 router has slow Wi-Fi. What should I do?"
-	# the OpenAI-compatible server: the bundled base and the trained LoRA adapter side by side on one llama.cpp base
+	# the OpenAI-compatible server: the bundled base and the trained LoRA adapter side by side on one llama.cpp base,
+	# answers from the indexed docs with citations, and the guard policy on every request and reply
 	$(BIN)/python examples/serve_demo.py --model smollm2-135m-instruct --model support=runs/support-assistant/train \
-		--rag runs/support-assistant/rag
+		--rag runs/support-assistant/rag --guard examples/guard/policy.yaml
 
 # pytest exits 5 when it collected no tests: that must fail, not pass silently.
 test: setup

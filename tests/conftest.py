@@ -205,3 +205,15 @@ def make_server(tiny_llama, tiny_gguf):
     yield start
     for cm in reversed(with_servers):
         cm.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def guard_heads(tmp_path_factory) -> dict:
+    """The injection and toxicity classifiers, trained once per session (~20 s) by the real training code and
+    installed as the process-wide heads, so that guards built in any test (whatever its LLMKIT_HOME) use them."""
+    from llmkit.guard import classify
+
+    heads = classify.train_heads(tmp_path_factory.mktemp("guard") / "heads", progress=lambda m: None)
+    classify._HEADS = heads
+    yield heads
+    classify._HEADS = None

@@ -1,5 +1,5 @@
-"""The `llmkit` command: one subcommand per stage, plus `run`, `chat`, `models`, `validate`, `lineage`, `serve`
-and `keys`.
+"""The `llmkit` command: one subcommand per stage, plus `run`, `chat`, `models`, `validate`, `lineage`, `serve`,
+`keys` and `guard`. The larger command groups live in `llmkit/commands/` (rag, guard), one module each.
 
 Library errors (LlmkitError) become one clear line on stderr and a non-zero exit; `--debug` shows the
 traceback. Heavy libraries are imported inside the commands that need them, so `llmkit --help` is instant.
@@ -14,6 +14,9 @@ import sys
 import traceback
 
 from llmkit import __version__
+from llmkit.commands import guard as guard_cmd
+from llmkit.commands import rag as rag_cmd
+from llmkit.commands import validated
 from llmkit.errors import LlmkitError
 
 
@@ -109,12 +112,14 @@ def _data(args: argparse.Namespace) -> int:
     from llmkit.data import prepare
     from llmkit.data.card import summary
     from llmkit.errors import ConfigError
+    from llmkit.guard import data_guard
 
     recipe = load_recipe(args.recipe)
     if recipe.data is None:
         raise ConfigError(["data: the recipe has no data section"], args.recipe)
     out = Path(args.out) if args.out else recipe.run_dir / "data"
-    r = prepare(recipe.data, out, base_dir=recipe.base_dir, model=recipe.model, force=args.force)
+    r = prepare(recipe.data, out, base_dir=recipe.base_dir, model=recipe.model, force=args.force,
+                    guard=data_guard(recipe))
     if r.status == "skipped":
         print(f"skipped: {out} already holds a finished dataset for these inputs and config (--force to redo)")
     print(summary(r.card))
@@ -213,22 +218,28 @@ def _serve(args: argparse.Namespace) -> int:
     from llmkit.config import ServeConfig, load_recipe
     from llmkit.serve import serve
 
-    base, models = ServeConfig(), []
+    base, models, policy = ServeConfig(), [], None
     if args.recipe:
         recipe = load_recipe(args.recipe)
+        if recipe.guard is not None and args.guard is None:
+            from llmkit.guard import from_config
+
+            policy = from_config(recipe.guard, recipe.base_dir)
         base = recipe.serve or base
         model, engine = _recipe_model(recipe)
         models = [f"{recipe.name}={model}"]
         base = base.model_copy(update={"engine": engine} if engine else {})
-        if base.api_keys_file:  # relative to the recipe, like every path in it
-            base = base.model_copy(update={"api_keys_file": str(recipe.path(base.api_keys_file))})
+        for key in ("api_keys_file", "guard", "request_log"):  # relative to the recipe, like every path in it
+            value = getattr(base, key)
+            if value and value != "default":
+                base = base.model_copy(update={key: str(recipe.path(value))})
         if recipe.rag is not None and not base.rag and (recipe.run_dir / "rag" / "manifest.json").is_file():
             base = base.model_copy(update={"rag": [str(recipe.run_dir / "rag")]})  # its rag stage's collection
     given = {k: v for k, v in vars(args).items() if k in ServeConfig.model_fields and v is not None}
     if given.get("embedder", "").lower() in ("none", "null"):
         given["embedder"] = None
-    cfg = _validated(ServeConfig, {**base.model_dump(), **given})
-    serve(cfg, cfg.models or models or None, log_level=args.log_level)
+    cfg = validated(ServeConfig, {**base.model_dump(), **given})
+    serve(cfg, cfg.models or models or None, log_level=args.log_level, policy=policy)
     return 0
 
 
@@ -242,82 +253,6 @@ def _recipe_model(recipe) -> tuple[str, str | None]:
     if (train / "adapter_config.json").is_file() or (train / "config.json").is_file():
         return str(train), "transformers"
     return recipe.model, None
-
-
-def _validated(model, data: dict):
-    from pydantic import ValidationError
-
-    from llmkit.errors import ConfigError
-
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError([f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}"
-                           for err in e.errors()]) from None
-
-
-def _rag_dir(args: argparse.Namespace):
-    """The index folder of a collection: STORE/NAME (STORE default $LLMKIT_HOME/rag)."""
-    from pathlib import Path
-
-    from llmkit.config import RagConfig
-    from llmkit.models import home
-
-    _validated(RagConfig, {"sources": [], "collection": args.collection})  # a plain name, never a path
-    return (Path(args.store).expanduser() if args.store else home() / "rag") / args.collection
-
-
-def _rag(args: argparse.Namespace) -> int:
-    from llmkit.config import RagConfig
-
-    out = _rag_dir(args)
-    if args.action == "index":
-        from llmkit.rag import index
-
-        given = {k: v for k in ("include", "exclude", "chunk_tokens", "chunk_overlap", "embedder", "batch_size",
-                                "on_error") if (v := getattr(args, k)) is not None}
-        cfg = _validated(RagConfig, {"sources": args.sources, "collection": args.collection, **given})
-        r = index(cfg, out, force=args.force, progress=not args.quiet)
-        for f in r["failed"]:
-            print(f"not indexed: {f['path']}: {f['reason']}", file=sys.stderr)
-        m = r["metrics"]
-        if r["status"] == "skipped":
-            print(f"skipped: {out} already indexes these files with this config (--force to redo)")
-        else:
-            print(f"indexed {m['files']} files into {m['chunks']} chunks: {m['embedded_files']} embedded, "
-                  f"{m['unchanged_files']} unchanged, {m['removed_files']} removed, {m['failed_files']} failed "
-                  f"({m['seconds']:.1f} s)")
-        print(f"collection {args.collection!r}: {out}  (query it: llmkit rag query TEXT --collection {args.collection}"
-              f"{f' --store {args.store}' if args.store else ''})")
-        return 0
-    if args.action == "query":
-        from llmkit.rag import retrieve
-
-        where = {"source": args.source} if args.source else None
-        hits = retrieve(out, args.text, top_k=args.top_k, where=where, mode=args.mode)
-        if args.json:
-            print(json.dumps([h.to_dict() for h in hits], indent=2))
-            return 0
-        for h in hits:
-            page = f" p.{h.page}" if h.page else ""
-            head = f" — {h.heading}" if h.heading else ""
-            print(f"[{h.rank}] {h.source}{page}{head}  (chars {h.start}-{h.end}, score {h.score:.4f})")
-            print("    " + h.text.replace("\n", "\n    "))
-        if not hits:
-            print("no matching chunks")
-        return 0
-    from llmkit.rag import evaluate
-
-    r = evaluate(out, args.questions, top_k=args.top_k)
-    if args.json:
-        print(json.dumps(r, indent=2))
-        return 0
-    print(f"{'MODE':<8} {f'RECALL@{args.top_k}':>9} {'MRR':>7}  QUESTIONS")
-    for mode, v in r.items():
-        print(f"{mode:<8} {v[f'recall@{args.top_k}']:>9.3f} {v['mrr']:>7.3f}  {v['questions']}")
-    for q in r["hybrid"]["misses"]:
-        print(f"  missed (hybrid): {q}")
-    return 0
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -496,60 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="uvicorn's log level (default info)")
     sv.set_defaults(fn=_serve)
 
-    rg = sub.add_parser("rag", help="index documents and retrieve from them (LanceDB + BM25, fused)",
-                        description="Retrieval over your documents. `index` reads .md, .txt, .html and .pdf files "
-                                    "under DIR..., cuts them into chunks by the embedder's tokens (never across a "
-                                    "heading), embeds them (the bundled all-MiniLM-L6-v2 by default) into LanceDB and "
-                                    "builds a BM25 index beside it. Re-indexing is incremental: unchanged files keep "
-                                    "their vectors, changed ones are re-embedded, deleted ones removed; a killed run "
-                                    "leaves the previous index intact. `query` fuses dense and BM25 results by "
-                                    "reciprocal rank. A collection lives in STORE/NAME (STORE: --store, default "
-                                    "$LLMKIT_HOME/rag); `llmkit serve --rag STORE/NAME` answers chats from it.")
-    rsub = rg.add_subparsers(dest="action", required=True, metavar="ACTION")
-    from llmkit.config import RagConfig
-
-    def doc(field: str) -> str:
-        info = RagConfig.model_fields[field]
-        return f"{info.description} (default: {info.get_default(call_default_factory=True)})"
-
-    ri = rsub.add_parser("index", help="index files and folders into a collection",
-                         description="Index DIR... (folders are walked; files are taken as they are) into the "
-                                     "collection. Files that cannot be read are listed on stderr with why, and the "
-                                     "rest are indexed (--on-error fail stops instead). A file that resolves outside "
-                                     "the given folders (a symlink out) is refused.")
-    ri.add_argument("sources", nargs="+", metavar="DIR", help="folders or files to index")
-    rq = rsub.add_parser("query", help="print the chunks that best answer TEXT, with their sources",
-                         description="Retrieve the top-k chunks for TEXT: dense (cosine) and BM25 candidates fused by "
-                                     "reciprocal rank. Prints rank, source file, page, heading, character span and "
-                                     "text.")
-    rq.add_argument("text", help="the question or search text")
-    rq.add_argument("--source", action="append", metavar="GLOB", help="only chunks of files matching this glob, "
-                    "e.g. 'docs/*.md' (index names are FOLDER/PATH); repeat for several")
-    rq.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default="hybrid",
-                    help="hybrid fuses both lists (default); dense or bm25 alone, for comparison")
-    rq.add_argument("--json", action="store_true", help="print the hits as JSON")
-    re_ = rsub.add_parser("eval", help="recall@k and MRR of a question set against a collection",
-                          description="Score retrieval on QUESTIONS, a JSONL file of {question, source, heading?}: "
-                                      "a hit is relevant when its source matches (a glob) and, if given, its heading. "
-                                      "Prints recall@k and MRR for hybrid, dense-only and BM25-only retrieval.")
-    re_.add_argument("questions", help="JSONL file: {\"question\": ..., \"source\": ..., \"heading\": ...}")
-    re_.add_argument("--json", action="store_true", help="print the scores (and missed questions) as JSON")
-    for sp in (ri, rq, re_):
-        sp.add_argument("--collection", required=True, metavar="NAME",
-                        help="the collection: a folder STORE/NAME; clients ask for it by NAME")
-        sp.add_argument("--store", metavar="PATH", help="folder that holds the collections (default: $LLMKIT_HOME/rag)")
-    for sp in (rq, re_):
-        sp.add_argument("--top-k", type=int, default=4, help="chunks to return (default 4)")
-    ri.add_argument("--include", action="append", metavar="GLOB", help=doc("include"))
-    ri.add_argument("--exclude", action="append", metavar="GLOB", help=doc("exclude"))
-    ri.add_argument("--chunk-tokens", type=int, help=doc("chunk_tokens"))
-    ri.add_argument("--chunk-overlap", type=int, help=doc("chunk_overlap"))
-    ri.add_argument("--embedder", help=doc("embedder"))
-    ri.add_argument("--batch-size", type=int, help=doc("batch_size"))
-    ri.add_argument("--on-error", choices=["skip", "fail"], help=doc("on_error"))
-    ri.add_argument("--force", action="store_true", help="rebuild even when the index matches the files and config")
-    ri.add_argument("--quiet", action="store_true", help="no progress bar")
-    rg.set_defaults(fn=_rag)
+    rag_cmd.add_parser(sub)
+    guard_cmd.add_parser(sub)
 
     k = sub.add_parser("keys", help="make API keys and the hashed lines that `serve --api-keys FILE` reads",
                        description="API keys for `llmkit serve`. The keys file holds one key a line, plaintext or, "

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmkit.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
 
 # The order in which `llmkit run` executes the stages a recipe names. `guard` and `track` are services that
 # stages use, not stages; `serve` configures `llmkit serve --recipe` and is never run by `llmkit run`.
@@ -156,7 +158,7 @@ class GuardConfig(Section):
 
     input: list[Rail] = Field(default_factory=list)
     output: list[Rail] = Field(default_factory=list)
-    policy: str | None = Field(None, description="A policy YAML; the rails above are its defaults.")
+    policy: str | None = Field(None, description="A policy YAML (actions and settings per rail, see `llmkit guard --help`); given, it replaces the input/output lists, which turn rails on with their defaults.")
 
 
 class ServeConfig(Section):
@@ -169,6 +171,8 @@ class ServeConfig(Section):
     allow_public_without_keys: bool = Field(False, description="Bind a non-loopback host with no API keys (anyone who can reach it may use it).")
     models: list[str] = Field(default_factory=list, description="Models to serve (registry name, folder, .gguf, hub id or PEFT adapter folder; `NAME=SPEC` sets the id clients use); default: the recipe's.")
     rag: list[str] = Field(default_factory=list, description="Rag index folders (`llmkit rag index`, a recipe's rag stage) or folders of them; a chat request with `\"rag\": {\"collection\": NAME}` is answered from NAME's chunks, with citations.")
+    guard: str | None = Field(None, description="A guard policy YAML (`llmkit guard --help`) applied to every request and reply, or `default` for the built-in one (input: pii, secrets, injection, toxicity; output: pii, secrets, toxicity); null: no rails. `serve --recipe` uses the recipe's `guard:` section.")
+    request_log: str | None = Field(None, description="Append one JSON line per generation request here (route, model, status, tokens, latency, guard hits, texts after PII/secret redaction).")
     embedder: str | None = Field("all-minilm-l6-v2", description="sentence-transformers model for /v1/embeddings (the bundled all-minilm-l6-v2, a folder or a hub id); null (CLI: none): no embeddings.")
     threads: int | None = Field(None, gt=0, description="CPU threads per engine; default $LLMKIT_THREADS or the cores.")
     n_ctx: int = Field(2048, gt=0, description="Context length per request in tokens; prompt + max_tokens beyond it is a 400. llamacpp keeps max_inflight × n_ctx tokens of KV cache (~23 KB each for SmolLM2-135M).")
@@ -310,36 +314,44 @@ def _allowed_keys(model: type[BaseModel], path: tuple) -> list[str]:
     return [k for k, f in model.model_fields.items() if not f.exclude]
 
 
-def parse_recipe(text: str, source: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
-    """Validate recipe YAML text; raise ConfigError listing every problem with its path and line."""
+def validate_yaml(text: str, model: type[M], source: str, what: str) -> tuple[M, dict[tuple, int]]:
+    """Validate YAML text against a pydantic model; raise ConfigError listing every problem with its path and
+    line. Returns the model and the line of every key path (for checks made after validation)."""
     lines, problems = _line_index(text, source)
     data = yaml.safe_load(text) if text.strip() else None
     if not isinstance(data, dict):
-        raise ConfigError([f"(line 1): a recipe is a mapping of sections (name:, data:, train:, ...), got {type(data).__name__}"], source)
-    recipe = None
+        raise ConfigError([f"(line 1): {what}, got {type(data).__name__}"], source)
+    obj = None
     try:
-        recipe = Recipe.model_validate(data)
+        obj = model.model_validate(data)
     except ValidationError as e:
         for err in e.errors():
             # pydantic puts the union member name (e.g. 'list[str]') into loc for unions; drop such parts
-            loc = tuple(p for p in err["loc"] if isinstance(p, int) or p in _known_keys(p, data))
+            loc = tuple(p for p in err["loc"] if isinstance(p, int) or p in _known_keys(data, model))
             line = _line_of(lines, loc)
             text_ = _explain(err)
             if err["type"] == "extra_forbidden":
-                allowed = _allowed_keys(Recipe, loc)
+                allowed = _allowed_keys(model, loc)
                 if allowed:
                     text_ += f" (allowed: {', '.join(allowed)})"
             problems.append(f"{_dotted(loc)}{f' (line {line})' if line else ''}: {text_}")
     if problems:
         raise ConfigError(sorted(set(problems), key=lambda p: _sort_key(p)), source)
-    assert recipe is not None
+    assert obj is not None
+    return obj, lines
+
+
+def parse_recipe(text: str, source: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
+    """Validate recipe YAML text; raise ConfigError listing every problem with its path and line."""
+    recipe, lines = validate_yaml(text, Recipe, source,
+                                  "a recipe is a mapping of sections (name:, data:, train:, ...)")
     recipe.base_dir = base_dir or Path(".")
     recipe.source = source
     _check_paths(recipe, lines, source)
     return recipe
 
 
-def _known_keys(part: str, data: Any) -> set[str]:
+def _known_keys(data: Any, model: type[BaseModel]) -> set[str]:
     """Every mapping key anywhere in the YAML document (to tell real keys from pydantic's union tags)."""
     keys: set[str] = set()
 
@@ -353,7 +365,7 @@ def _known_keys(part: str, data: Any) -> set[str]:
                 walk(v)
 
     walk(data)
-    return keys | set(Recipe.model_fields)
+    return keys | set(model.model_fields)
 
 
 def _sort_key(problem: str) -> int:
@@ -375,6 +387,8 @@ def _check_paths(recipe: Recipe, lines: dict[tuple, int], source: str) -> None:
         checks.append((("guard", "policy"), recipe.guard.policy))
     if recipe.serve and recipe.serve.api_keys_file:
         checks.append((("serve", "api_keys_file"), recipe.serve.api_keys_file))
+    if recipe.serve and recipe.serve.guard and recipe.serve.guard != "default":
+        checks.append((("serve", "guard"), recipe.serve.guard))
     for path, value in checks:
         if _looks_like_hub_id(value) and path[0] == "data":
             continue  # a hub dataset id; the data stage resolves it

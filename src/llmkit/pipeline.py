@@ -48,11 +48,12 @@ def model_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageResu
 
 def data_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageResult:
     from llmkit.data import prepare
+    from llmkit.guard import data_guard
 
     assert recipe.data is not None
     t0 = time.perf_counter()
     r = prepare(recipe.data, out, base_dir=recipe.base_dir, model=recipe.model, force=force,
-                model_artifact=recipe.run_dir / "model")
+                model_artifact=recipe.run_dir / "model", guard=data_guard(recipe))
     if r.status == "ran":
         from llmkit.data.card import summary
 

@@ -15,3 +15,20 @@ def test_regex_mode_only_patterns():
     assert "Maria Lopez" in text and "PERSON" not in found
     assert found["EMAIL_ADDRESS"] == 1 and "<IP_ADDRESS>" in text
     assert PiiScrubber("regex").redact("nothing personal here") == ("nothing personal here", {})
+
+
+def test_regex_prefilters_change_no_finding():
+    """The digit/character checks that skip recognizers must never lose a finding: same scans with and without."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from guard import ANSWER, REQUEST, pii_set
+
+    from llmkit.guard.pii import STRUCTURED
+
+    fast, full = PiiScrubber("regex", STRUCTURED), PiiScrubber("regex", STRUCTURED)
+    full.prefilter = False
+    texts = [REQUEST, ANSWER, "no digits here", "ip ::1 and 10.0.0.1", "iban de89 3704 0044 0532 0130 00"]
+    texts += [t for t, _ in pii_set(200)]
+    assert all(fast.scan(t) == full.scan(t) for t in texts)

@@ -61,6 +61,7 @@ class Item:
     category: str | None = None  # short reason, for the data card's counts
     raw: dict | None = None  # the input row, for rejects.jsonl
     pii: dict = field(default_factory=dict)
+    drop: bool = False  # a finding whose rule is to drop the row (data.pii: drop, or a guard rail's block)
 
 
 def _chat_renderer(tok):
@@ -78,25 +79,45 @@ def _chat_renderer(tok):
                                             documents=None, **special)
 
 
+class _PolicyScrubber:
+    """The guard policy's input pii/secrets rails over training text: `redact` rails redact, `block` rails drop
+    the row, `flag` rails only count (the data card lists what was found either way)."""
+
+    def __init__(self, guard) -> None:
+        self.guard = guard
+
+    def redact(self, text: str) -> tuple[str, Counter]:
+        text, hits = self.guard._redactions("input", text)
+        return text, Counter({k: v for h in hits for k, v in h.detail.items()})
+
+    def drops(self, text: str) -> bool:
+        rails = self.guard.policy.input
+        return any(getattr(rails, r).action == "block" for r, _ in self.guard.findings("input", text))
+
+
 class RowTransform:
     """Per-row work: normalize, clean, scrub, count tokens. Picklable; loads its tokenizer on first use."""
 
-    def __init__(self, cfg: DataConfig, tokenizer_dir: str):
-        self.cfg, self.tokenizer_dir = cfg, tokenizer_dir
+    def __init__(self, cfg: DataConfig, tokenizer_dir: str, guard: dict | None = None):
+        self.cfg, self.tokenizer_dir, self.guard = cfg, tokenizer_dir, guard
         self._tok = self._render = self._scrubber = None
 
     def __getstate__(self) -> dict:
-        return {"cfg": self.cfg, "tokenizer_dir": self.tokenizer_dir}
+        return {"cfg": self.cfg, "tokenizer_dir": self.tokenizer_dir, "guard": self.guard}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["cfg"], state["tokenizer_dir"])
+        self.__init__(state["cfg"], state["tokenizer_dir"], state.get("guard"))
 
     def _setup(self) -> None:
         from transformers import AutoTokenizer
 
         self._tok = AutoTokenizer.from_pretrained(self.tokenizer_dir)
         self._render = _chat_renderer(self._tok) if self._tok.chat_template else None
-        if self.cfg.pii != "off":
+        if self.guard:
+            from llmkit.guard import Guard, Policy
+
+            self._scrubber = _PolicyScrubber(Guard(Policy.model_validate({"input": self.guard})))
+        elif self.cfg.pii != "off":
             from llmkit.guard.pii import PiiScrubber
 
             self._scrubber = PiiScrubber(self.cfg.pii_mode)
@@ -138,6 +159,8 @@ class RowTransform:
             if self._scrubber is not None:
                 scrubbed, found = zip(*(self._scrubber.redact(t) for t in texts(row)))
                 it.pii = dict(sum(found, Counter()))
+                it.drop = bool(it.pii) and (self.cfg.pii == "drop" if self.guard is None
+                                            else any(self._scrubber.drops(t) for t in texts(row)))
                 row = with_texts(row, list(scrubbed))
             it.row = json.dumps(row, ensure_ascii=False)
             it.key = exact_key(it.row)
@@ -187,7 +210,7 @@ class _Accounting:
             self.reject(it, it.error or "invalid", it.category or "invalid")
             return
         self.pii.update(it.pii)
-        if it.pii and self.cfg.pii == "drop":
+        if it.drop:
             self.dropped["pii"] += 1
             return
         if self.cfg.dedupe != "none":
@@ -306,8 +329,12 @@ def _auto_workers(cfg: DataConfig, sources: dict) -> int:
 
 
 def prepare(cfg: DataConfig, out: Path, *, base_dir: Path = Path("."), model: str = "smollm2-135m-instruct",
-            model_artifact: Path | None = None, force: bool = False, progress: bool = True) -> PrepareResult:
+            model_artifact: Path | None = None, force: bool = False, progress: bool = True,
+            guard: dict | None = None) -> PrepareResult:
     """Run the data stage into the artifact folder `out` (skipped when a finished one matches).
+
+    `guard`: the pii/secrets rails of a guard policy's input side (`guard.policy.data_rails`); given, they scrub
+    the training text as they scrub requests (redact, block = drop the row, flag = count), in place of `cfg.pii`.
 
     The model's tokenizer and chat template decide token lengths, so the model is an input too: the model
     stage's artifact when the pipeline has one (`model_artifact`, for lineage), else the weights' own hash.
@@ -332,6 +359,8 @@ def prepare(cfg: DataConfig, out: Path, *, base_dir: Path = Path("."), model: st
     inputs["model"] = artifacts.input_ref(model_artifact if model_artifact else ref.path)
     # the backend changes where the work runs, not what comes out: it is not part of the fingerprint
     config = {"data": cfg.model_dump(exclude={"train", "val", "backend", "ray_address", "workers"}), "model": model}
+    if guard:
+        config["guard"] = guard
     fp = artifacts.fingerprint("dataset", config, inputs)
     if not force and (m := artifacts.finished(out, fp)):
         return PrepareResult(Path(out), "skipped", m["metrics"])
@@ -340,7 +369,7 @@ def prepare(cfg: DataConfig, out: Path, *, base_dir: Path = Path("."), model: st
     from transformers import AutoConfig
 
     context_len = AutoConfig.from_pretrained(tokenizer_dir).max_position_embeddings
-    transform = RowTransform(cfg, tokenizer_dir)
+    transform = RowTransform(cfg, tokenizer_dir, guard)
     formats: dict[str, str] = {}
     kind = None
     for src in sources.values():
@@ -388,7 +417,7 @@ def prepare(cfg: DataConfig, out: Path, *, base_dir: Path = Path("."), model: st
             "rows_out": {"train": acc.kept["train"], "val": acc.kept["val"]},
             "dropped": {k: acc.dropped[k] for k in ("invalid", "exact_duplicate", "near_duplicate", "pii",
                                                     "over_max_tokens")},
-            "invalid_reasons": dict(acc.invalid), "pii": cfg.pii, "pii_found": dict(acc.pii),
+            "invalid_reasons": dict(acc.invalid), "pii": "guard policy" if guard else cfg.pii, "pii_found": dict(acc.pii),
             "tokens": cards.length_stats(lengths),
             "inputs": {Path(v["path"]).name: v["sha256"] for k, v in inputs.items() if k != "model"}, "outputs": outputs,
         }

@@ -19,9 +19,11 @@ from pathlib import Path
 from llmkit import __version__
 from llmkit.config import ServeConfig
 from llmkit.errors import ConfigError, UnsupportedModel
+from llmkit.guard import Guard, Policy, load_policy
 from llmkit.models import ModelRef, resolve_model
 from llmkit.serve.auth import KeyStore, check_bind
 from llmkit.serve.embed import Embedder
+from llmkit.serve.guarding import RequestLog
 from llmkit.serve.models import ModelTable
 from llmkit.serve.rag import Collections
 from llmkit.serve.state import ServerState
@@ -74,12 +76,17 @@ def serving_weights(ref: ModelRef, cfg: ServeConfig) -> ModelRef:
     return dataclasses.replace(ref, path=out)
 
 
-def load_state(cfg: ServeConfig, models: list[str] | None = None, keys: KeyStore | None = None) -> ServerState:
-    """Check the bind address and keys, load every engine and start loading the embedder."""
+def load_state(cfg: ServeConfig, models: list[str] | None = None, keys: KeyStore | None = None,
+               policy: Policy | None = None) -> ServerState:
+    """Check the bind address and keys, load the guard policy, every engine, and start loading the embedder.
+    `policy` (a recipe's guard section) wins over `cfg.guard` (a policy file or `default`)."""
     from llmkit.engines import load_engine
 
     keys = KeyStore.load(cfg.api_keys_file) if keys is None else keys
     check_bind(cfg.host, keys, cfg.allow_public_without_keys)  # before any slow loading
+    if policy is None and cfg.guard:
+        policy = load_policy(cfg.guard)  # a bad policy fails before any model loads
+    guard = Guard(policy, progress=log.info) if policy is not None and not policy.empty() else None
     specs = [split_spec(s) for s in (models or cfg.models or [DEFAULT_MODEL])]
     refs = [(name, resolve_model(spec)) for name, spec in specs]
     bases = [(name, ref) for name, ref in refs if ref.kind != "adapter"]
@@ -120,16 +127,19 @@ def load_state(cfg: ServeConfig, models: list[str] | None = None, keys: KeyStore
         table.close()
         raise
     embedder = Embedder(cfg.embedder) if cfg.embedder else None
-    return ServerState(cfg, table, embedder, keys, rag=collections, fingerprint=f"llmkit-{__version__}-{cfg.engine}")
+    request_log = RequestLog(cfg.request_log, guard) if cfg.request_log else None
+    return ServerState(cfg, table, embedder, keys, rag=collections, guard=guard, request_log=request_log,
+                       fingerprint=f"llmkit-{__version__}-{cfg.engine}")
 
 
-def serve(cfg: ServeConfig, models: list[str] | None = None, *, log_level: str = "info") -> None:
+def serve(cfg: ServeConfig, models: list[str] | None = None, *, log_level: str = "info",
+          policy: Policy | None = None) -> None:
     """Load the models and serve them on cfg.host:cfg.port until SIGINT/SIGTERM (then drain and stop)."""
     import uvicorn
 
     from llmkit.serve.app import Server, build_app
 
-    state = load_state(cfg, models)
+    state = load_state(cfg, models, policy=policy)
     app = build_app(state)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level,
                             timeout_graceful_shutdown=int(cfg.drain_timeout_s) + 1)

@@ -29,5 +29,11 @@ class Metrics:
         self.cancelled = Counter("llmkit_cancelled_generations", "Generations cancelled (client gone or timeout)",
                                  ["reason"], registry=r)
 
+        self.guard_hits = Counter("llmkit_guard_hits", "Guard rails that fired, by side (input|output), rail and action",
+                                  ["side", "rail", "action"], registry=r)
+        self.guard_seconds = Histogram("llmkit_guard_seconds", "Time of the guard rails on one text",
+                                       ["side"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+                                       registry=r)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 import time
@@ -31,10 +32,11 @@ from llmkit.engines import Generation, GenParams, Piece
 from llmkit.serve import protocol as p
 from llmkit.serve import rag
 from llmkit.serve.errors import APIError, bug
+from llmkit.serve.guarding import GuardedStream, Replies, check_input, refuse_logprobs
 from llmkit.serve.models import Served
 from llmkit.serve.state import ServerState
 
-log = logging.getLogger("llmkit.serve")
+log_ = logging.getLogger("llmkit.serve")
 
 DEFAULT_MAX_TOKENS = 1024  # with no max_tokens: what is left of the context, at most this
 POLL_S = 0.25  # how often a non-streaming request checks that its client is still connected
@@ -70,6 +72,34 @@ def refuse_unsupported(req: p.Sampling) -> None:
 def sse(obj: BaseModel | dict) -> str:
     data = obj.model_dump_json() if isinstance(obj, BaseModel) else json.dumps(obj)
     return f"data: {data}\n\n"
+
+
+def new_log(route: str, model: str, ctx: Context, inputs: list[str]) -> dict:
+    """The request log record of one request, filled as it goes (see guarding.RequestLog)."""
+    return {"route": route, "model": model, "client": hashlib.sha256(ctx.client.encode()).hexdigest()[:12],
+            "input": inputs}
+
+
+def write_log(state: ServerState, log: dict, ctx: Context, status: int = 200, run: Run | None = None) -> None:
+    if state.request_log is None:
+        return
+    rec = {**log, "status": status, "seconds": round(time.perf_counter() - ctx.started, 3)}
+    if run is not None and run.gens:
+        u = run.usage()
+        rec |= {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens}
+    try:
+        state.request_log.write(rec)
+    except OSError:
+        log_.exception("could not write the request log")
+
+
+async def logged(body: AsyncIterator[str], state: ServerState, log: dict, ctx: Context, run: Run) -> AsyncIterator[str]:
+    """A stream that writes its request log record when it ends, however it ends."""
+    try:
+        async for line in body:
+            yield line
+    finally:
+        write_log(state, log, ctx, 200, run)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -211,7 +241,7 @@ class Run:
             try:
                 fn()
             except Exception:  # one failed cleanup must not keep the others from running
-                log.exception("cleanup of a request failed")
+                log_.exception("cleanup of a request failed")
 
 
 def gen_params(req: p.Sampling, max_tokens: int, i: int, logprobs: int | None = None,
@@ -254,7 +284,7 @@ async def stream_events(run: Run, first: list[BaseModel], make: Callable[[int, P
     except APIError as e:
         yield sse(e.body())
     except Exception:
-        log.exception("generation failed mid-stream on %s", run.route)
+        log_.exception("generation failed mid-stream on %s", run.route)
         yield sse(bug().body())
     finally:
         run.close()
@@ -273,6 +303,20 @@ async def collect(run: Run) -> tuple[list[str], list[list[Piece]]]:
     finally:
         run.close()
     return texts, pieces
+
+
+async def collect_replies(run: Run, replies: Replies | None, log: dict) -> tuple[list[str], list[list[Piece]], list[str]]:
+    """`collect`, then each reply through the output rails (a blocked one becomes the refusal, finish_reason
+    content_filter), then the request log record."""
+    texts, pieces = await collect(run)
+    finish = [run.finish_reason(i) for i in range(len(texts))]
+    if replies is not None:
+        for i, text in enumerate(texts):
+            texts[i], blocked = await asyncio.to_thread(replies.whole, i, text)
+            finish[i] = "content_filter" if blocked else finish[i]
+    log["output"] = texts
+    write_log(run.state, log, run.ctx, 200, run)
+    return texts, pieces, finish
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -325,6 +369,20 @@ class ServingChat:
         refuse_unsupported(req)
         served = self.state.models.get(req.model)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+        log = new_log(self.route, req.model, ctx, [m["content"] for m in messages if m["role"] == "user"])
+        try:
+            if self.state.guard is not None:
+                refuse_logprobs(self.state, bool(req.logprobs))
+                users = [(f"messages[{i}].content", m["content"]) for i, m in enumerate(messages) if m["role"] == "user"]
+                clean = iter(await check_input(self.state, users, log))
+                messages = [{**m, "content": next(clean)} if m["role"] == "user" else m for m in messages]
+            return await self._create(req, ctx, served, messages, log)
+        except APIError as e:
+            write_log(self.state, log, ctx, e.status)
+            raise
+
+    async def _create(self, req: p.ChatCompletionRequest, ctx: Context, served: Served, messages: list[dict],
+                      log: dict) -> p.ChatCompletion | Stream:
         hits = None
         if req.rag is not None:
             if self.state.rag is None:
@@ -339,10 +397,11 @@ class ServingChat:
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         run = await start_run(self.state, req, self.route, ctx, [prompt], "messages", logprobs=logprobs,
                               response_format=rf)
+        replies = Replies(self.state, len(run.gens), log) if self.state.guard is not None else None
         if req.stream:
-            return Stream(self._stream(run, req, hits), run.close)
-        texts, pieces = await collect(run)
-        choices = [p.ChatChoice(index=i, message=p.AssistantMessage(content=text), finish_reason=run.finish_reason(i),
+            return Stream(logged(self._stream(run, req, hits, replies, log), self.state, log, ctx, run), run.close)
+        texts, pieces, finish = await collect_replies(run, replies, log)
+        choices = [p.ChatChoice(index=i, message=p.AssistantMessage(content=text), finish_reason=finish[i],
                                 logprobs=chat_logprobs(pieces[i]) if req.logprobs else None)
                    for i, text in enumerate(texts)]
         if hits is not None:
@@ -363,7 +422,8 @@ class ServingChat:
                 return prompt, hits[:n]
         raise AssertionError("unreachable")
 
-    def _stream(self, run: Run, req: p.ChatCompletionRequest, hits: list | None = None) -> AsyncIterator[str]:
+    def _stream(self, run: Run, req: p.ChatCompletionRequest, hits: list | None, replies: Replies | None,
+                log: dict) -> AsyncIterator[str]:
         head = {"id": p.new_id("chatcmpl"), "created": p.now(), "model": req.model,
                     "system_fingerprint": self.state.fingerprint}
         # the first chunk of each choice carries the role and no text, as OpenAI's do
@@ -372,12 +432,15 @@ class ServingChat:
                  for i in range(len(run.gens))]
         if hits is not None:  # the sources go out first: a client can show them while the answer streams
             first[0] = p.RagChatCompletionChunk(**first[0].model_dump(), citations=rag.citations(hits, None))
+        guarded = GuardedStream(run, replies, log)
 
         def make(i: int, piece: Piece | None) -> p.ChatCompletionChunk | None:
-            if piece is None:
-                choice = p.ChatChunkChoice(index=i, delta=p.Delta(), finish_reason=run.finish_reason(i))
-            elif piece.text or piece.logprob is not None:
-                choice = p.ChatChunkChoice(index=i, delta=p.Delta(content=piece.text),
+            text, finish = guarded.step(i, piece)
+            if finish is not None:
+                choice = p.ChatChunkChoice(index=i, delta=p.Delta(content=text) if text else p.Delta(),
+                                           finish_reason=finish)
+            elif text or piece.logprob is not None:
+                choice = p.ChatChunkChoice(index=i, delta=p.Delta(content=text),
                                            logprobs=chat_logprobs([piece]) if req.logprobs else None)
             else:
                 return None
@@ -396,27 +459,40 @@ class ServingCompletion:
 
     async def create(self, req: p.CompletionRequest, ctx: Context) -> p.Completion | Stream:
         refuse_unsupported(req)
-        run = await start_run(self.state, req, self.route, ctx, req.prompts(), "prompt", logprobs=req.logprobs)
+        prompts = req.prompts()
+        log = new_log(self.route, req.model, ctx, list(prompts))
+        try:
+            if self.state.guard is not None:
+                refuse_logprobs(self.state, req.logprobs is not None)
+                params = ["prompt"] if len(prompts) == 1 else [f"prompt[{i}]" for i in range(len(prompts))]
+                prompts = await check_input(self.state, list(zip(params, prompts)), log)
+            run = await start_run(self.state, req, self.route, ctx, prompts, "prompt", logprobs=req.logprobs)
+        except APIError as e:
+            write_log(self.state, log, ctx, e.status)
+            raise
+        replies = Replies(self.state, len(run.gens), log) if self.state.guard is not None else None
         if req.stream:
-            return Stream(self._stream(run, req), run.close)
-        texts, pieces = await collect(run)
-        choices = [p.CompletionChoice(index=i, text=text, finish_reason=run.finish_reason(i),
+            return Stream(logged(self._stream(run, req, replies, log), self.state, log, ctx, run), run.close)
+        texts, pieces, finish = await collect_replies(run, replies, log)
+        choices = [p.CompletionChoice(index=i, text=text, finish_reason=finish[i],
                                       logprobs=completion_logprobs(pieces[i]) if req.logprobs is not None else None)
                    for i, text in enumerate(texts)]
         return p.Completion(model=req.model, system_fingerprint=self.state.fingerprint, choices=choices,
                             usage=run.usage())
 
-    def _stream(self, run: Run, req: p.CompletionRequest) -> AsyncIterator[str]:
+    def _stream(self, run: Run, req: p.CompletionRequest, replies: Replies | None, log: dict) -> AsyncIterator[str]:
         head = {"id": p.new_id("cmpl"), "created": p.now(), "model": req.model, "system_fingerprint": self.state.fingerprint}
         offsets = [0] * len(run.gens)
+        guarded = GuardedStream(run, replies, log)
 
         def make(i: int, piece: Piece | None) -> p.Completion | None:
-            if piece is None:
-                choice = p.CompletionChoice(index=i, text="", finish_reason=run.finish_reason(i))
-            elif piece.text or piece.logprob is not None:
+            text, finish = guarded.step(i, piece)
+            if finish is not None:
+                choice = p.CompletionChoice(index=i, text=text, finish_reason=finish)
+            elif text or piece.logprob is not None:
                 lp = completion_logprobs([piece], offsets[i]) if req.logprobs is not None else None
-                offsets[i] += len(piece.text)
-                choice = p.CompletionChoice(index=i, text=piece.text, logprobs=lp)
+                offsets[i] += len(text)
+                choice = p.CompletionChoice(index=i, text=text, logprobs=lp)
             else:
                 return None
             return p.Completion(**head, choices=[choice])

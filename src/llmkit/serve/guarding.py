@@ -1,0 +1,151 @@
+"""The guard policy on the serving path, and the request log.
+
+Requests: every user message (chat) or prompt (completions) goes through the input rails before anything is
+tokenized. A block is a 400 `content_filter` whose message names the rail and its score; redactions change
+what the model sees. Replies: each choice goes through the output rails, whole (non-streaming) or as it
+streams (`OutputStream`: text goes out once no finding can still be cut in half, and a block rail stops the
+generation and sends `policy.refusal`). A blocked reply ends with finish_reason `content_filter`, as OpenAI's do.
+
+Every rail that fires is counted in /metrics (`llmkit_guard_hits_total{side,rail,action}`) and written to
+the request log. The request log (`--request-log FILE`, JSON lines) stores texts only after PII and secret
+redaction, whatever the policy's actions: it never holds the raw personal data a request carried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+
+from llmkit.engines import Piece
+from llmkit.guard import Guard, Hit, Policy, Verdict
+from llmkit.serve.errors import APIError
+
+# what the request log scrubs when the server has no policy of its own (or one without pii/secrets rails)
+LOG_SCRUB = Policy.model_validate({"input": {"pii": {}, "secrets": {}}})
+
+
+def count(metrics, side: str, hits: list[Hit]) -> None:
+    for h in hits:
+        if h.fired:
+            metrics.guard_hits.labels(side, h.rail, h.action).inc()
+
+
+async def check_input(state, texts: list[tuple[str, str]], log: dict) -> list[str]:
+    """(param, text) of each user text → the texts after redaction; a 400 when a block rail fires."""
+    guard: Guard = state.guard
+    out = []
+    for param, text in texts:
+        v: Verdict = await asyncio.to_thread(guard.check, "input", text)
+        state.metrics.guard_seconds.labels("input").observe(v.seconds)
+        count(state.metrics, "input", v.hits)
+        log.setdefault("guard", []).extend({"side": "input", "rail": h.rail, "action": h.action, "score": h.score}
+                                           for h in v.hits if h.fired)
+        hit = v.blocking
+        if hit is not None:
+            score = f" (score {hit.score:.2f})" if hit.score is not None and hit.rail in ("injection", "toxicity") else ""
+            detail = ", ".join(f"{k}: {v}" for k, v in hit.detail.items() if k != "threshold")
+            raise APIError(400, f"the request was blocked by the guard rail '{hit.rail}'{score}"
+                                f"{f' ({detail})' if detail else ''}", param=param, code="content_filter")
+        out.append(v.text)
+    return out
+
+
+class Replies:
+    """The output rails over one request's choices."""
+
+    def __init__(self, state, n: int, log: dict):
+        self.state, self.log = state, log
+        self.guard: Guard = state.guard
+        self.streams = [self.guard.stream() for _ in range(n)]
+
+    def whole(self, i: int, text: str) -> tuple[str, bool]:
+        """(text to send, blocked) for a finished reply."""
+        v = self.guard.check("output", text)
+        self.state.metrics.guard_seconds.labels("output").observe(v.seconds)
+        self._count(v.hits)
+        return (self.guard.policy.refusal, True) if v.blocked else (v.text, False)
+
+    def feed(self, i: int, delta: str) -> str:
+        return self.streams[i].feed(delta)
+
+    def close(self, i: int) -> str:
+        s = self.streams[i]
+        tail = s.close()
+        self._count(s.verdict().hits)
+        return tail
+
+    def stopped(self, i: int) -> bool:
+        return self.streams[i].stopped is not None
+
+    def _count(self, hits: list[Hit]) -> None:
+        count(self.state.metrics, "output", hits)
+        self.log.setdefault("guard", []).extend({"side": "output", "rail": h.rail, "action": h.action,
+                                                 "score": h.score} for h in hits if h.fired)
+
+
+class GuardedStream:
+    """A streamed run's text through the output rails (or straight through with no guard): `step` turns an
+    event into (text to send, finish_reason or None), stops a choice's generation when a block rail fires,
+    and keeps what was sent for the request log."""
+
+    def __init__(self, run, replies: Replies | None, log: dict):
+        self.run, self.replies = run, replies
+        self.sent = log["output"] = [""] * len(run.gens)
+
+    def step(self, i: int, piece: Piece | None) -> tuple[str, str | None]:
+        r = self.replies
+        if piece is None:
+            text = r.close(i) if r is not None else ""
+            finish = "content_filter" if r is not None and r.stopped(i) else self.run.finish_reason(i)
+        elif r is None:
+            text, finish = piece.text, None
+        elif r.stopped(i):
+            return "", None  # the generation was cancelled; its last tokens still arrive
+        else:
+            text, finish = r.feed(i, piece.text), None
+            if r.stopped(i):
+                self.run.gens[i].cancel()
+        self.sent[i] += text
+        return text, finish
+
+
+def refuse_logprobs(state, wants_logprobs: bool) -> None:
+    """Logprobs carry each token's text: with redacting output rails they would hand out what was redacted."""
+    rails = state.guard.policy.output if state.guard is not None else None
+    if wants_logprobs and rails is not None and (rails.pii or rails.secrets):
+        raise APIError(400, "logprobs are not available on this server: its output rails redact text, and logprobs "
+                            "would carry the tokens they removed", param="logprobs", code="unsupported_parameter")
+
+
+class RequestLog:
+    """One JSON line per generation request, appended and flushed as each request ends."""
+
+    def __init__(self, path: str | Path, guard: Guard | None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = self.path.open("a", encoding="utf-8")
+        self._lock = threading.Lock()
+        # the policy's own rails first (they may find names with Presidio), then the structured types always
+        own = guard is not None and any(r.pii or r.secrets for r in (guard.policy.input, guard.policy.output))
+        self.scrubbers = ([guard] if own else []) + [Guard(LOG_SCRUB)]
+
+    def scrub(self, text: str) -> str:
+        for g in self.scrubbers:
+            text = g.scrub(text)
+        return text
+
+    def write(self, record: dict) -> None:
+        for key in ("input", "output"):
+            if key in record:
+                record[key] = [self.scrub(t) for t in record[key]]
+        line = json.dumps({"time": round(time.time(), 3), **record}, ensure_ascii=False)
+        with self._lock:
+            self._f.write(line + "\n")
+            self._f.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._f.close()
