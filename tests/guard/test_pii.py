@@ -29,6 +29,7 @@ def test_regex_prefilters_change_no_finding():
 
     fast, full = PiiScrubber("regex", STRUCTURED), PiiScrubber("regex", STRUCTURED)
     full.prefilter = False
-    texts = [REQUEST, ANSWER, "no digits here", "ip ::1 and 10.0.0.1", "iban de89 3704 0044 0532 0130 00"]
+    texts = [REQUEST, ANSWER, "no digits here", "ip ::1 and 10.0.0.1", "iban de89 3704 0044 0532 0130 00",
+             "call me at 415.555.0132 ext. 12 or +44 20 7946 0958, fax (415) 555-0133", "tel:+1-415-555-0199;x=1"]
     texts += [t for t, _ in pii_set(200)]
     assert all(fast.scan(t) == full.scan(t) for t in texts)

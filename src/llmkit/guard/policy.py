@@ -36,7 +36,7 @@ Verdict = Literal["block", "flag"]
 
 class PiiRail(Section):
     action: Action = "redact"
-    mode: Literal["regex", "presidio"] = Field("regex", description="regex: Presidio's pattern recognizers (~1 ms); presidio: + spaCy names and places (~45 ms).")
+    mode: Literal["regex", "presidio"] = Field("regex", description="regex: Presidio's pattern recognizers (~0.4–2 ms per 1,000 characters); presidio: + spaCy names and places (~45–75 ms).")
     entities: list[str] = Field(default_factory=lambda: list(STRUCTURED), description="Presidio entity types.")
     min_score: float = Field(0.4, ge=0, le=1)
 
