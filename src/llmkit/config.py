@@ -130,8 +130,9 @@ class RagConfig(Section):
     exclude: list[str] = Field(default_factory=list, description="Globs that drop a file, e.g. 'drafts/*' (matched like include).")
     collection: str = Field("docs", min_length=3, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
                             description="Name clients ask for (`rag: {collection: ...}` in a chat request).")
-    # One backend so far; a server database (Qdrant, Milvus) goes behind the same `Store` Protocol (rag/store.py).
-    store: Literal["lancedb"] = Field("lancedb", description="Vector store: lancedb (embedded, on disk).")
+    # Both behind the `Store` Protocol (rag/store.py). qdrant's local mode is exact search only and locks its folder to
+    # one process; a Qdrant server (LLMKIT_QDRANT_URL) is the scale-out path (rag/qdrant.py).
+    store: Literal["lancedb", "qdrant"] = Field("lancedb", description="Vector store: lancedb (embedded, on disk in the index folder) or qdrant (a Qdrant server when $LLMKIT_QDRANT_URL is set, e.g. http://host:6333, else qdrant-client's local mode in the index folder: exact search only, one process at a time; needs the qdrant extra).")
     # MiniLM reads at most 256 tokens with its 2 special ones, and the heading is embedded with each chunk:
     # chunks of 200 leave room for it. Longer than the embedder reads is an error, never silent truncation.
     chunk_tokens: int = Field(200, ge=16, description="Chunk length in the embedder's tokens (heading included).")

@@ -6,7 +6,10 @@ The artifact folder:
 
     manifest.json   kind "rag-index"; inputs: every indexed file's sha256; outputs.files: per file its chunks
                     and pages; outputs.failed: files that could not be read and why; metrics: counts, timings
-    lance/          the LanceDB store, one table named after the collection (store.SCHEMA rows)
+    lance/          store lancedb: the LanceDB store, one table named after the collection (store.SCHEMA rows)
+    qdrant/         store qdrant: qdrant.json naming the collection (`<collection>__<hex>`) and, in local mode,
+                    its data; on a server (LLMKIT_QDRANT_URL) the superseded collection is dropped once the new
+                    index is published (rag/qdrant.py says what a killed run leaves there)
     bm25/           the bm25s index over the same chunks, and ids.json (its row order)
 
 Incremental: a file whose content hash is the previous index's is not read or embedded again (its rows and
@@ -32,8 +35,8 @@ from llmkit import artifacts
 from llmkit.config import RagConfig
 from llmkit.errors import DataError
 from llmkit.rag import chunk as chunking
-from llmkit.rag import embed, ingest
-from llmkit.rag.store import open_store, schema
+from llmkit.rag import embed, ingest, qdrant
+from llmkit.rag.store import STORES, open_store, schema, store_path
 
 KIND = "rag-index"
 # What a previous index must share for its vectors to be reused.
@@ -98,6 +101,10 @@ def index(cfg: RagConfig, out: Path, *, base_dir: Path | None = None, force: boo
         raise DataError("nothing to index: no text in any file" +
                         "".join(f"\n  - {x.path}: {x.reason}" for x in failed))
 
+    # the server collection the published index points to (if any), dropped once this one replaces it
+    superseded = qdrant.read_record(store_path("qdrant", out))
+    if superseded is not None and not superseded["url"]:
+        superseded = None  # local mode: its data goes with the old folder
     with artifacts.build(KIND, out, {**config, "refused": [f.source for f in failed if f.source not in inputs]},
                          {s: inputs[s] for s in inputs if s in kept or s in chunks}) as b:
         b.fingerprint = fp  # what the skip check above computes: the files found (a failed one is retried)
@@ -115,11 +122,11 @@ def index(cfg: RagConfig, out: Path, *, base_dir: Path | None = None, force: boo
             tables[s] = _rows(list(enumerate(chunks[s])), vectors[k:k + n], s, dim)
             k += n
         if kept:
-            old = open_store(cfg.store, out / "lance", cfg.collection).read()
+            old = open_store(cfg.store, store_path(cfg.store, out), cfg.collection).read()
             for s in kept:
                 tables[s] = old.filter(pc.equal(old["source"], s))
         rows = pa.concat_tables([tables[s] for s in sorted(tables)]) if tables else schema(dim).empty_table()
-        store = open_store(cfg.store, b.tmp / "lance", cfg.collection)
+        store = open_store(cfg.store, store_path(cfg.store, b.tmp), cfg.collection)
         store.write(rows, ann_min_rows=cfg.ann_min_rows)
         _write_bm25(b.tmp / "bm25", rows)
         timings["store_s"] = time.perf_counter() - t
@@ -128,13 +135,15 @@ def index(cfg: RagConfig, out: Path, *, base_dir: Path | None = None, force: boo
                          "pages": pages.get(s, previous["outputs"]["files"][s]["pages"] if s in kept else 0)}
                      for s in sorted(tables)}
         b.outputs = {"collection": cfg.collection, "store": cfg.store, "dim": dim, "files": files_out,
-                     "ann": "hnsw_sq" if getattr(store, "has_ann", False) else None,
+                     "ann": STORES[cfg.store].ANN if store.has_ann else None,
                      "failed": [vars(x) for x in failed]}
         removed = sorted(set(previous["outputs"]["files"]) - set(tables)) if previous else []
         b.metrics = {"files": len(files_out), "chunks": int(rows.num_rows), "embedded_files": len(chunks),
                      "unchanged_files": len(kept), "removed_files": len(removed), "failed_files": len(failed),
                      "embedded_chunks": len(new), **{k: round(v, 3) for k, v in timings.items()},
                      "seconds": round(time.perf_counter() - t0, 3)}
+    if superseded is not None:
+        qdrant.drop_server_collection(superseded)
     return {"status": "ran", "out": out, "metrics": b.metrics, "failed": b.outputs["failed"]}
 
 
@@ -144,7 +153,7 @@ def _reusable(out: Path, config: dict) -> dict | None:
         m = artifacts.read_manifest(out)
     except Exception:  # noqa: BLE001 -- no index, or an unreadable one: build from scratch
         return None
-    if m.get("kind") != KIND or m.get("status") != "finished" or not (out / "lance").is_dir():
+    if m.get("kind") != KIND or m.get("status") != "finished" or not store_path(config["store"], out).is_dir():
         return None
     if any(m["config"].get(k) != config[k] for k in REUSE_KEYS + ("collection",)):
         return None

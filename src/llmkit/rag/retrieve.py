@@ -24,7 +24,7 @@ import numpy as np
 from llmkit import artifacts
 from llmkit.errors import ArtifactError, DataError
 from llmkit.rag.index import KIND, bm25_tokens
-from llmkit.rag.store import open_store
+from llmkit.rag.store import open_store, store_path
 
 Mode = Literal["hybrid", "dense", "bm25"]
 CANDIDATES = 50  # taken from each list before fusion (at least top_k)
@@ -56,7 +56,7 @@ class Index:
         self.manifest = m
         self.config = m["config"]
         self.collection: str = m["outputs"]["collection"]
-        self.store = open_store(m["outputs"]["store"], self.folder / "lance", self.collection)
+        self.store = open_store(m["outputs"]["store"], store_path(m["outputs"]["store"], self.folder), self.collection)
         rows = self.store.read(["id", "source", "page", "heading", "start", "end", "text"])
         self.rows = rows.to_pylist()
         self.pos = {r["id"]: i for i, r in enumerate(self.rows)}

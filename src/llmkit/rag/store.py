@@ -1,10 +1,11 @@
-"""Where the chunks and their vectors live, behind a small Protocol so a server database can be added later.
+"""Where the chunks and their vectors live, behind a small Protocol: embedded LanceDB, or Qdrant (qdrant.py; a
+server for scale-out, or its in-process local mode).
 
-    STORES = {"lancedb": LanceStore}        # a Qdrant or Milvus adapter registers here with the same methods
+    STORES = {"lancedb": LanceStore, "qdrant": QdrantStore}     # another adapter registers here, same methods
 
 A store holds one collection: rows of `SCHEMA` (the chunk's id, text, metadata and vector). The index stage
-writes a whole collection at once into a fresh folder (so a killed write never touches the published index);
-retrieval reads it.
+writes a whole collection at once into a fresh folder, `store_path(kind, index folder)` (so a killed write never
+touches the published index); retrieval reads it. A server store keeps only a record of its collection there.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from llmkit.errors import ArtifactError, MissingExtra
+from llmkit.rag.qdrant import QdrantStore
 
 
 def schema(dim: int) -> pa.Schema:
@@ -43,6 +45,10 @@ class Store(Protocol):
     def search(self, vector: np.ndarray, k: int, sources: list[str] | None = None) -> list[tuple[str, float]]:
         """The k nearest chunks as (id, cosine similarity), best first; only chunks of `sources` when given."""
 
+    @property
+    def has_ann(self) -> bool:
+        """Whether searches go through an approximate index (its kind: the class's `ANN`) rather than exact."""
+
 
 class LanceStore:
     """LanceDB, embedded: a folder on disk, no server. Exact (flat) search below `ann_min_rows`; above it an HNSW
@@ -51,6 +57,7 @@ class LanceStore:
     LanceDB's defaults losing recall (IVF_PQ: recall@10 0.80), HNSW_SQ with ef 100 at 0.994."""
 
     EF = 128  # HNSW search breadth per query: recall vs time
+    ANN = "hnsw_sq"  # index.py records this in the manifest when has_ann
 
     def __init__(self, folder: Path, collection: str):
         # lance logs from Rust; "creating a new dataset" is a WARN there, and we only create new ones
@@ -107,10 +114,19 @@ def _sql_str(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-STORES = {"lancedb": LanceStore}
+STORES = {"lancedb": LanceStore, "qdrant": QdrantStore}
+DIRS = {"lancedb": "lance", "qdrant": "qdrant"}  # each store's folder inside the index folder
+
+
+def _known(kind: str) -> str:
+    if kind not in STORES:
+        raise ArtifactError(f"unknown store {kind!r} (supported: {', '.join(STORES)})")
+    return kind
+
+
+def store_path(kind: str, index_folder: Path) -> Path:
+    return Path(index_folder) / DIRS[_known(kind)]
 
 
 def open_store(kind: str, folder: Path, collection: str) -> Store:
-    if kind not in STORES:
-        raise ArtifactError(f"unknown store {kind!r} (supported: {', '.join(STORES)})")
-    return STORES[kind](folder, collection)
+    return STORES[_known(kind)](folder, collection)
