@@ -137,7 +137,7 @@ class RagConfig(Section):
     # chunks of 200 leave room for it. Longer than the embedder reads is an error, never silent truncation.
     chunk_tokens: int = Field(200, ge=16, description="Chunk length in the embedder's tokens (heading included).")
     chunk_overlap: int = Field(32, ge=0, description="Tokens a chunk repeats from the one before, within a section.")
-    embedder: str = Field("all-minilm-l6-v2", description="sentence-transformers model: the bundled all-minilm-l6-v2, a folder or a hub id.")
+    embedder: str = Field("all-minilm-l6-v2", description="sentence-transformers model: the bundled all-minilm-l6-v2, a folder or a hub id; or all-minilm-l6-v2-int8, the same model as int8 ONNX on onnxruntime (pip install llmkit[onnx]; 1.7-2x the chunks/s on 2 cores), used only if its vectors agree with the fp32 model's (mean cosine >= 0.99, checked once per file).")
     batch_size: int = Field(32, gt=0, description="Chunks embedded per batch.")
     top_k: int = Field(4, gt=0, description="Chunks retrieved per query, by default.")
     ann_min_rows: int | None = Field(50_000, ge=0, description="Build an approximate (HNSW) vector index when the collection has at least this many chunks; fewer are searched exactly. null: always exact.")
@@ -174,7 +174,7 @@ class ServeConfig(Section):
     rag: list[str] = Field(default_factory=list, description="Rag index folders (`llmkit rag index`, a recipe's rag stage) or folders of them; a chat request with `\"rag\": {\"collection\": NAME}` is answered from NAME's chunks, with citations.")
     guard: str | None = Field(None, description="A guard policy YAML (`llmkit guard --help`) applied to every request and reply, or `default` for the built-in one (input: pii, secrets, injection, toxicity; output: pii, secrets, toxicity); null: no rails. `serve --recipe` uses the recipe's `guard:` section.")
     request_log: str | None = Field(None, description="Append one JSON line per generation request here (route, model, status, tokens, latency, guard hits, texts after PII/secret redaction).")
-    embedder: str | None = Field("all-minilm-l6-v2", description="sentence-transformers model for /v1/embeddings (the bundled all-minilm-l6-v2, a folder or a hub id); null (CLI: none): no embeddings.")
+    embedder: str | None = Field("all-minilm-l6-v2", description="sentence-transformers model for /v1/embeddings (the bundled all-minilm-l6-v2, a folder or a hub id; or all-minilm-l6-v2-int8, its int8 ONNX form); null (CLI: none): no embeddings.")
     threads: int | None = Field(None, gt=0, description="CPU threads per engine; default $LLMKIT_THREADS or the cores.")
     n_ctx: int = Field(2048, gt=0, description="Context length per request in tokens; prompt + max_tokens beyond it is a 400. llamacpp keeps max_inflight × n_ctx tokens of KV cache (~23 KB each for SmolLM2-135M).")
     max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body; larger is a 413.")

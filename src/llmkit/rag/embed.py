@@ -1,4 +1,5 @@
-"""The embedder: a sentence-transformers model (default the bundled all-MiniLM-L6-v2), loaded once per process.
+"""The embedder: a sentence-transformers model (default the bundled all-MiniLM-L6-v2), or the same model as int8
+ONNX (`all-minilm-l6-v2-int8`, llmkit.rag.onnx_embed), loaded once per process.
 
 Vectors are L2-normalized, so the store's cosine distance and a dot product rank alike.
 """
@@ -7,22 +8,45 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
 from llmkit.errors import ConfigError, MissingExtra
-from llmkit.models import embedder_path
+from llmkit.models import BUNDLED_EMBEDDER_INT8, embedder_path
 
 
-@functools.lru_cache(maxsize=2)
-def load_embedder(spec: str):
+class Embedder(Protocol):
+    """What llmkit uses of an embedder: a SentenceTransformer has it, and so has onnx_embed.OnnxEmbedder, which
+    does not subclass it (that would drag torch in and promise the rest of its API)."""
+
+    max_seq_length: int
+    # called like a transformers fast tokenizer: tokenizer(text, add_special_tokens=..., return_offsets_mapping=...,
+    # truncation=False, verbose=False) → {"input_ids": ..., "offset_mapping": ...} (the chunker, the server)
+    tokenizer: Any
+
+    def encode(self, sentences: Sequence[str], batch_size: int = ..., convert_to_numpy: bool = ...,
+               normalize_embeddings: bool = ..., show_progress_bar: bool | None = ...) -> np.ndarray: ...
+
+    def get_embedding_dimension(self) -> int: ...
+
+
+def open_embedder(spec: str) -> Embedder:
+    """A new embedder for `spec` (the server keeps its own; the rag stage shares `load_embedder`'s)."""
+    if spec == BUNDLED_EMBEDDER_INT8:
+        from llmkit.rag.onnx_embed import load_int8
+
+        return load_int8()
     path = embedder_path(spec)
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
         raise MissingExtra("sentence-transformers is not installed: pip install sentence-transformers") from None
     return SentenceTransformer(path, device="cpu")
+
+
+load_embedder = functools.lru_cache(maxsize=2)(open_embedder)
 
 
 def check_chunk_size(model, spec: str, chunk_tokens: int) -> None:

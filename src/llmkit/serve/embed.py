@@ -1,4 +1,5 @@
-"""The embedder behind /v1/embeddings: a sentence-transformers model, by default the bundled all-MiniLM-L6-v2.
+"""The embedder behind /v1/embeddings: a sentence-transformers model, by default the bundled all-MiniLM-L6-v2,
+or its int8 ONNX form (`all-minilm-l6-v2-int8`); both load through llmkit.rag.embed.open_embedder.
 
 Importing sentence-transformers (torch, transformers) takes seconds on a cold start, so the model loads on its
 own thread from server startup on, and /health answers at once; a request that comes before the load finished
@@ -13,8 +14,6 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from llmkit.errors import MissingExtra
-from llmkit.models import embedder_path
 from llmkit.serve.errors import APIError
 
 log = logging.getLogger("llmkit.serve")
@@ -33,12 +32,9 @@ class Embedder:
 
     def _load(self):
         t0 = time.perf_counter()
-        path = embedder_path(self.spec)
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError:
-            raise MissingExtra("sentence-transformers is not installed: pip install sentence-transformers") from None
-        model = SentenceTransformer(path, device="cpu")
+        from llmkit.rag.embed import open_embedder
+
+        model = open_embedder(self.spec)
         log.info("embedder %s loaded in %.1f s", self.id, time.perf_counter() - t0)
         return model
 
