@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from llmkit.commands import validated
@@ -62,14 +63,32 @@ def _rag(args: argparse.Namespace) -> int:
     from llmkit.rag import evaluate
 
     r = evaluate(out, args.questions, top_k=args.top_k)
+    if args.endpoint:
+        from llmkit.rag.judge import faithfulness
+
+        if not args.model:
+            from llmkit.errors import ConfigError
+
+            raise ConfigError(["--endpoint needs --model: the model id the endpoint serves (GET /v1/models)"])
+        r["faithfulness"] = faithfulness(out, args.questions, args.endpoint, args.model,
+                                         judge_endpoint=args.judge_endpoint, judge_model=args.judge_model,
+                                         api_key=args.api_key or os.environ.get("OPENAI_API_KEY"), top_k=args.top_k,
+                                         max_tokens=args.max_tokens, progress=sys.stderr.isatty())
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
+    f = r.pop("faithfulness", None)
     print(f"{'MODE':<8} {f'RECALL@{args.top_k}':>9} {'MRR':>7}  QUESTIONS")
     for mode, v in r.items():
         print(f"{mode:<8} {v[f'recall@{args.top_k}']:>9.3f} {v['mrr']:>7.3f}  {v['questions']}")
     for q in r["hybrid"]["misses"]:
         print(f"  missed (hybrid): {q}")
+    if f is None:
+        print("answer faithfulness: not measured (give --endpoint URL --model ID, e.g. a running `llmkit serve`)")
+    else:
+        share = "n/a" if f["faithfulness"] is None else f"{f['faithfulness']:.3f}"
+        print(f"answer faithfulness ({args.judge_model or args.model} judging {args.model}): {share} "
+              f"({f['judged']} judged, {f['unparsed']} replies neither yes nor no)")
     return 0
 
 
@@ -109,9 +128,19 @@ def add_parser(sub) -> None:
     re_ = rsub.add_parser("eval", help="recall@k and MRR of a question set against a collection",
                           description="Score retrieval on QUESTIONS, a JSONL file of {question, source, heading?}: "
                                       "a hit is relevant when its source matches (a glob) and, if given, its heading. "
-                                      "Prints recall@k and MRR for hybrid, dense-only and BM25-only retrieval.")
+                                      "Prints recall@k and MRR for hybrid, dense-only and BM25-only retrieval; with "
+                                      "--endpoint also answer faithfulness (an LLM judge: is the answer supported "
+                                      "by the sources?).")
     re_.add_argument("questions", help="JSONL file: {\"question\": ..., \"source\": ..., \"heading\": ...}")
     re_.add_argument("--json", action="store_true", help="print the scores (and missed questions) as JSON")
+    re_.add_argument("--endpoint", metavar="URL", help="answer faithfulness: an OpenAI-compatible base URL (e.g. "
+                     "http://127.0.0.1:8000/v1 of `llmkit serve`) whose --model answers each question from its top-k "
+                     "chunks; a judge then says whether the answer is supported by them")
+    re_.add_argument("--model", help="the model id the endpoint answers with")
+    re_.add_argument("--judge-endpoint", metavar="URL", help="the judge's endpoint (default: --endpoint)")
+    re_.add_argument("--judge-model", help="the judge's model id (default: --model)")
+    re_.add_argument("--api-key", help="key for the endpoints (default: $OPENAI_API_KEY, else none)")
+    re_.add_argument("--max-tokens", type=int, default=128, help="answer length limit (default 128)")
     for sp in (ri, rq, re_):
         sp.add_argument("--collection", required=True, metavar="NAME",
                         help="the collection: a folder STORE/NAME; clients ask for it by NAME")

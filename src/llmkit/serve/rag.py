@@ -27,11 +27,10 @@ from pathlib import Path
 from llmkit import artifacts
 from llmkit.errors import ConfigError
 from llmkit.rag import Hit, Index
+from llmkit.rag.answer import augment  # noqa: F401 -- the serving path builds rag prompts through here
 from llmkit.serve import protocol as p
 from llmkit.serve.errors import APIError
 
-# Short on purpose: it is in every rag prompt, and the sources need the context.
-INSTRUCTION = "Answer the question from the sources above and cite the source number like [1]."
 
 
 def _folders(spec: str) -> list[Path]:
@@ -82,23 +81,6 @@ def query_of(messages: list[dict]) -> str:
         if m["role"] == "user" and m["content"].strip():
             return m["content"]
     raise APIError(400, "a rag request needs a user message to search for", param="messages")
-
-
-def augment(messages: list[dict], hits: list[Hit]) -> list[dict]:
-    """The messages with the numbered sources, the question and the instruction in the last user message.
-
-    Why there and in that order: SmolLM2-135M, given the sources in the system message, answered "How long do I
-    hold the reset button?" with an invented "1.5mm"; given "Sources … Question … instruction" as the user turn
-    it quoted the right step ("hold it with a paperclip for 10 seconds") — but only with bare "[n] text" sources:
-    with a "source: path — heading" line above each it answered from the wrong one. The file, page and heading
-    go to the client in `citations` instead. It still rarely writes [n] itself."""
-    last = max(i for i, m in enumerate(messages) if m["role"] == "user")
-    sources = "\n\n".join(f"[{i}] {h.text}" for i, h in enumerate(hits, 1))
-    if hits:
-        content = f"Sources:\n\n{sources}\n\nQuestion: {messages[last]['content']}\n\n{INSTRUCTION}"
-    else:
-        content = f"{messages[last]['content']}\n\n(No source holds the answer: say that you do not know.)"
-    return [*messages[:last], {"role": "user", "content": content}, *messages[last + 1:]]
 
 
 def citations(hits: list[Hit], answers: list[str] | None) -> list[p.Citation]:
