@@ -104,3 +104,10 @@ def test_scrub_redacts_whatever_the_action(guard_heads):
     g = Guard(Policy.model_validate({"input": {"pii": {"action": "flag"}}}))
     assert g.scrub("mail bob@example.com") == "mail <EMAIL_ADDRESS>"
     assert json.dumps(g.check("input", "mail bob@example.com").to_json())
+
+
+def test_presidio_mode_adds_names_and_places_by_default():
+    pol = Policy.model_validate({"input": {"pii": {"mode": "presidio"}}, "output": {"pii": {}}})
+    assert {"PERSON", "LOCATION"} <= set(pol.input.pii.entities) and "PERSON" not in pol.output.pii.entities
+    v = Guard(pol).check("input", "I am Maria Lopez from Madrid, mail maria@example.com")
+    assert "Maria Lopez" not in v.text and "<PERSON>" in v.text and "<EMAIL_ADDRESS>" in v.text

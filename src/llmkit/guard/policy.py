@@ -37,7 +37,13 @@ Verdict = Literal["block", "flag"]
 class PiiRail(Section):
     action: Action = "redact"
     mode: Literal["regex", "presidio"] = Field("regex", description="regex: Presidio's pattern recognizers (~0.4–2 ms per 1,000 characters); presidio: + spaCy names and places (~45–75 ms).")
-    entities: list[str] = Field(default_factory=lambda: list(STRUCTURED), description="Presidio entity types.")
+    entities: list[str] | None = Field(None, description="Presidio entity types; default the structured ones (email, phone, card, IBAN, IP, US SSN, crypto), plus PERSON and LOCATION in presidio mode.")
+
+    @model_validator(mode="after")
+    def _default_entities(self) -> PiiRail:
+        if self.entities is None:
+            self.entities = list(STRUCTURED) + (["PERSON", "LOCATION"] if self.mode == "presidio" else [])
+        return self
     min_score: float = Field(0.4, ge=0, le=1)
 
 
