@@ -5,7 +5,7 @@ as int8 ONNX on onnxruntime (`rag.embedder: all-minilm-l6-v2-int8`, llmkit.rag.o
 
 What it measures: chunks/s of `model.encode(texts, batch_size=B)` (both sort by length and pad per batch), for
 --texts chunk-like texts of 40..80 words drawn from Python's `pydoc_data.topics` (deterministic windows,
-llmkit.rag.onnx_embed.pydoc_windows, seed 0), at each batch size, with --threads CPU threads for both (torch's
+llmkit.rag.samples.pydoc_windows, seed 0), at each batch size, with --threads CPU threads for both (torch's
 intra-op threads; onnxruntime's intra_op_num_threads). Each model is warmed up on 64 texts first; each cell is the
 best of --repeats full passes (the box is shared, so the best pass is the least disturbed one). It prints the
 load average before and after (another process on the same cores changes everything), a table, the int8/fp32
@@ -27,7 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from llmkit.models import BUNDLED_EMBEDDER, embedder_path, int8_embedder_files  # noqa: E402
-from llmkit.rag.onnx_embed import OnnxEmbedder, pydoc_windows  # noqa: E402
+from llmkit.rag.onnx_embed import OnnxEmbedder  # noqa: E402
+from llmkit.rag.samples import pydoc_windows  # noqa: E402
 
 
 def uptime() -> str:

@@ -61,6 +61,7 @@ from llmkit import artifacts
 from llmkit.config import RagConfig
 from llmkit.models import embedder_path
 from llmkit.rag.retrieve import Index
+from llmkit.rag.samples import pydoc_words, pydoc_windows
 from llmkit.rag.store import LanceStore, schema
 
 # the modules themselves (`llmkit.rag.index` as an attribute is the function the package re-exports)
@@ -89,26 +90,6 @@ def uptime() -> tuple[str, float]:
 
 def log(*a) -> None:
     print(*a, file=sys.stderr, flush=True)
-
-
-def words() -> list[str]:
-    from pydoc_data.topics import topics
-
-    return " ".join(topics[k] for k in sorted(topics)).split()
-
-
-def windows(ws: list[str], n: int, lo: int, hi: int, seed: int) -> list[str]:
-    """n distinct texts words[s:s+L], L in lo..hi, s uniform, in draw order (fixed seed)."""
-    rng = np.random.default_rng(seed)
-    seen, texts = set(), []
-    while len(texts) < n:
-        L = int(rng.integers(lo, hi + 1))
-        s = int(rng.integers(0, len(ws) - L))
-        text = " ".join(ws[s:s + L])
-        if (s, L) not in seen and text not in seen:
-            seen.update([(s, L), text])
-            texts.append(text)
-    return texts
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -302,10 +283,9 @@ def main() -> int:
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(embedder_path("all-minilm-l6-v2"), device="cpu")
-    ws = words()
-    texts = windows(ws, args.chunks, 40, 80, args.seed)
-    queries = windows(ws, args.queries, 8, 16, args.seed + 1)
-    log(f"corpus: {len(ws)} words -> {len(texts)} chunks; {len(queries)} queries; torch threads "
+    texts = pydoc_windows(args.chunks, 40, 80, args.seed)  # llmkit.rag.samples: the corpus described above
+    queries = pydoc_windows(args.queries, 8, 16, args.seed + 1)
+    log(f"corpus: {len(pydoc_words())} words -> {len(texts)} chunks; {len(queries)} queries; torch threads "
         f"{torch.get_num_threads()}")
 
     if args.embed_only:

@@ -15,33 +15,22 @@ def _policy(path: str | None):
 
 
 def _rows(path: str) -> list[str]:
-    """The `text` of every row of a JSONL file; every bad row is reported (file, line, what was expected)
-    before any checking starts."""
+    """The `text` of every row of a data file (JSONL, or any format the data stage reads); every bad row is
+    reported (file, line, what was expected) before any checking starts."""
+    from llmkit.data.load import read_rows
     from llmkit.errors import ConfigError
 
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError([f"no such file: {p}"])
     texts, problems = [], []
-    with p.open(encoding="utf-8", errors="strict") as f:
-        try:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as e:
-                    problems.append(f"line {n}: not a JSON object ({e})")
-                    continue
-                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                    got = type(row.get("text")).__name__ if isinstance(row, dict) and "text" in row else "no text field"
-                    problems.append(f"line {n}: field 'text' must be a string, got {got}")
-                    continue
-                texts.append(row["text"])
-        except UnicodeDecodeError as e:
-            problems.append(f"line {n + 1}: not UTF-8 (byte {e.start})")
+    for row in read_rows(path):
+        if row.error is not None:
+            problems.append(f"line {row.line}: not a JSON object ({row.error})")
+        elif not isinstance(row.data.get("text"), str):
+            got = type(row.data["text"]).__name__ if "text" in row.data else "no text field"
+            problems.append(f"line {row.line}: field 'text' must be a string, got {got}")
+        else:
+            texts.append(row.data["text"])
     if problems:
-        raise ConfigError(problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else []), str(p))
+        raise ConfigError(problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else []), path)
     return texts
 
 

@@ -85,14 +85,12 @@ class _PolicyScrubber:
 
     def __init__(self, guard) -> None:
         self.guard = guard
+        self.blocked = False  # whether the last text redacted had a finding of a `block` rail
 
     def redact(self, text: str) -> tuple[str, Counter]:
-        text, hits = self.guard._redactions("input", text)
+        text, hits = self.guard.redact("input", text)
+        self.blocked = any(h.fired and h.action == "block" for h in hits)
         return text, Counter({k: v for h in hits for k, v in h.detail.items()})
-
-    def drops(self, text: str) -> bool:
-        rails = self.guard.policy.input
-        return any(getattr(rails, r).action == "block" for r, _ in self.guard.findings("input", text))
 
 
 class RowTransform:
@@ -157,10 +155,14 @@ class RowTransform:
                 continue
             row = with_texts(row, [normalize_text(t) if t else t for t in texts(row)])
             if self._scrubber is not None:
-                scrubbed, found = zip(*(self._scrubber.redact(t) for t in texts(row)))
+                scrubbed, found, blocked = [], [], False
+                for t in texts(row):
+                    text, counts = self._scrubber.redact(t)
+                    scrubbed.append(text)
+                    found.append(counts)
+                    blocked |= bool(self.guard) and self._scrubber.blocked
                 it.pii = dict(sum(found, Counter()))
-                it.drop = bool(it.pii) and (self.cfg.pii == "drop" if self.guard is None
-                                            else any(self._scrubber.drops(t) for t in texts(row)))
+                it.drop = bool(it.pii) and (self.cfg.pii == "drop" if self.guard is None else blocked)
                 row = with_texts(row, list(scrubbed))
             it.row = json.dumps(row, ensure_ascii=False)
             it.key = exact_key(it.row)

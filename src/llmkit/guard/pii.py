@@ -133,12 +133,10 @@ class PiiScrubber:
             Pattern("12-19 digits", r"\b\d{12,19}\b", 0.1)])
 
     @staticmethod
-    def _phones(recognizer, text: str, digits: int) -> list:
+    def _phones(recognizer, text: str) -> list:
         """libphonenumber's matcher over each run of digits and separators (with 8 characters either side)
         instead of the whole text: its cost grows with the text, once per region, and most of a message is
         words. Each window's results are shifted back to text offsets."""
-        if digits < 5:
-            return []
         out = []
         for m in _PHONE_RUN.finditer(text):
             a, b = max(0, m.start() - 8), min(len(text), m.end() + 8)
@@ -160,7 +158,7 @@ class PiiScrubber:
                 if not self.prefilter:
                     results += r.analyze(text, ents, None)
                 elif ents == ["PHONE_NUMBER"]:
-                    results += self._phones(r, text, digits)
+                    results += self._phones(r, text) if _NEEDS["PHONE_NUMBER"](text, digits) else []
                 elif any(_NEEDS.get(e, lambda t, d: True)(text, digits) for e in ents):
                     results += r.analyze(text, ents, None)
         return outermost([Finding(r.entity_type, r.start, r.end, r.score) for r in results if r.score >= self.min_score])

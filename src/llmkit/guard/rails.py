@@ -115,10 +115,15 @@ class Guard:
         return out
 
     @staticmethod
-    def placeholder(rail: str, f: Finding) -> str:
-        return f"<SECRET:{f.type}>" if rail == "secrets" else f"<{f.type}>"
+    def splice(text: str, found: list[tuple[str, Finding]]) -> str:
+        """`text` with each (rail, finding) replaced by its typed placeholder: <EMAIL_ADDRESS>, <SECRET:kind>."""
+        rail_of = {id(f): rail for rail, f in found}
+        return splice(text, [f for _, f in found],
+                      lambda f: f"<SECRET:{f.type}>" if rail_of[id(f)] == "secrets" else f"<{f.type}>")
 
-    def _redactions(self, side: Side, text: str) -> tuple[str, list[Hit]]:
+    def redact(self, side: Side, text: str) -> tuple[str, list[Hit]]:
+        """The secrets and pii rails of a side: the text with the findings of `redact` rails replaced, and one
+        hit per rail (fired or not, with counts by type)."""
         rails = self.rails(side)
         found = self.findings(side, text)
         hits, redact = [], []
@@ -133,9 +138,7 @@ class Guard:
             hits.append(Hit(rail, cfg.action, bool(mine), 1.0 if mine else 0.0, counts))
             if cfg.action == "redact":
                 redact += [(rail, f) for f in mine]
-        by_finding = {id(f): rail for rail, f in redact}
-        text = splice(text, [f for _, f in redact], lambda f: self.placeholder(by_finding[id(f)], f))
-        return text, hits
+        return self.splice(text, redact), hits
 
     # -- the classifying rails -----------------------------------------------------------------------------
 
@@ -196,7 +199,7 @@ class Guard:
             too_long = len(text) > rails.length.max_chars
             hits.append(Hit("length", rails.length.action, too_long, detail={"chars": len(text),
                                                                              "max_chars": rails.length.max_chars}))
-        redacted, redactions = self._redactions(side, text)
+        redacted, redactions = self.redact(side, text)
         # the classifiers read the text as written: they never saw placeholders like <SECRET:...> in training
         hits += redactions + self._classify(side, text)
         if side == "output":
@@ -207,11 +210,11 @@ class Guard:
 
     def scrub(self, text: str) -> str:
         """`text` with every finding of either side's secrets/pii rails redacted, whatever their action: what
-        the request log stores."""
-        for side in ("input", "output"):
-            found = self.findings(side, text)
-            by_finding = {id(f): rail for rail, f in found}
-            text = splice(text, [f for _, f in found], lambda f, rail_of=by_finding: self.placeholder(rail_of[id(f)], f))
+        the request log stores. A side whose rails equal the other's is scanned once."""
+        key = lambda r: (r.pii, r.secrets)  # noqa: E731
+        sides: list[Side] = ["input"] if key(self.policy.input) == key(self.policy.output) else ["input", "output"]
+        for side in sides:
+            text = self.splice(text, self.findings(side, text))
         return text
 
     def stream(self) -> OutputStream:
@@ -272,8 +275,7 @@ class OutputStream:
                 self.stopped = hit
                 return self.guard.policy.refusal
         redact = [(r, f) for r, f in done if getattr(rails, r).action == "redact"]
-        by_finding = {id(f): r for r, f in redact}
-        out = splice(pending[:cut], [f for _, f in redact], lambda f: self.guard.placeholder(by_finding[id(f)], f))
+        out = self.guard.splice(pending[:cut], redact)
         self.sent += cut
         return out
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from llmkit.errors import UnsupportedModel
+from llmkit.rag.samples import pydoc_windows
 
 MIN_MEAN_COSINE = 0.99
 AGREEMENT_VERSION = "1"  # bump when the pipeline here or the sentence set changes: cached verdicts are then redone
@@ -138,24 +139,6 @@ def load_int8(threads: int | None = None, check: bool = True) -> OnnxEmbedder:
     if check:
         check_agreement(model=model)
     return model
-
-
-def pydoc_windows(n: int, lo: int, hi: int, seed: int) -> list[str]:
-    """n distinct texts of lo..hi words from the stdlib's `pydoc_data.topics` (Python's own reference text, so
-    varied: prose, grammar, code), windows words[s:s+L] drawn with a fixed seed: the same on every machine."""
-    from pydoc_data.topics import topics
-
-    words = " ".join(topics[k] for k in sorted(topics)).split()
-    rng = np.random.default_rng(seed)
-    seen, texts = set(), []
-    while len(texts) < n:
-        length = int(rng.integers(lo, hi + 1))
-        s = int(rng.integers(0, len(words) - length))
-        text = " ".join(words[s:s + length])
-        if text not in seen:
-            seen.add(text)
-            texts.append(text)
-    return texts
 
 
 def agreement_texts() -> list[str]:

@@ -27,10 +27,12 @@ from llmkit.serve.errors import APIError
 LOG_SCRUB = Policy.model_validate({"input": {"pii": {}, "secrets": {}}})
 
 
-def count(metrics, side: str, hits: list[Hit]) -> None:
+def record(state, log: dict, side: str, hits: list[Hit]) -> None:
+    """The rails that fired: counted in /metrics and listed in the request's log record."""
     for h in hits:
         if h.fired:
-            metrics.guard_hits.labels(side, h.rail, h.action).inc()
+            state.metrics.guard_hits.labels(side, h.rail, h.action).inc()
+            log.setdefault("guard", []).append({"side": side, "rail": h.rail, "action": h.action, "score": h.score})
 
 
 async def check_input(state, texts: list[tuple[str, str]], log: dict) -> list[str]:
@@ -40,9 +42,7 @@ async def check_input(state, texts: list[tuple[str, str]], log: dict) -> list[st
     for param, text in texts:
         v: Verdict = await asyncio.to_thread(guard.check, "input", text)
         state.metrics.guard_seconds.labels("input").observe(v.seconds)
-        count(state.metrics, "input", v.hits)
-        log.setdefault("guard", []).extend({"side": "input", "rail": h.rail, "action": h.action, "score": h.score}
-                                           for h in v.hits if h.fired)
+        record(state, log, "input", v.hits)
         hit = v.blocking
         if hit is not None:
             score = f" (score {hit.score:.2f})" if hit.score is not None and hit.rail in ("injection", "toxicity") else ""
@@ -61,11 +61,11 @@ class Replies:
         self.guard: Guard = state.guard
         self.streams = [self.guard.stream() for _ in range(n)]
 
-    def whole(self, i: int, text: str) -> tuple[str, bool]:
+    def whole(self, text: str) -> tuple[str, bool]:
         """(text to send, blocked) for a finished reply."""
         v = self.guard.check("output", text)
         self.state.metrics.guard_seconds.labels("output").observe(v.seconds)
-        self._count(v.hits)
+        record(self.state, self.log, "output", v.hits)
         return (self.guard.policy.refusal, True) if v.blocked else (v.text, False)
 
     def feed(self, i: int, delta: str) -> str:
@@ -74,16 +74,11 @@ class Replies:
     def close(self, i: int) -> str:
         s = self.streams[i]
         tail = s.close()
-        self._count(s.verdict().hits)
+        record(self.state, self.log, "output", s.verdict().hits)
         return tail
 
     def stopped(self, i: int) -> bool:
         return self.streams[i].stopped is not None
-
-    def _count(self, hits: list[Hit]) -> None:
-        count(self.state.metrics, "output", hits)
-        self.log.setdefault("guard", []).extend({"side": "output", "rail": h.rail, "action": h.action,
-                                                 "score": h.score} for h in hits if h.fired)
 
 
 class GuardedStream:

@@ -312,7 +312,7 @@ async def collect_replies(run: Run, replies: Replies | None, log: dict) -> tuple
     finish = [run.finish_reason(i) for i in range(len(texts))]
     if replies is not None:
         for i, text in enumerate(texts):
-            texts[i], blocked = await asyncio.to_thread(replies.whole, i, text)
+            texts[i], blocked = await asyncio.to_thread(replies.whole, text)
             finish[i] = "content_filter" if blocked else finish[i]
     log["output"] = texts
     write_log(run.state, log, run.ctx, 200, run)
