@@ -127,7 +127,7 @@ def eval_set(tokenize: Callable[[str], list[int]], hf_dir: Path, dataset: Path |
             break
         msgs = [{"role": "user", "content": text}]
         es.prompts.append(tokenize(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-                                    if templated else text))
+                                   if templated else text))
         es.prompt_texts.append(text)
     return es
 
