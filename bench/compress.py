@@ -1,5 +1,6 @@
-"""GGUF exports side by side: f16 / q8_0 / q4_0 / q4_k of the bundled model (and of a train artifact when given),
-each measured against its own f16 reference by the compress stage itself; prints the report table.
+"""Exports side by side: GGUF f16 / q8_0 / q4_0 / q4_k and transformers int8 / int4 of the bundled model (and of
+a train artifact when given), each measured against its own float reference (f16 GGUF in llama.cpp, bf16 in
+transformers) by the compress stage itself; prints the report table.
 
     .venv/bin/python bench/compress.py [--data runs/support-assistant/data] [--adapter runs/support-assistant/train]
                                        [--types f16,q8_0,q4_0,q4_k] [--eval-rows 100] [--threads 1] [--out DIR]
@@ -7,7 +8,7 @@ each measured against its own f16 reference by the compress stage itself; prints
 Every row is one `llmkit compress` run (`llmkit.compress.compress`), so the numbers are exactly what a user
 gets: file size, perplexity of the export and of its f16 reference on the dataset's val rows (assistant reply
 tokens; a fixed text without --data), top-1 agreement at those positions, greedy agreement on N prompts, and
-batch-1 decode tok/s in llama.cpp. Goals from the compression issue: a 4-bit file <= 30% of f16 with perplexity
+batch-1 decode tok/s in llama.cpp (GGUF) or transformers (int8/int4: `--types int8,int4`, needs llmkit[quant]). Goals from the compression issue: a 4-bit file <= 30% of f16 with perplexity
 +<= 5%; q8_0 perplexity +<= 0.5%.
 Check `uptime` first: tok/s on a busy box lies (perplexity and agreement do not depend on load).
 """
@@ -52,7 +53,8 @@ def main() -> int:
                              threads=args.threads, progress=False)
                 m = r["metrics"]
                 m["model"], m["seconds"] = model, round(time.perf_counter() - t0, 1)
-                print(f"{model} {q}: {m['seconds']} s; types {m['tensor_types']}", file=sys.stderr, flush=True)
+                types = m.get("tensor_types") or f"{m.get('quantized_layers')} layers {m.get('qtype')}"
+                print(f"{model} {q}: {m['seconds']} s; types {types}", file=sys.stderr, flush=True)
                 reports.append(m)
     for model in models:
         print(f"\n{model}")

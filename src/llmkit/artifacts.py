@@ -73,7 +73,7 @@ def input_ref(path: str | Path) -> dict:
 
 
 def library_versions(names: tuple[str, ...] = ("llmkit", "torch", "transformers", "llama_cpp_python", "gguf",
-                                               "peft", "trl", "accelerate", "pydantic")) -> dict[str, str]:
+                                               "peft", "trl", "accelerate", "optimum_quanto", "pydantic")) -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in names:
         with contextlib.suppress(md.PackageNotFoundError):

@@ -171,7 +171,8 @@ def _compress(args: argparse.Namespace) -> int:
         print(f"skipped: {args.out} already holds a finished export for these inputs and config (--force to redo)")
     print(format_table([r["metrics"]]))
     print(summary(r["metrics"]))
-    print(f"model: {r['gguf']}  (chat with it: llmkit chat {args.out})")
+    engine = "" if r["gguf"] else " --engine transformers"
+    print(f"model: {r['model']}  (chat with it: llmkit chat {args.out}{engine})")
     return 0
 
 
@@ -244,11 +245,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _recipe_model(recipe) -> tuple[str, str | None]:
-    """What `serve --recipe` serves: its newest compressed GGUF (llamacpp), else its trained model
-    (transformers), else its base model (the configured engine)."""
-    ggufs = sorted((recipe.run_dir / "compress").glob("*.gguf"), key=lambda q: q.stat().st_mtime)
+    """What `serve --recipe` serves: its compressed model (a GGUF on llamacpp, an int8/int4 folder on
+    transformers), else its trained model (transformers), else its base model (the configured engine)."""
+    compressed = recipe.run_dir / "compress"
+    ggufs = sorted(compressed.glob("*.gguf"), key=lambda q: q.stat().st_mtime)
     if ggufs:
         return str(ggufs[-1]), "llamacpp"
+    if (compressed / "quanto_qmap.json").is_file():
+        return str(compressed), "transformers"
     train = recipe.run_dir / "train"
     if (train / "adapter_config.json").is_file() or (train / "config.json").is_file():
         return str(train), "transformers"
@@ -381,26 +385,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-parallel processes on this machine (torchrun + DDP; gloo on CPU, nccl on GPU)")
     t.set_defaults(fn=_train)
 
-    z = sub.add_parser("compress", help="merge a LoRA adapter and export a GGUF (f16, q8_0, q4_0, q4_k) with a report",
-                       description="Export MODEL to a GGUF file that llama.cpp loads, in an artifact folder OUT. "
-                                   "MODEL may be a registry name, an HF folder, a .gguf, a train artifact or a PEFT "
-                                   "adapter folder (merged into the base it names). The export is measured against "
-                                   "its f16 reference: file size, perplexity (the dataset's val rows, or a fixed "
-                                   "text), top-1 and greedy agreement, decode tok/s; printed as a table and kept in "
-                                   "the manifest. Written atomically: a killed export leaves nothing under OUT.")
+    z = sub.add_parser("compress", help="merge a LoRA adapter and export a GGUF (f16, q8_0, q4_0, q4_k) or a "
+                                        "transformers int8/int4 folder, with a report",
+                       description="Export MODEL, in an artifact folder OUT, to a GGUF file that llama.cpp loads "
+                                   "(--quantize f16, q8_0, q4_0, q4_k) or to a weight-only int8/int4 HF folder that "
+                                   "the transformers engine loads (--quantize int8, int4; optimum-quanto, "
+                                   "`llmkit chat OUT --engine transformers`). MODEL may be a registry name, an HF "
+                                   "folder, a .gguf, a train artifact or a PEFT adapter folder (merged into the base "
+                                   "it names). The export is measured against its float reference (f16 GGUF in "
+                                   "llama.cpp; bf16 in transformers): size on disk, perplexity (the dataset's val "
+                                   "rows, or a fixed text), top-1 and greedy agreement, decode tok/s; printed as a "
+                                   "table and kept in the manifest. Written atomically: a killed export leaves "
+                                   "nothing under OUT.")
     z.add_argument("model", help="registry name, HF folder, .gguf, train artifact or PEFT adapter folder")
     z.add_argument("--adapter", help="a PEFT adapter folder to merge into MODEL (its recorded base must match MODEL)")
     z.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,
-                   help="merge the adapter into its base before export (default; GGUF needs merged weights)")
-    z.add_argument("--quantize", choices=["f16", "q8_0", "q4_0", "q4_k"], default="q8_0",
-                   help="weight type: f16, q8_0, or 4-bit q4_0 / q4_k (default q8_0)")
+                   help="merge the adapter into its base before export (default; every export needs merged weights)")
+    z.add_argument("--quantize", choices=["f16", "q8_0", "q4_0", "q4_k", "int8", "int4"], default="q8_0",
+                   help="GGUF: f16, q8_0, or 4-bit q4_0 / q4_k (default q8_0); transformers folder: int8 or int4 "
+                        "(weight-only, optimum-quanto: pip install 'llmkit[quant]')")
     z.add_argument("--out", required=True, help="output artifact folder")
-    z.add_argument("--name", help="file name stem of the .gguf (default: the model's name or folder name)")
+    z.add_argument("--name", help="file name stem of the .gguf, and the report's name for an int8/int4 export "
+                                  "(default: the model's name or folder name)")
     z.add_argument("--data", help="dataset artifact folder (or .jsonl) whose val rows the perplexity is measured on; "
                                    "default: a fixed text")
     z.add_argument("--imatrix", action="store_true",
-                   help="4-bit: weight the rounding by an importance matrix from --data's train rows (off by default; "
-                        "see README)")
+                   help="GGUF 4-bit: weight the rounding by an importance matrix from --data's train rows (off by "
+                        "default; see README)")
     z.add_argument("--eval-rows", type=int, help="val rows for perplexity (default 100)")
     z.add_argument("--prompts", type=int, help="prompts for greedy agreement (default 8)")
     z.add_argument("--gen-tokens", type=int, help="greedy tokens per prompt (default 48)")
@@ -415,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "/v1/embeddings, /v1/models, plus /health, /metrics (Prometheus) and /docs. "
                                     "Any OpenAI client works: base_url http://HOST:PORT/v1. Each --model is a "
                                     "registry name, folder, .gguf, hub id or PEFT adapter folder; NAME=SPEC sets the "
-                                    "id clients send. With --recipe: the recipe's newest compressed GGUF, else its "
+                                    "id clients send. With --recipe: the recipe's compressed model (GGUF, or "
+                                    "int8/int4 folder on transformers), else its "
                                     "trained model, else its base model, served as the recipe's name, with its "
                                     "serve: section as defaults for these flags (and its rag stage's index as --rag). "
                                     "--rag DIR makes a collection answer chats: a request body with "

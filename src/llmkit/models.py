@@ -54,7 +54,9 @@ class ModelRef:
     """A resolved model: what the user typed, and the local file or folder it names."""
 
     name: str
-    kind: Literal["gguf", "hf", "adapter"]
+    # quantized: a transformers weight-only int8/int4 export (`llmkit compress --quantize int8|int4`), an HF
+    # folder whose weights only optimum-quanto can read; the transformers engine loads it, nothing converts it
+    kind: Literal["gguf", "hf", "adapter", "quantized"]
     path: Path
     source: Literal["registry", "local", "hub"]
     base: str | None = None  # for a PEFT adapter: the base model it was trained on, as the user named it
@@ -80,6 +82,13 @@ def registry_path(entry: RegistryEntry) -> Path:
     return path
 
 
+QUANTO_QMAP = "quanto_qmap.json"  # optimum-quanto's quantization map, beside its safetensors weights
+
+
+def _hf_kind(folder: Path) -> Literal["hf", "quantized"]:
+    return "quantized" if (folder / QUANTO_QMAP).is_file() else "hf"
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -91,7 +100,8 @@ def resolve_model(spec: str) -> ModelRef:
     if p.exists():
         return _local(spec, p)
     if _HUB_ID.match(spec):
-        return ModelRef(spec, "hf", _from_hub(spec), "hub")
+        folder = _from_hub(spec)
+        return ModelRef(spec, _hf_kind(folder), folder, "hub")
     raise ModelNotFound(
         f"model '{spec}' is not a registry name (known: {', '.join(REGISTRY)}), "
         "an existing local folder or .gguf file, or a hub id like 'org/name'"
@@ -104,7 +114,7 @@ def _local(spec: str, p: Path) -> ModelRef:
             raise UnsupportedModel(f"{p}: a model file must be a .gguf; for HF weights give the folder")
         return ModelRef(spec, "gguf", p.resolve(), "local")
     if (p / "config.json").is_file():
-        return ModelRef(spec, "hf", p.resolve(), "local")
+        return ModelRef(spec, _hf_kind(p), p.resolve(), "local")
     if (p / "adapter_config.json").is_file():
         base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if not base:
@@ -122,7 +132,7 @@ def _from_hub(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]  # *.json: quanto_qmap.json too
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
         folder = snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline)
@@ -275,6 +285,10 @@ def hf_folder(ref: ModelRef, progress: bool = True) -> Path:
     if ref.kind == "adapter":
         raise UnsupportedModel(f"{ref.path} is a PEFT adapter on '{ref.base}': load the base and apply the adapter "
                                "(the transformers engine does), or merge it with `llmkit compress`")
+    if ref.kind == "quantized":
+        raise UnsupportedModel(f"{ref.path} is a weight-only int8/int4 export (optimum-quanto) for the transformers "
+                               "engine; it has no float weights to train, merge or export again: start from the "
+                               "model it was made from")
     digest = sha256_file(ref.path)
     cached = home() / "hf" / f"{digest[:24]}-v{CONVERTER_VERSION}"
     if (cached / "llmkit_source.json").is_file():
@@ -344,6 +358,10 @@ def describe(ref: ModelRef) -> dict:
             context_length=cfg.get("max_position_embeddings"),
             size_mb=round(sum(f.stat().st_size for f in ref.path.glob("*.safetensors")) / 1e6, 1),
         )
+        if ref.kind == "quantized":
+            qmap = json.loads((ref.path / QUANTO_QMAP).read_text())
+            kinds = sorted({m["weights"] for m in qmap.values()})
+            info["quantized"] = ", ".join(f"{sum(m['weights'] == k for m in qmap.values())} layers {k}" for k in kinds)
     return info
 
 

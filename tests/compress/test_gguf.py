@@ -148,7 +148,7 @@ def test_kill_9_during_export_leaves_nothing_under_the_name_and_a_rerun_complete
 
     done = _cli(args)
     assert done.returncode == 0, done.stderr
-    assert "ppl f16" in done.stdout and "tiny-llama" in done.stdout
+    assert "ppl ref" in done.stdout and "reference: f16 GGUF" in done.stdout and "tiny-llama" in done.stdout
     assert _leftovers(out) == []  # the killed run's temp folder was swept
     gguf = out / f"{tiny_llama.name}.f16.gguf"
     assert sorted(p.name for p in out.iterdir()) == sorted([gguf.name, "manifest.json", "report.md"])

@@ -1,18 +1,20 @@
-"""Quality and size report of a GGUF export, measured against its f16 reference, both through llama.cpp.
+"""Quality and size report of an export, measured against its float reference, both run the same way.
 
     r = measure(reference=Path("m.f16.gguf"), export=Path("m.q4_k.gguf"), hf_dir=folder, dataset=data_dir)
     print(format_table([r]))
 
-Both files are measured the same way, in llama-cpp-python with `logits_all`:
+A GGUF export and its f16 reference are both run in llama-cpp-python with `logits_all` (`measure` here); a
+transformers export (int8/int4, hf_quant.py) and its bf16 reference are both run in transformers, on the same
+rows and with the same loss (`compare` and `run_eval` are shared):
 - **perplexity** on the dataset artifact's `val.jsonl` (rows rendered with the model's chat template; the
   loss is taken on the assistant reply tokens, the part the model was tuned to write), or on a fixed text
   when there is no dataset (every token after the first);
 - **top-1 agreement**: at how many of those positions the export's most likely token is the reference's;
 - **greedy agreement**: on N prompts, whether the export's greedy continuation is token-for-token the
   reference's, and the mean share of the continuation that matches before they first differ;
-- **decode tok/s**: greedy batch-1 decoding in llama.cpp (the Python eval loop, so ~3 ms/token of overhead
-  is included; FACTS.md), with the same thread count for both files.
-Plus the file sizes. Nothing here is estimated: every number comes from running the two files.
+- **decode tok/s**: greedy batch-1 decoding (only the one-token steps after the prompt are timed; in llama.cpp
+  the Python eval loop adds ~3 ms/token, FACTS.md), with the same thread count for both models.
+Plus the file sizes. Nothing here is estimated: every number comes from running the two models from disk.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from llmkit.errors import DataError, MissingExtra
@@ -85,8 +89,10 @@ def _tokenize(llm, text: str) -> list[int]:
     return llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
 
 
-def eval_set(llm, hf_dir: Path, dataset: Path | None, *, rows: int, prompts: int, n_ctx: int = N_CTX) -> EvalSet:
-    """Token sequences for perplexity and prompts for greedy agreement, tokenized by llama.cpp itself."""
+def eval_set(tokenize: Callable[[str], list[int]], hf_dir: Path, dataset: Path | None, *, rows: int, prompts: int,
+             n_ctx: int = N_CTX) -> EvalSet:
+    """Token sequences for perplexity and prompts for greedy agreement, cut by the engine's own `tokenize`
+    (text with special-token markup → ids, BOS added when the model asks for it)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(hf_dir)
@@ -97,8 +103,8 @@ def eval_set(llm, hf_dir: Path, dataset: Path | None, *, rows: int, prompts: int
         msgs = row.get("messages")
         if msgs and templated and msgs[-1]["role"] == "assistant":
             prompt = tok.apply_chat_template(msgs[:-1], add_generation_prompt=True, tokenize=False)
-            full = _tokenize(llm, tok.apply_chat_template(msgs, tokenize=False))[:n_ctx]
-            head = _tokenize(llm, prompt)
+            full = tokenize(tok.apply_chat_template(msgs, tokenize=False))[:n_ctx]
+            head = tokenize(prompt)
             if full[:len(head)] == head and len(head) < len(full):
                 es.sequences.append((len(head), full))
                 if len(es.prompts) < prompts:
@@ -106,22 +112,22 @@ def eval_set(llm, hf_dir: Path, dataset: Path | None, *, rows: int, prompts: int
                     es.prompt_texts.append(msgs[-2]["content"] if len(msgs) > 1 else prompt)
                 continue
         text = tok.apply_chat_template(msgs, tokenize=False) if msgs and templated else row.get("text") or ""
-        ids = _tokenize(llm, text)[:n_ctx]
+        ids = tokenize(text)[:n_ctx]
         if len(ids) > 1:
             es.sequences.append((1, ids))
     if es.sequences:
         n = sum(len(ids) - s for s, ids in es.sequences)
         es.source = f"{path}: {len(es.sequences)} rows, {n} target tokens"
     else:
-        ids = _tokenize(llm, FIXED_TEXT)[:n_ctx]
+        ids = tokenize(FIXED_TEXT)[:n_ctx]
         es.sequences = [(1, ids)]
         es.source = f"fixed text ({len(ids) - 1} target tokens; no dataset given)"
     for text in FIXED_PROMPTS:
         if len(es.prompts) >= prompts:
             break
         msgs = [{"role": "user", "content": text}]
-        es.prompts.append(_tokenize(llm, tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-                                    if templated else text))
+        es.prompts.append(tokenize(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+                                   if templated else text))
         es.prompt_texts.append(text)
     return es
 
@@ -179,17 +185,19 @@ def _greedy(llm, prompt: list[int], n: int) -> tuple[list[int], float]:
     return out, seconds
 
 
-def _run(llm, es: EvalSet, gen_tokens: int, label: str, progress: bool) -> dict:
+def run_eval(es: EvalSet, nll_fn: Callable, greedy_fn: Callable, gen_tokens: int, label: str, progress: bool) -> dict:
+    """Perplexity, argmaxes and greedy continuations of one model: `nll_fn(start, ids)` → (summed NLL of
+    ids[start:], count, argmax per target); `greedy_fn(prompt, n)` → (new ids, decode seconds)."""
     from tqdm import tqdm
 
     nll, count, tops = 0.0, 0, []
     for start, ids in tqdm(es.sequences, desc=f"perplexity {label}", unit="row", disable=not progress, leave=False):
-        s, n, top = _nll(llm, start, ids)
+        s, n, top = nll_fn(start, ids)
         nll, count = nll + s, count + n
         tops.append(top)
     outs, decoded, seconds = [], 0, 0.0
     for p in tqdm(es.prompts, desc=f"greedy {label}", unit="prompt", disable=not progress, leave=False):
-        ids, s = _greedy(llm, p, gen_tokens)
+        ids, s = greedy_fn(p, gen_tokens)
         outs.append(ids)
         decoded, seconds = decoded + len(ids), seconds + s
     return {"ppl": math.exp(nll / max(1, count)), "targets": count, "tops": tops, "outs": outs,
@@ -204,32 +212,40 @@ def _prefix_share(a: list[int], b: list[int]) -> float:
 
 def measure(reference: Path, export: Path, hf_dir: Path, dataset: Path | None = None, *, rows: int = 100,
             prompts: int = 8, gen_tokens: int = 48, threads: int = 1, samples: int = 2, progress: bool = False) -> dict:
-    """Measure `export` against its f16 `reference` (the same file when the export is f16)."""
-    import numpy as np
-
+    """Measure the GGUF `export` against its f16 `reference` (the same file when the export is f16)."""
     same_file = Path(reference).resolve() == Path(export).resolve()
     trained = json.loads((hf_dir / "config.json").read_text()).get("max_position_embeddings") or N_CTX
     n_ctx = min(N_CTX, trained)
     ref = _load(reference, threads, n_ctx)
-    es = eval_set(ref, hf_dir, dataset, rows=rows, prompts=prompts, n_ctx=n_ctx)
-    r = _run(ref, es, gen_tokens, "f16", progress)
+    es = eval_set(partial(_tokenize, ref), hf_dir, dataset, rows=rows, prompts=prompts, n_ctx=n_ctx)
+    r = run_eval(es, partial(_nll, ref), partial(_greedy, ref), gen_tokens, "f16", progress)
     if same_file:
         e = r
     else:
         exp = _load(export, threads, n_ctx)
-        e = _run(exp, es, gen_tokens, Path(export).name, progress)
+        e = run_eval(es, partial(_nll, exp), partial(_greedy, exp), gen_tokens, Path(export).name, progress)
         exp.close()
-    agree = sum(int((a == b).sum()) for a, b in zip(r["tops"], e["tops"])) / max(1, sum(len(a) for a in r["tops"]))
-    texts = [(q, ref.detokenize(a).decode("utf-8", "replace"), ref.detokenize(b).decode("utf-8", "replace"))
-             for q, a, b in zip(es.prompt_texts, r["outs"], e["outs"])]
+    report = compare(r, e, es, lambda ids: ref.detokenize(ids).decode("utf-8", "replace"), file=Path(export).name,
+                     size=Path(export).stat().st_size, reference_size=Path(reference).stat().st_size,
+                     reference="f16 GGUF", gen_tokens=gen_tokens, threads=threads, samples=samples)
     ref.close()
-    size, ref_size = Path(export).stat().st_size, Path(reference).stat().st_size
+    return report
+
+
+def compare(r: dict, e: dict, es: EvalSet, detokenize: Callable[[list[int]], str], *, file: str, size: int,
+            reference_size: int, reference: str, gen_tokens: int, threads: int, samples: int) -> dict:
+    """The report of export run `e` against reference run `r` (both from `run_eval` on the same EvalSet)."""
+    import numpy as np
+
+    agree = sum(int((a == b).sum()) for a, b in zip(r["tops"], e["tops"])) / max(1, sum(len(a) for a in r["tops"]))
+    texts = [(q, detokenize(a), detokenize(b)) for q, a, b in zip(es.prompt_texts, r["outs"], e["outs"])]
     return {
-        "file": Path(export).name,
+        "file": file,
         "size_bytes": size,
         "size_mb": round(size / 1e6, 1),
-        "reference_size_bytes": ref_size,
-        "size_vs_f16": round(size / ref_size, 4),
+        "reference_size_bytes": reference_size,
+        "reference": reference,  # the `*_f16` keys hold this reference's figures (f16 GGUF, or bf16 transformers)
+        "size_vs_f16": round(size / reference_size, 4),
         "eval": es.source,
         "ppl_f16": round(r["ppl"], 4),
         "ppl": round(e["ppl"], 4),
@@ -250,8 +266,8 @@ def measure(reference: Path, export: Path, hf_dir: Path, dataset: Path | None = 
 COLUMNS = [  # (header, report key, format)
     ("file", "file", "{}"),
     ("size MB", "size_mb", "{:.1f}"),
-    ("vs f16", "size_vs_f16", "{:.1%}"),
-    ("ppl f16", "ppl_f16", "{:.3f}"),
+    ("vs ref", "size_vs_f16", "{:.1%}"),
+    ("ppl ref", "ppl_f16", "{:.3f}"),
     ("ppl", "ppl", "{:.3f}"),
     ("Δppl", "ppl_increase_pct", "{:+.2f}%"),
     ("top-1 agree", "top1_agreement", "{:.1%}"),
@@ -274,6 +290,8 @@ def format_table(reports: list[dict]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     notes = sorted({r["eval"] for r in reports})
     threads = sorted({r["threads"] for r in reports})
-    lines.append(f"perplexity on {'; '.join(notes)}; greedy: same tokens for {reports[0]['gen_tokens']} steps "
-                 f"(mean matching prefix); decode on {'/'.join(map(str, threads))} thread(s)" if reports else "")
+    refs = sorted({r.get("reference", "f16 GGUF") for r in reports})
+    lines.append(f"reference: {', '.join(refs)}; perplexity on {'; '.join(notes)}; greedy: same tokens for "
+                 f"{reports[0]['gen_tokens']} steps (mean matching prefix); decode on {'/'.join(map(str, threads))} "
+                 "thread(s)" if reports else "")
     return "\n".join(lines)

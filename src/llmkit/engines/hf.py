@@ -1,4 +1,5 @@
-"""transformers engine: HF folders (and, through `hf_folder`, GGUFs converted to float weights).
+"""transformers engine: HF folders (and, through `hf_folder`, GGUFs converted to float weights), and the
+weight-only int8/int4 exports of `llmkit compress --quantize int8|int4` (optimum-quanto, `load_quantized`).
 
 Slower than llama.cpp on CPU (5–13 tok/s at batch 1, mostly Python overhead) but runs any transformers model,
 and is the engine that sees PEFT adapters and fine-tuned folders before they are exported.
@@ -9,9 +10,23 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 from llmkit.engines import GenParams, Generation, Piece, UnsupportedFeature, default_threads
+from llmkit.errors import MissingExtra
 from llmkit.models import ModelRef, hf_folder
+
+
+def load_quantized(folder: Path):
+    """A weight-only int8/int4 export: optimum-quanto's documented reload (its safetensors, `quanto_qmap.json`
+    and `requantize`; a local folder, no hub). The float parts keep the dtype the export recorded (bf16).
+
+    The result wraps the transformers model: calling it, `generate` and `config` reach the model underneath."""
+    try:
+        from optimum.quanto import QuantizedModelForCausalLM
+    except ImportError:
+        raise MissingExtra(f"{folder} is an optimum-quanto int8/int4 export: pip install 'llmkit[quant]'") from None
+    return QuantizedModelForCausalLM.from_pretrained(str(folder))
 
 
 class TransformersEngine:
@@ -27,6 +42,13 @@ class TransformersEngine:
         self._jobs_lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._adapters: set[str] = set()  # loaded through load_adapter (the server's multi-adapter path)
+        # quanto's int4 weights unpack into new tensors on each call, which inference_mode refuses ("Cannot set
+        # version_counter for inference tensor"); no_grad is what they need and costs nothing measurable here
+        self._no_grad = torch.no_grad if model.kind == "quantized" else torch.inference_mode
+        if model.kind == "quantized":
+            self.lm = load_quantized(model.path)
+            self.tokenizer = AutoTokenizer.from_pretrained(model.path)
+            return
         if model.kind == "adapter":  # a PEFT adapter: load its base, then apply it
             from peft import PeftModel
 
@@ -70,7 +92,7 @@ class TransformersEngine:
 
         def work() -> None:
             try:
-                with torch.inference_mode():
+                with self._no_grad():
                     self.lm.generate(**kwargs)
             except BaseException as e:  # re-raised in the caller's thread below
                 error.append(e)
@@ -123,6 +145,9 @@ class TransformersEngine:
         """Load a PEFT LoRA adapter folder beside the others on this base (PEFT's multi-adapter model)."""
         from peft import PeftModel
 
+        if self.model.kind == "quantized":
+            raise UnsupportedFeature(f"adapter '{name}': {self.model.name} is an int8/int4 export; serve adapters on "
+                                     "its float base, or merge the adapter before quantizing (`llmkit compress`)")
         with self._jobs_lock:
             if name in self._adapters:
                 return

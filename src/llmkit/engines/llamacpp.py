@@ -102,6 +102,12 @@ class LlamaCppEngine:
     def __init__(self, model: ModelRef, n_ctx: int = 4096, n_threads: int | None = None, seed: int = 0,
                  parallel: int = 1, n_batch: int = 512):
         """`n_ctx` is per sequence; `parallel` sequences decode together (the KV cache is parallel × n_ctx)."""
+        if model.kind == "quantized":
+            raise UnsupportedModel(
+                f"the llamacpp engine runs GGUF files; '{model.name}' is a transformers int8/int4 export "
+                "(optimum-quanto). Use --engine transformers, or export its float source to GGUF with "
+                "`llmkit compress --quantize q8_0|q4_k`."
+            )
         if model.kind != "gguf":
             what = "a PEFT adapter" if model.kind == "adapter" else "an HF folder"
             raise UnsupportedModel(
