@@ -38,7 +38,7 @@ def test_all_problems_reported_with_paths_and_lines():
     assert len(problems) == 3, problems
     assert problems[0] == "train.lora.r (line 8): must be > 0, got -1"
     assert problems[1].startswith("train.optimiser (line 11): unknown key (allowed: method, epochs,")
-    assert problems[2].startswith("compress.quantize (line 13): must be one of 'f16', 'q8_0', 'q4_0' or 'q4_k'")
+    assert problems[2].startswith("compress.quantize (line 13): must be one of 'f16', 'q8_0', 'q4_0', 'q4_k' or")
 
 
 def test_cli_validate_prints_all_three_and_exits_1(tmp_path, capsys):

@@ -381,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-parallel processes on this machine (torchrun + DDP; gloo on CPU, nccl on GPU)")
     t.set_defaults(fn=_train)
 
-    z = sub.add_parser("compress", help="merge a LoRA adapter and export a GGUF (f16, q8_0, q4_0, q4_k) with a report",
+    z = sub.add_parser("compress", help="merge a LoRA adapter and export a GGUF (f16, q8_0, q4_0, q4_k, q4_gptq) with "
+                                        "a report",
                        description="Export MODEL to a GGUF file that llama.cpp loads, in an artifact folder OUT. "
                                    "MODEL may be a registry name, an HF folder, a .gguf, a train artifact or a PEFT "
                                    "adapter folder (merged into the base it names). The export is measured against "
@@ -392,8 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--adapter", help="a PEFT adapter folder to merge into MODEL (its recorded base must match MODEL)")
     z.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,
                    help="merge the adapter into its base before export (default; GGUF needs merged weights)")
-    z.add_argument("--quantize", choices=["f16", "q8_0", "q4_0", "q4_k"], default="q8_0",
-                   help="weight type: f16, q8_0, or 4-bit q4_0 / q4_k (default q8_0)")
+    z.add_argument("--quantize", choices=["f16", "q8_0", "q4_0", "q4_k", "q4_gptq"], default="q8_0",
+                   help="weight type: f16, q8_0, or 4-bit q4_0 / q4_k (llama.cpp's rounding), or q4_gptq (a Q4_0 "
+                        "file whose matrices GPTQ fits to --data's train rows; needs --data) (default q8_0)")
     z.add_argument("--out", required=True, help="output artifact folder")
     z.add_argument("--name", help="file name stem of the .gguf (default: the model's name or folder name)")
     z.add_argument("--data", help="dataset artifact folder (or .jsonl) whose val rows the perplexity is measured on; "

@@ -1,5 +1,5 @@
-"""The compress stage: merge a LoRA adapter into its base, export a GGUF (f16, q8_0, q4_0, q4_k) that llama.cpp
-loads, and measure the export against its f16 reference.
+"""The compress stage: merge a LoRA adapter into its base, export a GGUF (f16, q8_0, q4_0, q4_k, q4_gptq) that
+llama.cpp loads, and measure the export against its f16 reference.
 
     r = compress(CompressConfig(quantize="q4_k"), "runs/x/train", Path("runs/x/compress"), dataset=Path("runs/x/data"))
     print(format_table([r["metrics"]]))
@@ -7,15 +7,16 @@ loads, and measure the export against its f16 reference.
 The output is an artifact folder holding exactly one `.gguf` (so `llmkit chat FOLDER` finds it), `report.md`
 and `manifest.json` (inputs: the base model, the adapter, the dataset; metrics: the quality and size report).
 It is built under a temporary name and renamed into place: a killed export leaves nothing under `out`, and
-running again builds it from the start. merge.py checks and merges, gguf.py writes and quantizes, report.py
-measures. lora_gguf.py writes a LoRA adapter, unmerged, as llama.cpp's adapter GGUF (for serving many adapters
-on one base).
+running again builds it from the start. merge.py checks and merges, gguf.py writes, quantize.py and gptq.py
+quantize, report.py measures. lora_gguf.py writes a LoRA adapter, unmerged, as llama.cpp's adapter GGUF (for
+serving many adapters on one base).
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 
 from llmkit import artifacts
@@ -58,6 +59,7 @@ def compress(cfg: CompressConfig, model: str, out: Path, *, adapter: str | None 
     """
     from llmkit.compress.gguf import gguf_origin, read_config, write_f16
     from llmkit.compress.merge import check_recorded_base, check_shapes, merge, refuse_pickle, to_safetensors
+    from llmkit.compress.gptq import GPTQ_TOKEN_EMBD, GPTQ_TYPE, gptq_4bit, write_gptq
     from llmkit.compress.quantize import importance, quantize, tensor_types
     from llmkit.compress.report import calibration_texts, format_table, measure
     from llmkit.engines import default_threads
@@ -65,6 +67,9 @@ def compress(cfg: CompressConfig, model: str, out: Path, *, adapter: str | None 
 
     out = Path(out).resolve()
     base, adapter_dir, recorded = _sources(model, adapter)
+    if cfg.quantize == "q4_gptq" and not (dataset is not None and (Path(dataset) / "train.jsonl").is_file()):
+        raise ConfigError([("compress.quantize: q4_gptq calibrates GPTQ on the dataset's train rows; give a dataset "
+                            "artifact folder with a train.jsonl (--data), or choose q4_0 / q4_k")])
     if adapter_dir is not None and not cfg.merge:
         raise ConfigError([("compress.merge: false, but the model is a LoRA adapter; llama.cpp runs one set of "
                             "weights, so the GGUF export needs the adapter merged into its base (merge: true)")])
@@ -107,7 +112,16 @@ def compress(cfg: CompressConfig, model: str, out: Path, *, adapter: str | None 
             texts = calibration_texts(dataset, src, cfg.imatrix_rows)
             imatrix = importance(src, texts, progress=progress) if texts else None
             calibration = f"importance matrix from {len(texts)} train rows" if texts else "none (no train rows)"
-        if cfg.quantize != "f16":
+        if cfg.quantize == "q4_gptq":
+            assert dataset is not None
+            texts = calibration_texts(dataset, src, cfg.imatrix_rows)
+            t0 = time.perf_counter()
+            blocks = gptq_4bit(src, texts, GPTQ_TYPE, progress=progress)
+            info["seconds"] += time.perf_counter() - t0
+            info["seconds"] += write_gptq(f16, export, blocks, GPTQ_TYPE, token_embd=GPTQ_TOKEN_EMBD,
+                                          threads=threads)["seconds"]
+            calibration = f"GPTQ from {len(texts)} train rows"
+        elif cfg.quantize != "f16":
             info["seconds"] += quantize(f16, export, cfg.quantize, threads=threads, imatrix=imatrix)["seconds"]
         report = measure(f16, export, src, dataset, rows=cfg.eval_rows, prompts=cfg.prompts,
                          gen_tokens=cfg.gen_tokens, threads=threads, progress=progress)
