@@ -1,22 +1,24 @@
-"""GPTQ calibrated on the dataset's train rows, packed losslessly as GGUF Q4_0 (4.5 bits per weight).
+"""GPTQ calibrated on the dataset's train rows, packed losslessly as GGUF 4-bit blocks (Q4_0 or IQ4_NL, 4.5 bits
+per weight), for `compress.quantize: q4_gptq`.
 
-    blocks = gptq_q4_0(hf_dir, calibration_texts)            # {llama.cpp tensor name: Q4_0 bytes}
-    write_q4_0(f16, out, blocks, token_embd="q5_0")
+    blocks = gptq_4bit(hf_dir, calibration_texts, "q4_0")    # {llama.cpp tensor name: GGUF bytes}
+    write_gptq(f16, out, blocks, "q4_0", token_embd="q5_0")
 
 GPTQ (Frantar, Ashkboos, Hoefler, Alistarh, "GPTQ: Accurate Post-Training Quantization for Generative
 Pre-trained Transformers", ICLR 2023, arXiv:2210.17323; reference code IST-DASLab/gptq `gptq.py`) rounds a
 weight matrix W (out, in) one input column at a time and spreads each column's rounding error over the columns
 not yet rounded, weighted by the inverse Hessian of the layer's squared output error, H = 2·XᵀX/n, where X
 (tokens, in) are the layer's inputs on calibration text. Round-to-nearest minimises the weight error; GPTQ
-minimises the output error on the text the model is meant for, which is why it keeps a fine-tune's small
-LoRA delta that round-to-nearest 4-bit erases (README, Compress).
+minimises the output error on the text the model is meant for, which keeps more of a fine-tune's small LoRA
+delta than round-to-nearest 4-bit does (README, Compress).
 
-Why our own ~100 lines and not a library: gptqmodel 7.7 needs torch >= 2.14.1 (we pin 2.13); see the
-commit that added this file for what else was tried. The settings are the ones that make GPTQ's output
-exactly GGUF's Q4_0: symmetric, group size 32 along the input dimension, no act-order (columns in order, so
-each 32-column group is one Q4_0 block), w = d·(q − 8) with q ∈ [0, 15] and d stored as f16. The scale of a
-group is chosen when GPTQ reaches its first column, from the then-updated weights, among a few candidates
-(by importance-weighted squared error), as llama.cpp's imatrix quantizers do.
+Why our own ~150 lines and not a library: gptqmodel 7.7 requires torch >= 2.14.1 and llmcompressor 0.14 pins
+transformers <= 5.17 (we pin torch 2.13 and transformers 5.24). The settings are the ones that make GPTQ's
+output exactly a GGUF block type: symmetric, group size 32 along the input dimension, each group one block,
+w = d·level[q] with q ∈ [0, 15] and d stored as f16 — Q4_0's levels are −8…7, IQ4_NL's the non-uniform
+kvalues_iq4nl. The scale of a group is chosen when GPTQ reaches its first column, from the then-updated
+weights, among a few candidates (by importance-weighted squared error), as llama.cpp's imatrix quantizers do;
+with act_order the columns go by decreasing importance and the scales are fixed up front ("static groups").
 
 Layers are calibrated in order: each decoder layer sees the previous layers' outputs after they were
 quantized (the reference's sequential mode), so errors do not add up unseen.
