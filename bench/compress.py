@@ -1,9 +1,9 @@
-"""Exports side by side: GGUF f16 / q8_0 / q4_0 / q4_k and transformers int8 / int4 of the bundled model (and of
-a train artifact when given), each measured against its own float reference (f16 GGUF in llama.cpp, bf16 in
-transformers) by the compress stage itself; prints the report table.
+"""Exports side by side: GGUF f16 / q8_0 / q4_0 / q4_k / q4_gptq and transformers int8 / int4 of the bundled
+model (and of a train artifact when given), each measured against its own float reference (f16 GGUF in llama.cpp,
+bf16 in transformers) by the compress stage itself; prints the report table.
 
     .venv/bin/python bench/compress.py [--data runs/support-assistant/data] [--adapter runs/support-assistant/train]
-                                       [--types f16,q8_0,q4_0,q4_k] [--eval-rows 100] [--threads 1] [--out DIR]
+                                       [--types f16,q8_0,q4_0,q4_k,q4_gptq] [--eval-rows 100] [--threads 1] [--out DIR]
 
 Every row is one `llmkit compress` run (`llmkit.compress.compress`), so the numbers are exactly what a user
 gets: file size, perplexity of the export and of its f16 reference on the dataset's val rows (assistant reply
@@ -30,7 +30,7 @@ def main() -> int:
     ap.add_argument("--model", default="smollm2-135m-instruct", help="base model (default: the bundled one)")
     ap.add_argument("--adapter", help="a train artifact / PEFT adapter folder: adds its merged exports")
     ap.add_argument("--data", help="dataset artifact whose val rows the perplexity is measured on")
-    ap.add_argument("--types", default="f16,q8_0,q4_0,q4_k")
+    ap.add_argument("--types", help="default f16,q8_0,q4_0,q4_k, and q4_gptq with --data (it calibrates on the train rows)")
     ap.add_argument("--eval-rows", type=int, default=100)
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--gen-tokens", type=int, default=48)
@@ -41,11 +41,12 @@ def main() -> int:
 
     models = [args.model] + ([args.adapter] if args.adapter else [])
     data = Path(args.data) if args.data else None
+    types = args.types or "f16,q8_0,q4_0,q4_k" + (",q4_gptq" if data else "")
     reports = []
     with tempfile.TemporaryDirectory(prefix="llmkit-bench-compress-") as tmp:
         root = Path(args.out or tmp)
         for i, model in enumerate(models):
-            for q in args.types.split(","):
+            for q in types.split(","):
                 cfg = CompressConfig(quantize=q, eval_rows=args.eval_rows, prompts=args.prompts,
                                      gen_tokens=args.gen_tokens)
                 t0 = time.perf_counter()
@@ -59,7 +60,7 @@ def main() -> int:
     for model in models:
         print(f"\n{model}")
         print(format_table([m for m in reports if m["model"] == model]))
-    four = [m for m in reports if m["file"].endswith(("q4_0.gguf", "q4_k.gguf"))]
+    four = [m for m in reports if m["file"].endswith(("q4_0.gguf", "q4_k.gguf", "q4_gptq.gguf"))]
     q8 = [m for m in reports if m["file"].endswith("q8_0.gguf")]
     print("\ngoals: 4-bit <= 30% of f16 with ppl +<= 5%; q8_0 ppl +<= 0.5%")
     for m in four + q8:

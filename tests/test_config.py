@@ -38,8 +38,8 @@ def test_all_problems_reported_with_paths_and_lines():
     assert len(problems) == 3, problems
     assert problems[0] == "train.lora.r (line 8): must be > 0, got -1"
     assert problems[1].startswith("train.optimiser (line 11): unknown key (allowed: method, epochs,")
-    assert problems[2].startswith("compress.quantize (line 13): must be one of 'f16', 'q8_0', 'q4_0', 'q4_k', 'int8' or "
-                                  "'int4'")
+    assert problems[2].startswith("compress.quantize (line 13): must be one of 'f16', 'q8_0', 'q4_0', 'q4_k', 'q4_gptq', "
+                                  "'int8' or 'int4'")
 
 
 def test_cli_validate_prints_all_three_and_exits_1(tmp_path, capsys):

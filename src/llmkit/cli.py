@@ -385,10 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-parallel processes on this machine (torchrun + DDP; gloo on CPU, nccl on GPU)")
     t.set_defaults(fn=_train)
 
-    z = sub.add_parser("compress", help="merge a LoRA adapter and export a GGUF (f16, q8_0, q4_0, q4_k) or a "
+    z = sub.add_parser("compress", help="merge a LoRA adapter and export a GGUF (f16, q8_0, q4_0, q4_k, q4_gptq) or a "
                                         "transformers int8/int4 folder, with a report",
                        description="Export MODEL, in an artifact folder OUT, to a GGUF file that llama.cpp loads "
-                                   "(--quantize f16, q8_0, q4_0, q4_k) or to a weight-only int8/int4 HF folder that "
+                                   "(--quantize f16, q8_0, q4_0, q4_k, q4_gptq) or to a weight-only int8/int4 HF folder that "
                                    "the transformers engine loads (--quantize int8, int4; optimum-quanto, "
                                    "`llmkit chat OUT --engine transformers`). MODEL may be a registry name, an HF "
                                    "folder, a .gguf, a train artifact or a PEFT adapter folder (merged into the base "
@@ -401,8 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--adapter", help="a PEFT adapter folder to merge into MODEL (its recorded base must match MODEL)")
     z.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,
                    help="merge the adapter into its base before export (default; every export needs merged weights)")
-    z.add_argument("--quantize", choices=["f16", "q8_0", "q4_0", "q4_k", "int8", "int4"], default="q8_0",
-                   help="GGUF: f16, q8_0, or 4-bit q4_0 / q4_k (default q8_0); transformers folder: int8 or int4 "
+    z.add_argument("--quantize", choices=["f16", "q8_0", "q4_0", "q4_k", "q4_gptq", "int8", "int4"], default="q8_0",
+                   help="GGUF: f16, q8_0, or 4-bit q4_0 / q4_k (llama.cpp's rounding) or q4_gptq (a Q4_0 file whose "
+                        "matrices GPTQ fits to --data's train rows; needs --data) (default q8_0); transformers folder: int8 or int4 "
                         "(weight-only, optimum-quanto: pip install 'llmkit[quant]')")
     z.add_argument("--out", required=True, help="output artifact folder")
     z.add_argument("--name", help="file name stem of the .gguf, and the report's name for an int8/int4 export "

@@ -88,15 +88,17 @@ class CompressConfig(Section):
     """`compress:` merges adapters and exports a quantized GGUF (llama.cpp) or int8/int4 HF folder (transformers)."""
 
     merge: bool = Field(True, description="Merge a LoRA adapter into its base before export (both formats need it).")
-    quantize: Literal["f16", "q8_0", "q4_0", "q4_k", "int8", "int4"] = Field(
+    quantize: Literal["f16", "q8_0", "q4_0", "q4_k", "q4_gptq", "int8", "int4"] = Field(
         "q8_0", description="Export type. GGUF for llama.cpp: f16, q8_0 (8-bit), q4_0 or q4_k (4-bit; see README for "
-                            "the mixes). HF folder for the transformers engine: int8 or int4 (weight-only, "
+                            "the mixes), q4_gptq (Q4_0 file, GPTQ-calibrated on the dataset's train rows; needs a "
+                            "dataset). HF folder for the transformers engine: int8 or int4 (weight-only, "
                             "optimum-quanto; needs llmkit[quant]).")
     # Off by default: on the example adapter (a LoRA over the Q4_1-quantized bundled base) it made q4_k worse
     # (val perplexity +19.1% vs +8.9% without, 64 train rows), since a better weight fit snaps the merged
     # weights back onto the base's grid and erases the small LoRA delta (README, Compress).
     imatrix: bool = Field(False, description="4-bit types: weight the rounding by an importance matrix measured on the dataset's train rows (needs a dataset).")
-    imatrix_rows: int = Field(64, gt=0, description="Train rows the importance matrix is measured on.")
+    # one field for both calibrations (named before q4_gptq existed; kept so finished artifacts keep their hash)
+    imatrix_rows: int = Field(64, gt=0, description="Train rows the importance matrix, or q4_gptq's GPTQ, is calibrated on.")
     allow_pickle: bool = Field(False, description="Load pickle checkpoints (.bin/.pt); pickle can run code on load, so only for files you trust.")
     eval_rows: int = Field(100, gt=0, description="Val rows of the dataset the report's perplexity is measured on.")
     prompts: int = Field(8, ge=0, description="Prompts for the report's greedy agreement (export vs its float reference).")

@@ -1,6 +1,6 @@
-"""The compress stage: merge a LoRA adapter into its base, export a GGUF (f16, q8_0, q4_0, q4_k) that llama.cpp
-loads or a weight-only int8/int4 HF folder that the transformers engine loads, and measure the export against
-its float reference (f16 GGUF, or bf16 in transformers).
+"""The compress stage: merge a LoRA adapter into its base, export a GGUF (f16, q8_0, q4_0, q4_k, q4_gptq) that
+llama.cpp loads or a weight-only int8/int4 HF folder that the transformers engine loads, and measure the export
+against its float reference (f16 GGUF, or bf16 in transformers).
 
     r = compress(CompressConfig(quantize="q4_k"), "runs/x/train", Path("runs/x/compress"), dataset=Path("runs/x/data"))
     print(format_table([r["metrics"]]))
@@ -9,8 +9,8 @@ The output is an artifact folder holding exactly one `.gguf` (so `llmkit chat FO
 HF folder's files (`llmkit chat FOLDER --engine transformers`), plus `report.md` and `manifest.json` (inputs: the
 base model, the adapter, the dataset; metrics: the quality and size report). It is built under a temporary name
 and renamed into place: a killed export leaves nothing under `out`, and running again builds it from the start.
-merge.py checks and merges, gguf.py writes and quantizes (GGUF), hf_quant.py quantizes with optimum-quanto and
-measures in transformers, report.py measures. lora_gguf.py writes a LoRA adapter, unmerged, as llama.cpp's adapter
+merge.py checks and merges, gguf.py writes, quantize.py and gptq.py quantize (GGUF), hf_quant.py quantizes with
+optimum-quanto and measures in transformers, report.py measures. lora_gguf.py writes a LoRA adapter, unmerged, as llama.cpp's adapter
 GGUF (for serving many adapters on one base).
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 
 from llmkit import artifacts
@@ -54,7 +55,7 @@ def compress(cfg: CompressConfig, model: str, out: Path, *, adapter: str | None 
              progress: bool = True) -> dict:
     """Export `model` (registry name, HF folder, GGUF, train artifact or PEFT adapter; plus `adapter` to merge)
     as `cfg.quantize` into the artifact folder `out`, with a quality and size report against its float reference:
-    a GGUF (f16, q8_0, q4_0, q4_k; against f16) or a transformers int8/int4 folder (against bf16).
+    a GGUF (f16, q8_0, q4_0, q4_k, q4_gptq; against f16) or a transformers int8/int4 folder (against bf16).
 
     dataset: a dataset artifact (or .jsonl) whose val rows the perplexity is measured on; None: a fixed text.
     Returns {"status": "ran" | "skipped", "out", "model" (what to load: the .gguf or the folder), "gguf" (or
@@ -70,6 +71,9 @@ def compress(cfg: CompressConfig, model: str, out: Path, *, adapter: str | None 
     base, adapter_dir, recorded = _sources(model, adapter)
     hf = cfg.quantize in ("int8", "int4")  # a transformers folder (hf_quant.py); the rest are GGUF types
     problems = []
+    if cfg.quantize == "q4_gptq" and not (dataset is not None and (Path(dataset) / "train.jsonl").is_file()):
+        problems.append("compress.quantize: q4_gptq calibrates GPTQ on the dataset's train rows; give a dataset "
+                        "artifact folder with a train.jsonl (--data), or choose q4_0 / q4_k")
     if adapter_dir is not None and not cfg.merge:
         problems.append("compress.merge: false, but the model is a LoRA adapter; " + (
             f"the {cfg.quantize} export quantizes one set of weights, so the adapter must be merged into its base "
@@ -134,6 +138,7 @@ def _export_gguf(cfg: CompressConfig, src: Path, work: Path, tmp: Path, stem: st
                  dataset: Path | None, threads: int, progress: bool) -> tuple[dict, dict]:
     """Write the GGUF into `tmp` and measure it against its f16 export; (report, outputs)."""
     from llmkit.compress.gguf import write_f16
+    from llmkit.compress.gptq import GPTQ_TOKEN_EMBD, GPTQ_TYPE, gptq_4bit, write_gptq
     from llmkit.compress.quantize import importance, quantize, tensor_types
     from llmkit.compress.report import calibration_texts, measure
 
@@ -146,7 +151,16 @@ def _export_gguf(cfg: CompressConfig, src: Path, work: Path, tmp: Path, stem: st
         texts = calibration_texts(dataset, src, cfg.imatrix_rows)
         imatrix = importance(src, texts, progress=progress) if texts else None
         calibration = f"importance matrix from {len(texts)} train rows" if texts else "none (no train rows)"
-    if cfg.quantize != "f16":
+    if cfg.quantize == "q4_gptq":
+        assert dataset is not None  # checked before any slow work
+        texts = calibration_texts(dataset, src, cfg.imatrix_rows)
+        t0 = time.perf_counter()
+        blocks = gptq_4bit(src, texts, GPTQ_TYPE, progress=progress)
+        info["seconds"] += time.perf_counter() - t0
+        info["seconds"] += write_gptq(f16, export, blocks, GPTQ_TYPE, token_embd=GPTQ_TOKEN_EMBD,
+                                      threads=threads)["seconds"]
+        calibration = f"GPTQ from {len(texts)} train rows"
+    elif cfg.quantize != "f16":
         info["seconds"] += quantize(f16, export, cfg.quantize, threads=threads, imatrix=imatrix)["seconds"]
     report = measure(f16, export, src, dataset, rows=cfg.eval_rows, prompts=cfg.prompts,
                      gen_tokens=cfg.gen_tokens, threads=threads, progress=progress)
