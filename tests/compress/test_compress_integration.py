@@ -17,11 +17,16 @@ pytestmark = pytest.mark.integration
 VAL = Path(__file__).resolve().parents[2] / "examples" / "support" / "val.jsonl"
 
 
-def test_bundled_model_to_q8_0(tmp_path):
+def write_val(path: Path) -> None:
+    """The example's val rows as chat messages: the rows the report's perplexity is measured on."""
     rows = [json.loads(line) for line in VAL.read_text().splitlines()]
-    (tmp_path / "val.jsonl").write_text("".join(json.dumps({"messages": [
+    path.write_text("".join(json.dumps({"messages": [
         {"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}]}) + "\n"
         for r in rows))
+
+
+def test_bundled_model_to_q8_0(tmp_path):
+    write_val(tmp_path / "val.jsonl")
     r = compress(CompressConfig(quantize="q8_0", eval_rows=16, prompts=2, gen_tokens=16), "smollm2-135m-instruct",
                  tmp_path / "q8", dataset=tmp_path / "val.jsonl", threads=1, progress=False)
     m = r["metrics"]
@@ -43,10 +48,7 @@ def test_bundled_model_to_q8_0(tmp_path):
 def test_bundled_model_to_int8_for_transformers(tmp_path):
     """int8 (optimum-quanto) in transformers: ~61% of bf16 (the bf16 embedding is a fifth of the model), within
     +1% perplexity of bf16 on 16 val rows; the transformers engine runs it and it still knows its facts."""
-    rows = [json.loads(line) for line in VAL.read_text().splitlines()]
-    (tmp_path / "val.jsonl").write_text("".join(json.dumps({"messages": [
-        {"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}]}) + "\n"
-        for r in rows))
+    write_val(tmp_path / "val.jsonl")
     r = compress(CompressConfig(quantize="int8", eval_rows=16, prompts=2, gen_tokens=16), "smollm2-135m-instruct",
                  tmp_path / "int8", dataset=tmp_path / "val.jsonl", threads=1, progress=False)
     m = r["metrics"]
