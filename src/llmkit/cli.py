@@ -402,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,
                    help="merge the adapter into its base before export (default; every export needs merged weights)")
     z.add_argument("--quantize", choices=["f16", "q8_0", "q4_0", "q4_k", "q4_gptq", "int8", "int4"], default="q8_0",
-                   help="GGUF: f16, q8_0, or 4-bit q4_0 / q4_k (llama.cpp's rounding) or q4_gptq (a Q4_0 file whose "
+                   help="GGUF: f16, q8_0, or 4-bit q4_0 / q4_k (llama.cpp's rounding) or q4_gptq (an IQ4_NL file whose "
                         "matrices GPTQ fits to --data's train rows; needs --data) (default q8_0); transformers folder: int8 or int4 "
                         "(weight-only, optimum-quanto: pip install 'llmkit[quant]')")
     z.add_argument("--out", required=True, help="output artifact folder")

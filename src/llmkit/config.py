@@ -90,7 +90,7 @@ class CompressConfig(Section):
     merge: bool = Field(True, description="Merge a LoRA adapter into its base before export (both formats need it).")
     quantize: Literal["f16", "q8_0", "q4_0", "q4_k", "q4_gptq", "int8", "int4"] = Field(
         "q8_0", description="Export type. GGUF for llama.cpp: f16, q8_0 (8-bit), q4_0 or q4_k (4-bit; see README for "
-                            "the mixes), q4_gptq (Q4_0 file, GPTQ-calibrated on the dataset's train rows; needs a "
+                            "the mixes), q4_gptq (IQ4_NL file, GPTQ-calibrated on the dataset's train rows; needs a "
                             "dataset). HF folder for the transformers engine: int8 or int4 (weight-only, "
                             "optimum-quanto; needs llmkit[quant]).")
     # Off by default: on the example adapter (a LoRA over the Q4_1-quantized bundled base) it made q4_k worse

@@ -67,6 +67,9 @@ def _trained(tiny_llama, tmp_path, texts):
 
 
 def test_calibrated_q4_0_file_has_lower_val_loss_than_round_to_nearest(tiny_llama, tmp_path):
+    # Q4_0 only: llama.cpp's own IQ4_NL quantizer searches each block's scale, and on this tiny model its file
+    # lands inside the perplexity noise (measured: 2.475, below f16's 2.505; GPTQ 2.516). IQ4_NL's GPTQ is
+    # checked on the layer output error above; on the real model it is +5.3% against +28.8% (README, Compress).
     from llmkit.compress.quantize import quantize
     from llmkit.compress.report import calibration_texts, measure
 
@@ -118,7 +121,7 @@ def test_q4_gptq_through_the_stage_calibrates_on_train_rows_and_needs_them(tiny_
     m = r["metrics"]
     assert r["gguf"].endswith("tiny-llama0.q4_gptq.gguf") or r["gguf"].endswith(".q4_gptq.gguf")
     assert m["calibration"] == "GPTQ from 5 train rows"
-    assert m["tensor_types"] == {"Q4_0": 14, "F32": 5, "Q5_0": 1}
+    assert m["tensor_types"] == {"IQ4_NL": 14, "F32": 5, "Q5_0": 1}
     # the size share: 18 bytes per 32 decoder weights (4.5 bits), 22 per 32 for the embedding (5.5 bits)
     sizes = {t.name: (int(t.n_elements), int(t.n_bytes)) for t in GGUFReader(r["gguf"]).tensors}
     assert all(b * 32 == n * 18 for name, (n, b) in sizes.items() if name.startswith("blk.") and name.endswith(

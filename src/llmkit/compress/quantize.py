@@ -33,8 +33,9 @@ from llmkit.errors import MissingExtra, UnsupportedModel
 # 576-wide matrices 31.1% +254…731% (the base shipped as Q4_1, so its grid erases the LoRA delta); an importance
 # matrix made Q4_K_M worse (+19.1%). SmolLM2's 576-wide rows cannot be K-quants (256-wide blocks), so
 # llama.cpp falls back to Q5_0 for them (and Q8_0 for the tied embedding and Q6_K's attn_v).
-# Every matrix at 4.5 bits + the embedding at Q5_0 is 29.9% of f16; with GPTQ (gptq.py, `q4_gptq`) on 64 train
-# rows that is +9.5% on the adapter (embedding Q4_1 instead: 29.3%, +11.4%); the Q5_0 embedding alone costs +1.2%.
+# Every matrix at 4.5 bits + the embedding at Q5_0 is 29.9% of f16: rounded by llama.cpp that is +28.8% (IQ4_NL)
+# or +46.0% (Q4_0) on the adapter; with GPTQ on 64 train rows (gptq.py, `q4_gptq`) +5.3% (IQ4_NL) or +9.5% (Q4_0).
+# The Q5_0 embedding alone costs +1.2%.
 QUANT_PRESETS: dict[str, dict] = {
     "q8_0": {"ftype": "MOSTLY_Q8_0"},
     "q4_0": {"ftype": "MOSTLY_Q4_0"},
