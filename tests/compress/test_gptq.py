@@ -120,7 +120,7 @@ def test_q4_gptq_through_the_stage_calibrates_on_train_rows_and_needs_them(tiny_
     r = compress(cfg, str(tiny_llama), tmp_path / "q", dataset=data, threads=1, progress=False)
     m = r["metrics"]
     assert r["gguf"].endswith("tiny-llama0.q4_gptq.gguf") or r["gguf"].endswith(".q4_gptq.gguf")
-    assert m["calibration"] == "GPTQ from 5 train rows"
+    assert m["calibration"] == "GPTQ from 5 train rows; output matrix weighted by their importance matrix"
     assert m["tensor_types"] == {"IQ4_NL": 14, "F32": 5, "Q5_0": 1}
     # the size share: 18 bytes per 32 decoder weights (4.5 bits), 22 per 32 for the embedding (5.5 bits)
     sizes = {t.name: (int(t.n_elements), int(t.n_bytes)) for t in GGUFReader(r["gguf"]).tensors}

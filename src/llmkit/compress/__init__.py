@@ -156,10 +156,14 @@ def _export_gguf(cfg: CompressConfig, src: Path, work: Path, tmp: Path, stem: st
         texts = calibration_texts(dataset, src, cfg.imatrix_rows)
         t0 = time.perf_counter()
         blocks = gptq_4bit(src, texts, GPTQ_TYPE, progress=progress)
+        # the output matmul (the tied embedding, or output.weight) is llama.cpp's to round: weighted by the
+        # importance of its inputs on the same rows (example adapter: +5.26% -> +5.01% val perplexity)
+        out_im = {k: v for k, v in importance(src, texts, progress=progress).items()
+                  if k in ("token_embd.weight", "output.weight")}
         info["seconds"] += time.perf_counter() - t0
-        info["seconds"] += write_gptq(f16, export, blocks, GPTQ_TYPE, token_embd=GPTQ_TOKEN_EMBD,
+        info["seconds"] += write_gptq(f16, export, blocks, GPTQ_TYPE, token_embd=GPTQ_TOKEN_EMBD, imatrix=out_im,
                                       threads=threads)["seconds"]
-        calibration = f"GPTQ from {len(texts)} train rows"
+        calibration = f"GPTQ from {len(texts)} train rows; output matrix weighted by their importance matrix"
     elif cfg.quantize != "f16":
         info["seconds"] += quantize(f16, export, cfg.quantize, threads=threads, imatrix=imatrix)["seconds"]
     report = measure(f16, export, src, dataset, rows=cfg.eval_rows, prompts=cfg.prompts,
