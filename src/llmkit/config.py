@@ -98,7 +98,8 @@ class CompressConfig(Section):
     # weights back onto the base's grid and erases the small LoRA delta (README, Compress).
     imatrix: bool = Field(False, description="4-bit types: weight the rounding by an importance matrix measured on the dataset's train rows (needs a dataset).")
     # one field for both calibrations (named before q4_gptq existed; kept so finished artifacts keep their hash)
-    imatrix_rows: int = Field(64, gt=0, description="Train rows the importance matrix, or q4_gptq's GPTQ, is calibrated on.")
+    # 128: q4_gptq on the example adapter gave +5.01% val perplexity from 64 rows, +3.74% from 128 (README, Compress)
+    imatrix_rows: int = Field(128, gt=0, description="Train rows the importance matrix, or q4_gptq's GPTQ, is calibrated on.")
     allow_pickle: bool = Field(False, description="Load pickle checkpoints (.bin/.pt); pickle can run code on load, so only for files you trust.")
     eval_rows: int = Field(100, gt=0, description="Val rows of the dataset the report's perplexity is measured on.")
     prompts: int = Field(8, ge=0, description="Prompts for the report's greedy agreement (export vs its float reference).")
