@@ -54,8 +54,8 @@ def main() -> int:
                              threads=args.threads, progress=False)
                 m = r["metrics"]
                 m["model"], m["seconds"] = model, round(time.perf_counter() - t0, 1)
-                types = m.get("tensor_types") or f"{m.get('quantized_layers')} layers {m.get('qtype')}"
-                print(f"{model} {q}: {m['seconds']} s; types {types}", file=sys.stderr, flush=True)
+                kinds = m.get("tensor_types") or f"{m.get('quantized_layers')} layers {m.get('qtype')}"
+                print(f"{model} {q}: {m['seconds']} s; types {kinds}", file=sys.stderr, flush=True)
                 reports.append(m)
     for model in models:
         print(f"\n{model}")
