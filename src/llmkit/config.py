@@ -79,6 +79,9 @@ class TrainConfig(Section):
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="bf16: frozen weights stored and computed in bf16 (autocast); fp32: everything in float32; "
                             "auto: bf16 where the CPU has fast bf16 kernels (AVX-512), else fp32.")
+    fast_kernels: bool = Field(
+        True, description="Attention per packed sequence and LoRA linears as one fused function: exact (same loss and "
+                          "gradients to float rounding), faster on CPU; false = the stock transformers/peft paths.")
     beta: float = Field(0.1, gt=0, description="DPO only: how strongly the policy is held to the reference (the base).")
     seed: int = 0
     lora: LoraConfig = Field(default_factory=LoraConfig)

@@ -6,8 +6,9 @@
 Read top to bottom: examples → batches (packed) → loss → optimizer step → eval → checkpoint. Why not trl's
 SFTTrainer: on this CPU a plain loop that (1) packs rows so no compute goes to padding, (2) keeps frozen
 weights in bf16 under bf16 autocast, and (3) computes logits only where there is a target — SmolLM2's
-49k-token vocabulary makes the full (B, T, V) logits the biggest tensor of the step — is faster at lower
-memory (bench/train_lora.py measures it side by side with trl).
+49k-token vocabulary makes the full (B, T, V) logits the biggest tensor of the step — and (4) runs attention
+per packed sequence and each LoRA linear as one fused function (fast.py; exact) is faster at lower memory
+(bench/train_lora.py measures it side by side with trl).
 
 QLoRA is the same loop over a base loaded in 4-bit NF4 by bitsandbytes (CPU or GPU). DPO swaps in
 preference.py's pairs, batches and loss; the loop, checkpoints, eval and early stopping stay these.
@@ -34,6 +35,7 @@ from llmkit import artifacts
 from llmkit.config import TrainConfig
 from llmkit.data.template import IGNORE, encode_chat, encode_text, pack
 from llmkit.errors import ConfigError, DataError, MissingExtra
+from llmkit.train import fast
 
 LOGIT_CHUNK = 1024  # target positions per lm_head call: bounds the (N, vocab) logits tensor
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -373,6 +375,9 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     rank, world = distributed()
     model = load_model(cfg, base_dir)
+    if cfg.fast_kernels:  # exact; see fast.py for what each replaces and the measured gain
+        fast.use_packed_attention(model)
+        fast.use_fast_lora(model)
     bf16 = cfg.precision == "bf16"
     if cfg.method == "dpo":
         preference.add_reference_logps(model, train_ex + val_ex, bf16, pad)
@@ -464,6 +469,8 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
         if rank != 0:
             return {"metrics": {}, "out": str(out), "status": "worker"}  # rank 0 writes the artifact
 
+    fast.restore_lora(model)  # what is saved is the stock peft / transformers model
+    fast.restore_attention(model)
     adapter = cfg.method in ("lora", "qlora", "dpo")
     extra = {}
     if cfg.method == "dpo" and val_batches:

@@ -1,0 +1,95 @@
+"""train/fast.py against the stock paths it replaces: same loss, same gradients, same adapters."""
+
+import json
+
+import pytest
+import torch
+
+from llmkit.config import DataConfig, TrainConfig
+from llmkit.data import prepare
+from llmkit.train import fast
+from llmkit.train.sft import load_model, loss_sum, make_batches, tensors
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_llama, tmp_path_factory):
+    """Two packed rows of several examples each, the second right-padded: every case the segments must handle."""
+    from transformers import AutoTokenizer
+
+    from llmkit.train.sft import load_examples
+
+    d = tmp_path_factory.mktemp("fastds")
+    rows = [{"instruction": f"Question {i}: how do I reset router R{i}?", "output": f"Hold it {i} seconds."}
+            for i in range(12)]
+    (d / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prepare(DataConfig(train=str(d / "t.jsonl"), val_fraction=0.0, dedupe="none"), d / "data", model=str(tiny_llama),
+            progress=False)
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    ex = load_examples(d / "data", "train", tok, "lora", 200)
+    b = make_batches(ex[:5], TrainConfig(batch_size=2, max_length=200, packing=True), 0, tok.pad_token_id)[0]
+    assert b["input_ids"].shape[0] == 2 and (b["position_ids"] == 0).sum() >= 5  # several sequences per row
+    return b
+
+
+def test_segments_split_at_position_restarts():
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 0, 1]])
+    assert fast.segments(pos) == [(0, 0, 3), (0, 3, 5), (0, 5, 6), (1, 0, 4), (1, 4, 6)]
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad(set_to_none=True)
+    s, n = loss_sum(model, tensors(batch))
+    (s / n).backward()
+    return float(s), {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_fast_paths_give_the_stock_loss_and_gradients(tiny_llama, batch, method):
+    cfg = TrainConfig(method=method, precision="fp32", lora={"r": 8, "alpha": 16})
+    torch.manual_seed(0)
+    model = load_model(cfg, tiny_llama)
+    with torch.no_grad():  # peft starts lora_B at zero; give it weights so its gradient path is exercised
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    ref_loss, ref_grads = _loss_and_grads(model, batch)
+    assert fast.use_packed_attention(model)
+    layers = fast.use_fast_lora(model)
+    assert layers == (14 if method == "lora" else 0)  # 7 projections x 2 layers; a full fine-tune has no LoRA
+    loss, grads = _loss_and_grads(model, batch)
+    assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss)
+    for k, g in ref_grads.items():
+        assert torch.allclose(grads[k], g, rtol=1e-4, atol=1e-6), (k, (grads[k] - g).abs().max())
+    fast.restore_lora(model)
+    fast.restore_attention(model)
+    again, _ = _loss_and_grads(model, batch)
+    assert abs(again - ref_loss) <= 1e-6 * abs(ref_loss)
+
+
+def test_fast_lora_under_bf16_autocast(tiny_llama, batch):
+    cfg = TrainConfig(method="lora", precision="bf16", lora={"r": 8, "alpha": 16})
+    model = load_model(cfg, tiny_llama)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, _ = _loss_and_grads(model, batch)
+        fast.use_fast_lora(model)
+        fast.use_packed_attention(model)
+        got, grads = _loss_and_grads(model, batch)
+    assert abs(got - ref) <= 2e-2 * abs(ref)  # bf16 rounding differs between the two orders of operations
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads.values())
+
+
+def test_disabled_adapter_and_fast_lora(tiny_llama, batch):
+    """DPO's reference pass runs the base with the adapter switched off: the fast path must honour that."""
+    model = load_model(TrainConfig(method="lora", precision="fp32"), tiny_llama)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+        fast.use_fast_lora(model)
+        with model.disable_adapter():
+            off, _ = loss_sum(model, tensors(batch))
+        on, _ = loss_sum(model, tensors(batch))
+        fast.restore_lora(model)
+        with model.disable_adapter():
+            stock_off, _ = loss_sum(model, tensors(batch))
+    assert abs(float(off) - float(stock_off)) < 1e-5 * abs(float(stock_off)) and abs(float(on) - float(off)) > 1e-3
