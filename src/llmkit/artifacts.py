@@ -107,6 +107,25 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     os.replace(tmp, p)
 
 
+@contextlib.contextmanager
+def atomic_file(out: str | Path, tag: str = "tmp") -> Iterator[Path]:
+    """A temporary path beside `out` to write a file into; on success it is synced and renamed to `out`.
+
+    On an error, or a killed process, nothing is left under `out`'s name (and the temporary file is removed
+    unless the process was killed).
+    """
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.{tag}-{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
 def finished(folder: str | Path, fp: str) -> dict | None:
     """The manifest of a finished artifact with this fingerprint whose outputs still exist, else None."""
     p = Path(folder)

@@ -27,9 +27,9 @@ quantized (the reference's sequential mode), so errors do not add up unseen.
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
+from llmkit import artifacts
 from llmkit.compress.gguf import gguf_name, permute
 from llmkit.errors import UnsupportedModel
 
@@ -259,8 +259,7 @@ def write_gptq(f16: Path, out: Path, blocks: dict[str, bytes], qtype: str, *, to
 
     from llmkit.compress.quantize import quantize
 
-    tmp = out.with_name(f".{out.name}.gptq-{os.getpid()}")
-    try:
+    with artifacts.atomic_file(out, "gptq") as tmp:
         preset = {"ftype": f"MOSTLY_{qtype.upper()}", "token_embd": token_embd,
                   "overrides": {r"^blk\.\d+\.(attn|ffn)_.*\.weight$": qtype}}
         info = quantize(f16, tmp, qtype, threads=threads, preset=preset, imatrix=imatrix)
@@ -279,10 +278,4 @@ def write_gptq(f16: Path, out: Path, blocks: dict[str, bytes], qtype: str, *, to
                     raise UnsupportedModel(f"{name}: {len(data)} GPTQ bytes for a {t.n_bytes}-byte {qtype} tensor")
                 f.seek(t.data_offset)
                 f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
     return info

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from llmkit import artifacts
 from llmkit.compress.gguf import gguf_name
 from llmkit.errors import MissingExtra, UnsupportedModel
 
@@ -105,20 +105,12 @@ def quantize(f16: Path, out: Path, qtype: str, *, threads: int = 1, preset: dict
             arr[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
         params.imatrix = arr
         keep.append(arr)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     t0 = time.perf_counter()
-    try:
-        with _llama_log() as log:
-            rc = llama_cpp.llama_model_quantize(str(f16).encode(), str(tmp).encode(), ctypes.byref(params))
+    with artifacts.atomic_file(out) as tmp, _llama_log() as log:
+        rc = llama_cpp.llama_model_quantize(str(f16).encode(), str(tmp).encode(), ctypes.byref(params))
         if rc != 0:
             tail = "".join(log)[-800:].strip()
             raise UnsupportedModel(f"llama.cpp could not quantize {f16} to {qtype}: {tail}")
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
     del keep
     return {"seconds": round(time.perf_counter() - t0, 2)}
 

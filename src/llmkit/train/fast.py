@@ -37,6 +37,9 @@ def segments(position_ids) -> list[tuple[int, int, int]]:
     return out
 
 
+_SEGMENTS: list = [None, None]  # [position_ids tensor, its segments]: the last forward's
+
+
 def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """transformers' attention interface: query (B, H, T, D), key/value (B, H_kv, T, D) → ((B, T, H, D), None).
 
@@ -48,7 +51,9 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
     position_ids = kwargs.get("position_ids")
     if position_ids is None or attention_mask is not None:
         raise RuntimeError("llmkit's packed attention needs position_ids and no attention mask (training only)")
-    segs = segments(position_ids)
+    if _SEGMENTS[0] is not position_ids:  # every layer gets the same tensor: split it once per forward
+        _SEGMENTS[:] = [position_ids, segments(position_ids)]
+    segs = _SEGMENTS[1]
     outs = [F.scaled_dot_product_attention(query[r:r + 1, :, s:e], key[r:r + 1, :, s:e], value[r:r + 1, :, s:e],
                                            is_causal=True, scale=scaling, dropout_p=dropout if module.training else 0.0,
                                            enable_gqa=True)  # (1, H, e-s, D)
