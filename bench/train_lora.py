@@ -1,6 +1,7 @@
-"""LoRA fine-tuning speed, memory and quality: llmkit's train stage beside trl's SFTTrainer, one script.
+"""LoRA fine-tuning speed, memory and quality: llmkit's train stage beside trl's SFTTrainer and litgpt, one script.
 
     .venv/bin/python bench/train_lora.py [--tokens 20000] [--sides llmkit-1,trl] [--seeds 0,1,2]
+    .venv/bin/python bench/train_lora.py --sides llmkit-1,trl,litgpt --litgpt-python /tmp/lgvenv/bin/python
 
 Setup (the fine-tuning issue's): SmolLM2-135M-Instruct (the bundled GGUF, dequantized), LoRA r=16 alpha=32 on
 all 7 linear projections, dropout 0 (peft's default), batch 4, max length 256, ~64-token instruction rows,
@@ -11,7 +12,9 @@ then both adapters are scored on the same held-out rows with the same loss (mean
 trl runs with plain settings: prompt/completion rows, no packing, fp32, gradient checkpointing off (trl's default
 turns it on, which trades speed for memory). llmkit runs as a user would: packing, bf16 where the CPU has fast bf16
 kernels (precision auto), train.fast_kernels (packed attention, fused LoRA; a `-stock` side such as
-`llmkit-1-stock` turns them off). A second llmkit row uses batch 1 of packed 256-token sequences, so it takes about
+`llmkit-1-stock` turns them off). litgpt (optional: `--litgpt-python`, its own venv) runs finetune_lora
+with the same LoRA, batch, lr and schedule, fp32 (32-true), completion-only loss (mask_prompt), SmolLM2's chat
+prompt; its merged weights are scored by the same val loss. A second llmkit row uses batch 1 of packed 256-token sequences, so it takes about
 as many optimizer steps per token as trl does — the fair row for "same val loss after the same tokens".
 Check `uptime` first: a busy box lies.
 """
@@ -102,6 +105,59 @@ def child_trl(work: Path, tokens: int, seed: int = 0) -> dict:
             "adapter": str(work / f"trl-adapter-{seed}")}
 
 
+def child_litgpt(work: Path, tokens: int, seed: int = 0) -> dict:
+    """litgpt's finetune_lora with the same setup. Runs in litgpt's own venv (it pins other transformers and hub
+    versions), so nothing from llmkit is imported here; the parent made `work/litgpt-base` with convert_to_litgpt.
+    Completion-only loss (mask_prompt), SmolLM2's own chat prompt (litgpt's `smollm2` style = the chat template
+    with its default system prompt), fp32 (32-true), no packing (litgpt pads each micro-batch to its longest row)."""
+    import litgpt.finetune.lora as lora
+    from litgpt.args import EvalArgs, TrainArgs
+    from litgpt.data import JSON
+    from litgpt.prompts import SmolLM2
+    from litgpt.tokenizer import Tokenizer
+
+    base, data = work / "litgpt-base", work / "litgpt-data"
+    data.mkdir(exist_ok=True)
+    train = [json.loads(x) for x in (work / "train.jsonl").read_text().splitlines()]
+    for name, rs in (("train", train), ("val", train[:8])):  # litgpt's own val pass is off; both sides are scored alike
+        (data / f"{name}.json").write_text(json.dumps(
+            [{"instruction": r["prompt"], "input": "", "output": r["completion"]} for r in rs]))
+    tok, style = Tokenizer(base), SmolLM2()
+    mean_len = sum(len(tok.encode(style.apply(r["prompt"]) + r["completion"], eos=True)) for r in train) / len(train)
+    steps = max(1, round(tokens / (4 * mean_len)))
+    timed = {}
+    fit = lora.fit
+
+    def timed_fit(*a, **k):
+        t0 = time.perf_counter()
+        timed["counts"] = fit(*a, **k)
+        timed["seconds"] = time.perf_counter() - t0
+        return timed["counts"]
+
+    lora.fit = timed_fit
+    out = work / f"litgpt-out-{seed}"
+    shape = dict(precision="32-true", lora_r=16, lora_alpha=32, lora_dropout=0.0, lora_query=True, lora_key=True,
+                 lora_value=True, lora_projection=True, lora_mlp=True, lora_head=False)
+    # litgpt re-parses the command line to save the hyperparameters its merge_lora then reads back
+    sys.argv = [sys.argv[0], str(base), *(x for k, v in shape.items() for x in (f"--{k}", str(v).lower()))]
+    lora.setup(base, out_dir=out, **shape,
+               data=JSON(json_path=data, mask_prompt=True, prompt_style="smollm2", num_workers=0),  # as trl
+               train=TrainArgs(save_interval=10**6, log_interval=10**6, global_batch_size=4, micro_batch_size=4,
+                               lr_warmup_steps=max(1, int(0.03 * steps)), epochs=100, max_steps=steps, max_seq_length=256),
+               eval=EvalArgs(interval=10**6, max_new_tokens=16, initial_validation=False, final_validation=False),
+               optimizer={"class_path": "torch.optim.AdamW", "init_args": {"lr": 5e-4, "weight_decay": 0.0}},
+               logger_name="csv", seed=seed)
+    return {"steps": steps, "real_tokens": int(timed["counts"]["raw_tokens_plus_prompt_template"]),
+            "seconds": timed["seconds"], "adapter": str(out / "final")}
+
+
+def litgpt_to_hf(litgpt_python: str, final: Path) -> str:
+    """litgpt merges the LoRA into `final/lit_model.pth` itself; convert that to HF names for the val child."""
+    subprocess.run([litgpt_python, "-m", "litgpt", "convert_from_litgpt", str(final), str(final)], check=True,
+                   capture_output=True)
+    return str(final / "model.pth")
+
+
 def val_loss(adapter: str, work: Path) -> float:
     """Both adapters scored alike: mean loss over completion tokens of the held-out rows, fp32, batch 1."""
     import torch
@@ -114,7 +170,14 @@ def val_loss(adapter: str, work: Path) -> float:
 
     base = hf_folder(resolve_model("smollm2-135m-instruct"), progress=False)
     tok = AutoTokenizer.from_pretrained(base)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    if adapter.endswith(".pth"):  # litgpt: a merged state dict with HF names
+        missing, unexpected = model.load_state_dict(torch.load(adapter, map_location="cpu"), strict=False)
+        if unexpected or set(missing) - {"lm_head.weight"}:  # lm_head is tied to the embeddings
+            raise SystemExit(f"litgpt's weights do not fit: missing {missing}, unexpected {unexpected}")
+        model.tie_weights()
+    else:
+        model = PeftModel.from_pretrained(model, adapter)
     model.config.use_cache = False
     ex = load_examples(work / "data", "val", tok, "lora", 256)
     return evaluate(model, make_batches(ex, TrainConfig(batch_size=1, packing=False), 0, tok.pad_token_id), bf16=False)
@@ -123,13 +186,15 @@ def val_loss(adapter: str, work: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=20000, help="real tokens each side trains on")
-    ap.add_argument("--child", choices=["llmkit-4", "llmkit-1", "llmkit-4-stock", "llmkit-1-stock", "trl", "val"])
+    ap.add_argument("--child", choices=["llmkit-4", "llmkit-1", "llmkit-4-stock", "llmkit-1-stock", "trl", "litgpt", "val"])
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="llmkit's training precision")
     ap.add_argument("--sides", default="llmkit-4,llmkit-1,trl",
                     help="which runs, comma-separated; a -stock suffix runs llmkit with train.fast_kernels off")
     ap.add_argument("--seeds", default="0", help="training seeds (LoRA init, data order), comma-separated: "
                     "each side runs once per seed, so the val-loss spread between seeds shows the noise")
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--litgpt-python", default="", help="python of a venv with litgpt 0.5.13 (it pins other "
+                    "transformers/hub versions than llmkit's, so it lives apart); needed by a `litgpt` side")
     ap.add_argument("--work")
     ap.add_argument("--adapter")
     args = ap.parse_args()
@@ -137,6 +202,8 @@ def main() -> None:
         work = Path(args.work)
         if args.child == "val":
             res = {"val_loss": val_loss(args.adapter, work)}
+        elif args.child == "litgpt":
+            res = child_litgpt(work, args.tokens, args.seed)
         elif args.child == "trl":
             res = child_trl(work, args.tokens, args.seed)
         else:
@@ -156,8 +223,21 @@ def main() -> None:
     prepare(DataConfig(train=str(work / "train.jsonl"), val=str(work / "val.jsonl"), dedupe="none"), work / "data",
             progress=False)
 
-    def run(*a: str) -> dict:
-        p = subprocess.run([sys.executable, __file__, "--work", str(work), "--tokens", str(args.tokens),
+    sides = args.sides.split(",")
+    if "litgpt" in sides:
+        if not args.litgpt_python:
+            sys.exit("the litgpt side needs --litgpt-python: python3 -m venv /tmp/lgvenv && /tmp/lgvenv/bin/pip "
+                     "install torch==2.13.0 litgpt==0.5.13 requests")
+        import shutil
+
+        from llmkit.models import hf_folder, resolve_model
+
+        shutil.copytree(hf_folder(resolve_model("smollm2-135m-instruct"), progress=False), work / "litgpt-base")
+        subprocess.run([args.litgpt_python, "-m", "litgpt", "convert_to_litgpt", str(work / "litgpt-base"),
+                        "--model_name", "SmolLM2-135M-Instruct"], check=True, capture_output=True)
+
+    def run(*a: str, python: str = sys.executable) -> dict:
+        p = subprocess.run([python, __file__, "--work", str(work), "--tokens", str(args.tokens),
                             "--precision", args.precision, *a],
                            capture_output=True, text=True)
         if p.returncode:
@@ -166,8 +246,10 @@ def main() -> None:
 
     results: dict[str, list[dict]] = {}
     for seed in [int(x) for x in args.seeds.split(",")]:
-        for side in args.sides.split(","):
-            r = run("--child", side, "--seed", str(seed))
+        for side in sides:
+            r = run("--child", side, "--seed", str(seed), python=args.litgpt_python if side == "litgpt" else sys.executable)
+            if side == "litgpt":
+                r["adapter"] = litgpt_to_hf(args.litgpt_python, Path(r["adapter"]))
             r["val_loss"] = run("--child", "val", "--adapter", r["adapter"])["val_loss"]
             r["tok_s"] = r["real_tokens"] / r["seconds"]
             results.setdefault(side, []).append(r)
@@ -182,11 +264,13 @@ def main() -> None:
         vals = " ".join(f"{r['val_loss']:.4f}" for r in rs)
         print(f"{k:14} {len(rs):>4} {rs[0]['steps']:>6} {rs[0]['real_tokens']:>9} {mean(k, 'seconds'):>8.1f}"
               f" {mean(k, 'tok_s'):>10.0f} {max(r['peak_rss_gb'] for r in rs):>11.2f} {vals:>28}")
-    if "trl" in results:
-        for k in [k for k in results if k != "trl"]:
-            print(f"{k} / trl: speed {mean(k, 'tok_s') / mean('trl', 'tok_s'):.2f}x, peak RSS "
-                  f"{max(r['peak_rss_gb'] for r in results[k]) / max(r['peak_rss_gb'] for r in results['trl']):.2f}x, "
-                  f"mean val loss {mean(k, 'val_loss') / mean('trl', 'val_loss') - 1:+.1%}")
+    peers = [k for k in ("trl", "litgpt") if k in results]
+    for k in [k for k in results if k not in peers]:
+        for peer in peers:
+            print(f"{k} / {peer}: speed {mean(k, 'tok_s') / mean(peer, 'tok_s'):.2f}x, peak RSS "
+                  f"{max(r['peak_rss_gb'] for r in results[k]) / max(r['peak_rss_gb'] for r in results[peer]):.2f}x, "
+                  f"mean val loss {mean(k, 'val_loss') / mean(peer, 'val_loss') - 1:+.1%}")
+
 
 if __name__ == "__main__":
     main()
