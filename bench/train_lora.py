@@ -12,10 +12,11 @@ then both adapters are scored on the same held-out rows with the same loss (mean
 trl runs with plain settings: prompt/completion rows, no packing, fp32, gradient checkpointing off (trl's default
 turns it on, which trades speed for memory). llmkit runs as a user would: packing, bf16 where the CPU has fast bf16
 kernels (precision auto), train.fast_kernels (packed attention, fused LoRA; a `-stock` side such as
-`llmkit-1-stock` turns them off). litgpt (optional: `--litgpt-python`, its own venv) runs finetune_lora
-with the same LoRA, batch, lr and schedule, fp32 (32-true), completion-only loss (mask_prompt), SmolLM2's chat
-prompt; its merged weights are scored by the same val loss. A second llmkit row uses batch 1 of packed 256-token sequences, so it takes about
-as many optimizer steps per token as trl does — the fair row for "same val loss after the same tokens".
+`llmkit-1-stock` turns them off). A second llmkit row uses batch 1 of packed 256-token sequences, so it takes
+about as many optimizer steps per token as trl does — the fair row for "same val loss after the same tokens".
+litgpt (optional: `--litgpt-python`, its own venv) runs finetune_lora with the same LoRA, batch, lr and schedule,
+fp32 (32-true), completion-only loss (mask_prompt) and SmolLM2's chat prompt; its merged weights are scored by the
+same val loss.
 Check `uptime` first: a busy box lies.
 """
 
@@ -143,7 +144,8 @@ def child_litgpt(work: Path, tokens: int, seed: int = 0) -> dict:
     lora.setup(base, out_dir=out, **shape,
                data=JSON(json_path=data, mask_prompt=True, prompt_style="smollm2", num_workers=0),  # as trl
                train=TrainArgs(save_interval=10**6, log_interval=10**6, global_batch_size=4, micro_batch_size=4,
-                               lr_warmup_steps=max(1, int(0.03 * steps)), epochs=100, max_steps=steps, max_seq_length=256),
+                               lr_warmup_steps=max(1, int(0.03 * steps)),  # litgpt divides by it
+                               epochs=100, max_steps=steps, max_seq_length=256),
                eval=EvalArgs(interval=10**6, max_new_tokens=16, initial_validation=False, final_validation=False),
                optimizer={"class_path": "torch.optim.AdamW", "init_args": {"lr": 5e-4, "weight_decay": 0.0}},
                logger_name="csv", seed=seed)
@@ -186,7 +188,8 @@ def val_loss(adapter: str, work: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=20000, help="real tokens each side trains on")
-    ap.add_argument("--child", choices=["llmkit-4", "llmkit-1", "llmkit-4-stock", "llmkit-1-stock", "trl", "litgpt", "val"])
+    ap.add_argument("--child", choices=["llmkit-4", "llmkit-1", "llmkit-4-stock", "llmkit-1-stock", "trl", "litgpt",
+                                        "val"])
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="llmkit's training precision")
     ap.add_argument("--sides", default="llmkit-4,llmkit-1,trl",
                     help="which runs, comma-separated; a -stock suffix runs llmkit with train.fast_kernels off")
@@ -247,7 +250,8 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     for seed in [int(x) for x in args.seeds.split(",")]:
         for side in sides:
-            r = run("--child", side, "--seed", str(seed), python=args.litgpt_python if side == "litgpt" else sys.executable)
+            python = args.litgpt_python if side == "litgpt" else sys.executable
+            r = run("--child", side, "--seed", str(seed), python=python)
             if side == "litgpt":
                 r["adapter"] = litgpt_to_hf(args.litgpt_python, Path(r["adapter"]))
             r["val_loss"] = run("--child", "val", "--adapter", r["adapter"])["val_loss"]
