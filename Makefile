@@ -44,9 +44,13 @@ run: setup
 	$(BIN)/python examples/serve_demo.py --model smollm2-135m-instruct --model support=runs/support-assistant/train \
 		--rag runs/support-assistant/rag --guard examples/guard/policy.yaml
 
+# Every test runs in a pytest-xdist worker process: a native crash (a segfault in a quantized matmul, llama.cpp or
+# GPTQ) fails that one test by name, a fresh worker takes the rest, and the summary still prints
+# (tests/test_suite_isolation.py checks these flags). One worker: the tests use both cores themselves.
+PYTEST_FLAGS ?= -n 1 --max-worker-restart 20
 # pytest exits 5 when it collected no tests: that must fail, not pass silently.
 test: setup
-	$(BIN)/python -m pytest tests; rc=$$?; \
+	$(BIN)/python -m pytest $(PYTEST_FLAGS) tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 clean:

@@ -12,7 +12,7 @@ from llmkit.artifacts import read_manifest
 from llmkit.compress import compress, summary
 from llmkit.config import CompressConfig
 from llmkit.engines import GenParams, load_engine
-from llmkit.engines.hf import load_quantized
+from llmkit.engines.hf import load_quantized, safe_int8_kernels
 from llmkit.errors import ConfigError, UnsupportedModel
 from llmkit.models import hf_folder, resolve_model
 
@@ -83,6 +83,41 @@ def test_export_is_smaller_reloads_and_stays_close_to_the_float_model(quantize, 
     engine.close()
     with pytest.raises(UnsupportedModel, match="int8/int4 export"):
         load_engine("llamacpp", ref)
+
+
+def _misaligned(t, offset_bytes):
+    """A contiguous copy of `t` that starts `offset_bytes` past a 64-byte boundary (a view into a larger buffer)."""
+    buf = torch.empty(t.numel() * t.element_size() + 64, dtype=torch.uint8)
+    assert buf.data_ptr() % 64 == 0
+    out = buf[offset_bytes:offset_bytes + t.numel() * t.element_size()].view(t.dtype).view(t.shape)
+    out.copy_(t)
+    assert out.data_ptr() % 64 == offset_bytes
+    return out
+
+
+def test_int8_matmul_takes_misaligned_weights_activations_and_odd_widths():
+    """The inputs that made torch 2.13's AVX-512 int8 kernel segfault (engines/hf.py, safe_int8_kernels): int8
+    weights 8 bytes past a 64-byte boundary (as quanto reloads them), activations 16 bytes past one, and a layer 20
+    wide (quanto accepts widths divisible by 4; the kernel reads rows 16 at a time). On AVX2 boxes the same inputs
+    exercise the same routing; there the kernel loads weights unaligned, so none of them crashed before."""
+    from optimum.quanto import freeze, qint8, quantize
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 20), torch.nn.Linear(20, 16))
+    model = model.to(torch.bfloat16).eval()
+    x = torch.randn(4, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        ref = model.float()(x.float())
+    model = model.to(torch.bfloat16)
+    quantize(model, weights=qint8)
+    freeze(model)
+    for layer in model:
+        layer.weight._data = _misaligned(layer.weight._data, 8)
+    assert safe_int8_kernels(model) == 1  # the 20-wide layer goes through quanto's dequantizing matmul
+    assert all(layer.weight._data.data_ptr() % 64 == 0 for layer in model)
+    with torch.no_grad():
+        y = model(_misaligned(x, 16)).float()
+    assert (y - ref).abs().max() < 0.05 * ref.abs().max(), (y - ref).abs().max()  # int8 + bf16 rounding only
 
 
 def test_int4_tolerance_is_tighter_than_another_model(tiny_llama, tmp_path):

@@ -122,3 +122,30 @@ def test_qlora_trains_lora_over_an_nf4_base(tiny_llama, pref_dataset, tmp_path, 
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["outputs"]["base_quantization"] == "bitsandbytes-nf4"
     assert (tmp_path / "o" / "adapter_model.safetensors").is_file()
+
+
+def test_qlora_gradients_are_the_same_after_an_eval_pass(tiny_llama):
+    """An eval-mode no-grad forward (the val loss, DPO's reference pass) must not change later gradients.
+    On AVX512-BF16 CPUs bitsandbytes repacks NF4 weights for inference at that point and then skips autograd
+    (sft._keep_nf4_trainable); on other CPUs there is nothing to repack and the two passes agree trivially."""
+    pytest.importorskip("bitsandbytes")
+    from llmkit.train.sft import load_model
+
+    model = load_model(TrainConfig(method="qlora", precision="bf16"), tiny_llama)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12, 40, 50, 60, 70]])
+
+    def grads():
+        model.train()
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(input_ids=ids, labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    before = grads()
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)
+    after = grads()
+    assert before.keys() == after.keys() and len(before) == 2 * 7 * 2  # lora_A and lora_B of 7 projections x 2
+    moved = [n for n in before if not torch.equal(before[n], after[n])]
+    assert not moved, moved

@@ -26,7 +26,47 @@ def load_quantized(folder: Path):
         from optimum.quanto import QuantizedModelForCausalLM
     except ImportError:
         raise MissingExtra(f"{folder} is an optimum-quanto int8/int4 export: pip install 'llmkit[quant]'") from None
-    return QuantizedModelForCausalLM.from_pretrained(str(folder))
+    qmodel = QuantizedModelForCausalLM.from_pretrained(str(folder))
+    safe_int8_kernels(qmodel)
+    return qmodel
+
+
+# torch's CPU kernel behind quanto's bf16 x int8 matmul (`torch._weight_int8pack_mm`, aten/src/ATen/native/cpu/
+# int8mm_kernel.cpp) reads with aligned SIMD loads and no tail loop. On AVX-512 CPUs (where torch dispatches to
+# its AVX512 variant) it needs each activation row 32-byte aligned, each int8 weight row 16-byte aligned and the
+# width a multiple of 16, and dies with SIGSEGV otherwise; its AVX2 variant needs 16-byte activation rows, width a
+# multiple of 8, and loads weights unaligned. quanto checks only `in_features % 4`, and the int8 weights it
+# reloads from safetensors sit in storage that is 8 mod 64 bytes aligned: the crash of `compress --quantize int8`
+# and of its test on AVX-512/AMX boxes. Rows are `width` elements apart, so an aligned start and a width that is a
+# multiple of 16 keep every row aligned.
+_ALIGN = 64  # bytes: what torch's own CPU allocator gives every new tensor
+_INT8_WIDTH = 16  # in_features that keep the AVX512 kernel's rows aligned and its k-loop (step 16) in bounds
+
+
+def _aligned(t):
+    """`t` (contiguous) itself, or a copy in new, aligned storage."""
+    return t if t.data_ptr() % _ALIGN == 0 else t.clone()
+
+
+def safe_int8_kernels(model) -> int:
+    """Make every int8 linear layer of a quanto model safe for torch's CPU int8 kernel (see above): weights moved to
+    aligned storage, activations that arrive misaligned copied (a 64-byte check per call; copies only when
+    needed), and layers whose width the kernel cannot take sent through quanto's dequantizing matmul instead (fp32
+    input: slower, never wrong). Returns how many layers were rerouted that way."""
+    import torch
+
+    rerouted = 0
+    for module in model.modules():
+        w = getattr(module, "weight", None)
+        if type(w).__name__ != "WeightQBytesTensor" or w._data.dtype != torch.int8:
+            continue
+        w._data = _aligned(w._data)
+        if module.in_features % _INT8_WIDTH:
+            module.register_forward_pre_hook(lambda m, args: (args[0].float(), *args[1:]))
+            rerouted += 1
+        else:
+            module.register_forward_pre_hook(lambda m, args: (_aligned(args[0].contiguous()), *args[1:]))
+    return rerouted
 
 
 class TransformersEngine:
