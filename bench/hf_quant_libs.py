@@ -7,7 +7,7 @@ Each candidate is quantized, saved to disk and reloaded from the folder (offline
 its *.safetensors, perplexity on the val rows' assistant replies against the fp32 model, top-1 agreement with
 fp32 at those positions, and batch-1 greedy decode tok/s in `generate` (median of 3 rounds, run round-robin so
 load drifts hit every candidate alike). A candidate that cannot be saved as safetensors or reloaded says why.
-Needs torchao==0.18.0 (not an llmkit dependency) and optimum-quanto==0.2.7 (llmkit[quant]); one thread.
+Needs optimum-quanto==0.2.7 (llmkit[quant]); torchao==0.18.0 (not an llmkit dependency) for its side; one thread.
 The README's table (Compress) came from this on SmolLM2-135M; check `uptime` first, tok/s lies on a busy box.
 """
 
@@ -46,20 +46,32 @@ def quanto(qtype, dtype, optimizer=None):
     import optimum.quanto as q
     from transformers import AutoModelForCausalLM
 
+    from llmkit.engines.hf import load_quantized
+
     def build(src, d):
         m = AutoModelForCausalLM.from_pretrained(src, dtype=dtype)
         opt = getattr(q, optimizer)() if optimizer else None
         q.QuantizedModelForCausalLM.quantize(m, weights=getattr(q, qtype), exclude="lm_head", optimizer=opt
                                              ).save_pretrained(d)
 
-    return build, lambda d: q.QuantizedModelForCausalLM.from_pretrained(str(d))
+    # reloaded as llmkit does (quanto's from_pretrained + engines/hf.safe_int8_kernels): quanto's own reload leaves
+    # the int8 weights misaligned, and torch's AVX-512 int8 kernel then dies with SIGSEGV (README, Compress)
+    return build, load_quantized
 
 
 def candidates() -> dict:
-    import torchao.quantization as Q
-    from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
-
     bf16, fp32 = torch.bfloat16, torch.float32
+    quanto_side = {
+        "quanto-int8-bf16": quanto("qint8", bf16),
+        "quanto-int8-fp32": quanto("qint8", fp32),
+        "quanto-int4-bf16": quanto("qint4", bf16),
+        "quanto-int4-hqq-bf16": quanto("qint4", bf16, "HqqOptimizer"),
+    }
+    try:
+        import torchao.quantization as Q
+        from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
+    except ImportError:  # torchao is not an llmkit dependency: compare quanto's types alone
+        return {"bf16": plain(bf16), **quanto_side}
     return {
         "bf16": plain(bf16),
         "torchao-int8-bf16": tao(Q.Int8WeightOnlyConfig, bf16),
@@ -69,10 +81,7 @@ def candidates() -> dict:
                                                                      int4_packing_format="tile_packed_to_4d"), bf16),
         "torchao-intx4-g32-fp32": tao(lambda: Q.IntxWeightOnlyConfig(weight_dtype=torch.int4,
                                                                       granularity=Q.PerGroup(32)), fp32),
-        "quanto-int8-bf16": quanto("qint8", bf16),
-        "quanto-int8-fp32": quanto("qint8", fp32),
-        "quanto-int4-bf16": quanto("qint4", bf16),
-        "quanto-int4-hqq-bf16": quanto("qint4", bf16, "HqqOptimizer"),
+        **quanto_side,
     }
 
 
