@@ -1,0 +1,38 @@
+"""The house keeps its shape: the floors of DESIGN.md ("Who may import whom") and the linter, run by `make test`.
+
+- import-linter checks the contracts in pyproject.toml ([tool.importlinter]): arrows only point down the floors,
+  no stage imports a sibling stage, no circles between the modules of a package, nothing imports bench/. Lazy
+  imports inside functions count: they are arrows between files all the same.
+- ruff checks src, tests, bench and examples with the rules in pyproject.toml ([tool.ruff.lint]): pyflakes
+  (unused imports, shadowed and undefined names), pycodestyle, import sorting.
+
+Both are tools of the `test` extra (`pip install -e '.[test]'`); a missing one fails here rather than skipping.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(tool: str, args: list[str]) -> subprocess.CompletedProcess:
+    if importlib.util.find_spec(tool) is None:
+        pytest.fail(f"{tool} is not installed: pip install -e '.[test]'")
+    # this tree's package, whatever llmkit is installed (grimp reads the files of the llmkit that imports first)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_import_contracts_are_kept():
+    r = _run("importlinter", ["-c", "from importlinter.cli import lint_imports_command; lint_imports_command()",
+                              "--no-cache", "--no-logo"])
+    report = r.stdout + r.stderr
+    assert r.returncode == 0 and " 0 broken" in report, report
+
