@@ -36,3 +36,7 @@ def test_import_contracts_are_kept():
     report = r.stdout + r.stderr
     assert r.returncode == 0 and " 0 broken" in report, report
 
+
+def test_ruff_finds_nothing():
+    r = _run("ruff", ["-m", "ruff", "check", "--no-cache", "src", "tests", "bench", "examples"])
+    assert r.returncode == 0, r.stdout + r.stderr
