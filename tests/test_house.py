@@ -5,6 +5,7 @@
   imports inside functions count: they are arrows between files all the same.
 - ruff checks src, tests, bench and examples with the rules in pyproject.toml ([tool.ruff.lint]): pyflakes
   (unused imports, shadowed and undefined names), pycodestyle, import sorting.
+- cli.py holds no command: each one runs a function of a `llmkit/commands/` module.
 
 Both are tools of the `test` extra (`pip install -e '.[test]'`); a missing one fails here rather than skipping.
 """
@@ -40,3 +41,23 @@ def test_import_contracts_are_kept():
 def test_ruff_finds_nothing():
     r = _run("ruff", ["-m", "ruff", "check", "--no-cache", "src", "tests", "bench", "examples"])
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_cli_holds_no_command():
+    """cli.py is the root parser, --debug and error translation; every command runs a function of commands/."""
+    import argparse
+
+    from llmkit.cli import build_parser
+
+    homes = {}
+
+    def walk(name: str, parser: argparse.ArgumentParser) -> None:
+        if parser.get_default("fn") is not None:
+            homes[name] = parser.get_default("fn").__module__
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    walk(f"{name} {sub_name}", sub)
+
+    walk("llmkit", build_parser())
+    assert len(homes) >= 11 and all(m.startswith("llmkit.commands.") for m in homes.values()), homes
