@@ -5,9 +5,11 @@
   imports inside functions count: they are arrows between files all the same.
 - ruff checks src, tests, bench and examples with the rules in pyproject.toml ([tool.ruff.lint]): pyflakes
   (unused imports, shadowed and undefined names), pycodestyle, import sorting.
+- no import circle at all, but one known one (KNOWN_CIRCLES), which may only shrink.
 - cli.py holds no command: each one runs a function of a `llmkit/commands/` module.
 
-Both are tools of the `test` extra (`pip install -e '.[test]'`); a missing one fails here rather than skipping.
+import-linter (and grimp under it) and ruff are tools of the `test` extra (`pip install -e '.[test]'`); a missing
+one fails here rather than skipping.
 """
 
 from __future__ import annotations
@@ -36,6 +38,50 @@ def test_import_contracts_are_kept():
                               "--no-cache", "--no-logo"])
     report = r.stdout + r.stderr
     assert r.returncode == 0 and " 0 broken" in report, report
+
+
+# A package's __init__ and its own modules, which acyclic_siblings does not look at. The one left: engines/__init__
+# (the Protocol's types and load_engine) and the engines it loads, which import those types back; it goes when
+# the types move to a module of their own (engines/hf.py is being changed elsewhere as this is written).
+KNOWN_CIRCLES = [{"llmkit.engines", "llmkit.engines.hf", "llmkit.engines.llamacpp"}]
+
+
+def test_no_circles_but_the_known_one():
+    """Every import circle between llmkit's modules (strongly connected components of the import graph, lazy
+    imports included): none, but the one named above, and that one may only shrink."""
+    import grimp
+
+    graph = grimp.build_graph("llmkit", cache_dir=None)
+    edges = {m: graph.find_modules_directly_imported_by(m) for m in graph.modules}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles = []
+
+    def visit(m: str) -> None:  # Tarjan's algorithm
+        index[m] = low[m] = len(index)
+        stack.append(m)
+        for n in edges[m]:
+            if n not in index:
+                visit(n)
+                low[m] = min(low[m], low[n])
+            elif n in stack:
+                low[m] = min(low[m], index[n])
+        if low[m] == index[m]:
+            circle = set()
+            while True:
+                n = stack.pop()
+                circle.add(n)
+                if n == m:
+                    break
+            if len(circle) > 1:
+                circles.append(circle)
+
+    for m in sorted(graph.modules):
+        if m not in index:
+            visit(m)
+    unknown = [sorted(c) for c in circles if not any(c <= known for known in KNOWN_CIRCLES)]
+    assert not unknown, f"import circles: {unknown}"
 
 
 def test_ruff_finds_nothing():
