@@ -48,7 +48,8 @@ run: setup
 # GPTQ) fails that one test by name, a fresh worker takes the rest, and the summary still prints
 # (tests/test_suite_isolation.py checks these flags). One worker: the tests use both cores themselves.
 PYTEST_FLAGS ?= -n 1 --max-worker-restart 20
-# pytest exits 5 when it collected no tests: that must fail, not pass silently.
+# pytest exits 5 when it collected no tests: that must fail, not pass silently. The suite includes the house rules
+# (tests/test_house.py): DESIGN.md's import floors (import-linter, `lint-imports`) and `ruff check`.
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_FLAGS) tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc

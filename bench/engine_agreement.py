@@ -40,8 +40,8 @@ def main() -> None:
         agree = [a == b for a, b in zip(top, cont)]
         first_diff = agree.index(False) if False in agree else None
         if first_diff is not None:
-            l = logits[first_diff]
-            gaps.append(float(l.max() - l[cont[first_diff]]))
+            row = logits[first_diff]
+            gaps.append(float(row.max() - row[cont[first_diff]]))
         exact += first_diff is None
         forced += sum(agree)
         total += len(agree)

@@ -61,7 +61,7 @@ from llmkit import artifacts
 from llmkit.config import RagConfig
 from llmkit.models import embedder_path
 from llmkit.rag.retrieve import Index
-from llmkit.rag.samples import pydoc_words, pydoc_windows
+from llmkit.rag.samples import pydoc_windows, pydoc_words
 from llmkit.rag.store import LanceStore, schema
 
 # the modules themselves (`llmkit.rag.index` as an attribute is the function the package re-exports)
@@ -369,10 +369,13 @@ def main() -> int:
           f"(MiniLM, 1 query: p50 {pct(q_ms, 50):.1f} ms, p95 {pct(q_ms, 95):.1f} ms) unless the notes say so")
     print(f"{'method':30} {'build s':>8} {'p50 ms':>8} {'p95 ms':>8} {'vs exact':>8} {'recall@10':>9}  notes")
     ex50 = pct(rows[0]["ms"], 50)
+
+    def f(v, spec: str) -> str:  # a number, or "-" right-aligned in its width
+        return format(v, spec) if v is not None else format("-", ">" + spec.split(".")[0])
+
     for r in rows:
         p50 = pct(r["ms"], 50) if r["ms"] else None
         r.update(p50_ms=p50, p95_ms=pct(r["ms"], 95) if r["ms"] else None)
-        f = lambda v, spec: format(v, spec) if v is not None else format("-", ">" + spec.split(".")[0])
         print(f"{r['method']:30} {f(r['build_s'], '8.2f')} {f(p50, '8.2f')} {f(r['p95_ms'], '8.2f')} "
               f"{f(p50 / ex50 if p50 else None, '7.2f') + 'x':>8} {f(r['recall'], '9.3f')}  {r['notes']}")
     print(f"\nraw embedder: {raw_cps:.0f} chunks/s ({len(sample)} corpus chunks, batch {args.batch})")

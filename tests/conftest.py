@@ -4,8 +4,8 @@ ChatML template, as an HF folder and as a GGUF file, so unit tests run in second
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest

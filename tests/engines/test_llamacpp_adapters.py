@@ -7,6 +7,7 @@ from llmkit.engines import GenParams
 from llmkit.engines.llamacpp import LlamaCppEngine
 from llmkit.models import resolve_model
 
+
 @pytest.fixture(scope="module")
 def adapters(style_adapters, tiny_gguf):
     from llmkit.compress.lora_gguf import export_lora_gguf

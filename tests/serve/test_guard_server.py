@@ -5,7 +5,6 @@ import json
 
 import openai
 import pytest
-
 from serve_helpers import MODEL, running
 
 POLICY = """

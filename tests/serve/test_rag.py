@@ -8,8 +8,8 @@ from serve_helpers import make_state, running
 
 from llmkit.config import RagConfig
 from llmkit.rag import index
-from llmkit.serve.rag import augment, citations
 from llmkit.rag.retrieve import Hit
+from llmkit.serve.rag import augment, citations
 
 DOCS = {"router.md": "# Router\n\n## Factory reset\n\nHold Reset for 10 seconds.\n\n## Lights\n\nAmber: no internet.\n",
         "modem.txt": "The MAC address is on the label.\n"}

@@ -11,7 +11,8 @@ import time
 import httpx
 import pytest
 
-from llmkit.cli import _recipe_model, main
+from llmkit.cli import main
+from llmkit.commands.serve import _recipe_model
 from llmkit.config import parse_recipe
 from llmkit.serve.auth import hash_key
 

@@ -1,5 +1,6 @@
-"""Command groups of the `llmkit` CLI that are too big to sit in cli.py: each module has `add_parser(sub)` and
-the functions it dispatches to."""
+"""The command groups of the `llmkit` CLI, one module each (models, chat, recipe: validate and run, data, train,
+compress, serve, rag, guard, keys, lineage). Each has `add_parser(sub)` and the functions it dispatches to;
+cli.py only builds the root parser from them, handles `--debug` and translates errors."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ import json
 from array import array
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from llmkit.config import DataConfig
 from llmkit.data import card as cards
 from llmkit.data.clean import NearDedupe, exact_key, normalize_text
 from llmkit.data.formats import FORMATS, RowError, asks, detect, expected_fields, kind_of, normalize, texts, with_texts
+from llmkit.data.item import Item
 from llmkit.data.load import RawRow, read_rows
 from llmkit.errors import DataError
 
@@ -45,23 +46,6 @@ class PrepareResult:
     out: Path
     status: str  # "ran" | "skipped"
     card: dict
-
-
-@dataclass
-class Item:
-    """One input row after the per-row transforms."""
-
-    file: str
-    line: int
-    row: str | None = None  # the normalized, cleaned, scrubbed row as a JSON line; None when invalid
-    key: bytes = b""  # exact-duplicate digest of `row`
-    ask: str = ""  # what the row asks (user turns), for near dedupe
-    tokens: int = 0
-    error: str | None = None
-    category: str | None = None  # short reason, for the data card's counts
-    raw: dict | None = None  # the input row, for rejects.jsonl
-    pii: dict = field(default_factory=dict)
-    drop: bool = False  # a finding whose rule is to drop the row (data.pii: drop, or a guard rail's block)
 
 
 def _chat_renderer(tok):

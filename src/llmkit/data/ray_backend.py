@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
+from llmkit.data.item import Item
 from llmkit.errors import DataError, MissingExtra
 
 SHARD_BYTES = 16 << 20  # 16 MiB of JSONL per task
@@ -76,8 +77,6 @@ def _init_ray(address: str | None):
 
 
 def ray_items(source, fmt: str, transform, address: str | None = None) -> Iterator[list]:
-    from llmkit.data.prepare import Item
-
     p = Path(str(source))
     if not p.is_file() or p.suffix.lower() not in (".jsonl", ".ndjson"):
         raise DataError(f"{source}: backend: ray reads JSONL files; convert it or use backend: local")

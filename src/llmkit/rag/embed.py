@@ -13,8 +13,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from llmkit.errors import ConfigError, MissingExtra
-from llmkit.models import BUNDLED_EMBEDDER_INT8, embedder_path
+from llmkit.errors import ConfigError
+from llmkit.models import BUNDLED_EMBEDDER_INT8
+from llmkit.rag.sentence_embed import open_sentence_transformer
 
 
 class Embedder(Protocol):
@@ -38,12 +39,7 @@ def open_embedder(spec: str) -> Embedder:
         from llmkit.rag.onnx_embed import load_int8
 
         return load_int8()
-    path = embedder_path(spec)
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise MissingExtra("sentence-transformers is not installed: pip install sentence-transformers") from None
-    return SentenceTransformer(path, device="cpu")
+    return open_sentence_transformer(spec)
 
 
 load_embedder = functools.lru_cache(maxsize=2)(open_embedder)

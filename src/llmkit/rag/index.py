@@ -36,7 +36,8 @@ from llmkit.config import RagConfig
 from llmkit.errors import DataError
 from llmkit.rag import chunk as chunking
 from llmkit.rag import embed, ingest, qdrant
-from llmkit.rag.store import STORES, open_store, schema, store_path
+from llmkit.rag.schema import schema
+from llmkit.rag.store import STORES, open_store, store_path
 
 KIND = "rag-index"
 # What a previous index must share for its vectors to be reused.

@@ -151,10 +151,10 @@ def measure_agreement(model: OnnxEmbedder, reference=None) -> dict:
     """Cosines between this model's vectors and the fp32 all-MiniLM-L6-v2's (sentence-transformers; a new one
     unless `reference` is given) on `agreement_texts()`: mean and min."""
     from llmkit.models import BUNDLED_EMBEDDER
-    from llmkit.rag.embed import open_embedder
+    from llmkit.rag.sentence_embed import open_sentence_transformer
 
     texts = agreement_texts()
-    reference = reference or open_embedder(BUNDLED_EMBEDDER)
+    reference = reference or open_sentence_transformer(BUNDLED_EMBEDDER)
     ref = reference.encode(texts, batch_size=16, convert_to_numpy=True, normalize_embeddings=True,
                            show_progress_bar=False)
     cos = (ref * model.encode(texts, batch_size=16)).sum(axis=1)

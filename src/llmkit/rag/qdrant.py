@@ -42,6 +42,7 @@ import pyarrow as pa
 
 from llmkit.artifacts import write_json_atomic
 from llmkit.errors import ArtifactError, MissingExtra
+from llmkit.rag.schema import schema
 
 URL_ENV = "LLMKIT_QDRANT_URL"
 RECORD = "qdrant.json"  # in the store folder: {"collection": name on the server or in the folder, "url": str | null}
@@ -184,8 +185,6 @@ class QdrantStore:
         return self._ann
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
-        from llmkit.rag.store import schema  # store.py imports this module to register it
-
         client, name = self.client, self.name
         dim = client.get_collection(name).config.params.vectors.size
         full = schema(dim)

@@ -19,19 +19,7 @@ import pyarrow as pa
 
 from llmkit.errors import ArtifactError, MissingExtra
 from llmkit.rag.qdrant import QdrantStore
-
-
-def schema(dim: int) -> pa.Schema:
-    return pa.schema([
-        ("id", pa.string()),        # "<source>#<n>": n counts the file's chunks from 0
-        ("source", pa.string()),
-        ("page", pa.int32()),       # null for formats without pages
-        ("heading", pa.string()),
-        ("start", pa.int32()),
-        ("end", pa.int32()),
-        ("text", pa.string()),
-        ("vector", pa.list_(pa.float32(), dim)),
-    ])
+from llmkit.rag.schema import schema  # noqa: F401 -- re-exported: the stores' row schema
 
 
 class Store(Protocol):

@@ -32,7 +32,6 @@ from llmkit.serve import protocol as p
 from llmkit.serve.errors import APIError
 
 
-
 def _folders(spec: str) -> list[Path]:
     """An index folder, or a folder whose subfolders are index folders (a `--store`)."""
     p_ = Path(spec).expanduser()

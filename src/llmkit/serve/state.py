@@ -14,8 +14,8 @@ from llmkit.serve.embed import Embedder
 from llmkit.serve.guarding import RequestLog
 from llmkit.serve.limits import RateLimiter, Slots
 from llmkit.serve.metrics import Metrics
-from llmkit.serve.rag import Collections
 from llmkit.serve.models import ModelTable
+from llmkit.serve.rag import Collections
 
 
 @dataclass

@@ -10,7 +10,7 @@ swaps in this module's examples, batches and loss:
 The reference model is the base itself with the adapter switched off (no second copy in memory), and since
 it never changes, its log-probabilities are computed once before training rather than at every step as
 trl's DPOTrainer does by default — one frozen forward per pair instead of one per pair per epoch. Log-probs
-are taken only at completion tokens, in chunks (sft.row_logps), so the (rows, T, 49k vocab) logits never exist.
+are taken only at completion tokens, in chunks (common.py), so the (rows, T, 49k vocab) logits never exist.
 
 DPO (Rafailov et al. 2023): loss = -log σ(β · [(log π(c) - log π(r)) - (log π_ref(c) - log π_ref(r))]).
 """
@@ -21,13 +21,13 @@ import random
 from pathlib import Path
 
 from llmkit.config import TrainConfig
-from llmkit.data.template import encode_chat
 from llmkit.errors import DataError
+from llmkit.train.common import collate, read_split, row_logps, with_positions
+from llmkit.train.template import encode_chat
+
 
 def load_pairs(dataset: Path, split: str, tok, max_length: int) -> list[dict]:
     """Tokenized {chosen, rejected} examples (prompt + reply, labels on the reply) from `{split}.jsonl`."""
-    from llmkit.train.sft import read_split
-
     out = []
     for where, row in read_split(dataset, split):
         if not {"prompt", "chosen", "rejected"} <= row.keys():
@@ -42,8 +42,6 @@ def load_pairs(dataset: Path, split: str, tok, max_length: int) -> list[dict]:
 def make_batches(pairs: list[dict], cfg: TrainConfig, epoch: int, pad_id: int) -> list[dict]:
     """One epoch of micro-batches in a seeded order. Rows [0, B) are the chosen replies, [B, 2B) the rejected."""
     import torch
-
-    from llmkit.train.sft import collate, with_positions
 
     order = list(range(len(pairs)))
     random.Random(cfg.seed * 100_003 + epoch).shuffle(order)
@@ -61,8 +59,6 @@ def make_batches(pairs: list[dict], cfg: TrainConfig, epoch: int, pad_id: int) -
 
 def margins(model, batch: dict):
     """(B,) implicit reward margins: [log π(c) - log π(r)] - [log π_ref(c) - log π_ref(r)]."""
-    from llmkit.train.sft import row_logps
-
     logps = row_logps(model, batch)
     ref = batch["ref_logps"]
     half = logps.shape[0] // 2
@@ -80,8 +76,6 @@ def loss_sum(model, batch: dict, beta: float) -> tuple:
 def add_reference_logps(model, pairs: list[dict], bf16: bool, pad_id: int, batch_size: int = 8) -> None:
     """Store each pair's reference log-probs as `pair["ref"] = (chosen, rejected)`: the base with the adapter off."""
     import torch
-
-    from llmkit.train.sft import collate, row_logps, with_positions
 
     todo = [p for p in pairs if "ref" not in p]
     was_training = model.training

@@ -1,7 +1,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from llmkit.data.template import IGNORE, TemplateError, encode_chat, encode_text, pack
+from llmkit.train.template import IGNORE, TemplateError, encode_chat, encode_text, pack
 
 CONV = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Reset?"},
         {"role": "assistant", "content": "Hold the button."}, {"role": "user", "content": "And then?"},

@@ -1,0 +1,101 @@
+"""`llmkit serve`: the OpenAI-compatible server, its flags generated from ServeConfig."""
+
+from __future__ import annotations
+
+import argparse
+
+from llmkit.commands import validated
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from llmkit.config import ServeConfig, load_recipe
+    from llmkit.serve import serve
+
+    base, models, policy = ServeConfig(), [], None
+    if args.recipe:
+        recipe = load_recipe(args.recipe)
+        if recipe.guard is not None and args.guard is None:
+            from llmkit.guard import from_config
+
+            policy = from_config(recipe.guard, recipe.base_dir)
+        base = recipe.serve or base
+        model, engine = _recipe_model(recipe)
+        models = [f"{recipe.name}={model}"]
+        base = base.model_copy(update={"engine": engine} if engine else {})
+        for key in ("api_keys_file", "guard", "request_log"):  # relative to the recipe, like every path in it
+            value = getattr(base, key)
+            if value and value != "default":
+                base = base.model_copy(update={key: str(recipe.path(value))})
+        if recipe.rag is not None and not base.rag and (recipe.run_dir / "rag" / "manifest.json").is_file():
+            base = base.model_copy(update={"rag": [str(recipe.run_dir / "rag")]})  # its rag stage's collection
+    given = {k: v for k, v in vars(args).items() if k in ServeConfig.model_fields and v is not None}
+    if given.get("embedder", "").lower() in ("none", "null"):
+        given["embedder"] = None
+    cfg = validated(ServeConfig, {**base.model_dump(), **given})
+    serve(cfg, cfg.models or models or None, log_level=args.log_level, policy=policy)
+    return 0
+
+
+def _recipe_model(recipe) -> tuple[str, str | None]:
+    """What `serve --recipe` serves: its compressed model (a GGUF on llamacpp, an int8/int4 folder on
+    transformers), else its trained model (transformers), else its base model (the configured engine)."""
+    compressed = recipe.run_dir / "compress"
+    ggufs = sorted(compressed.glob("*.gguf"), key=lambda q: q.stat().st_mtime)
+    if ggufs:
+        return str(ggufs[-1]), "llamacpp"
+    if (compressed / "quanto_qmap.json").is_file():
+        return str(compressed), "transformers"
+    train = recipe.run_dir / "train"
+    if (train / "adapter_config.json").is_file() or (train / "config.json").is_file():
+        return str(train), "transformers"
+    return recipe.model, None
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, model, names: dict[str, list[str]]) -> None:
+    """One flag per field of a config model, its help the field's description: the CLI is the config, not a
+    second copy of it. Unset flags are None, so the config (or recipe) default stays."""
+    import types
+    import typing
+
+    from pydantic_core import PydanticUndefined
+
+    for field, info in model.model_fields.items():
+        flags = names.get(field, [f"--{field.replace('_', '-')}"])
+        kind = info.annotation
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `X | None`: the X
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        default = f" (default: {info.default})" if info.default not in (None, [], "", PydanticUndefined) else ""
+        help_ = ((info.description or "") + default).replace("%", "%%")  # argparse %-formats help
+        if kind is bool:
+            parser.add_argument(*flags, dest=field, action="store_const", const=True, default=None, help=help_)
+        elif typing.get_origin(kind) is typing.Literal:
+            parser.add_argument(*flags, dest=field, choices=typing.get_args(kind), default=None, help=help_)
+        elif typing.get_origin(kind) is list:
+            parser.add_argument(*flags, dest=field, action="append", default=None,
+                                metavar="MODEL" if field == "models" else "DIR", help=help_)
+        else:
+            parser.add_argument(*flags, dest=field, type=kind, default=None, help=help_)
+
+
+def add_parser(sub) -> None:
+    sv = sub.add_parser("serve", help="serve models over OpenAI's HTTP API (chat, completions, embeddings)",
+                        description="An OpenAI-compatible server: /v1/chat/completions, /v1/completions, "
+                                    "/v1/embeddings, /v1/models, plus /health, /metrics (Prometheus) and /docs. "
+                                    "Any OpenAI client works: base_url http://HOST:PORT/v1. Each --model is a "
+                                    "registry name, folder, .gguf, hub id or PEFT adapter folder; NAME=SPEC sets the "
+                                    "id clients send. With --recipe: the recipe's compressed model (GGUF, or "
+                                    "int8/int4 folder on transformers), else its "
+                                    "trained model, else its base model, served as the recipe's name, with its "
+                                    "serve: section as defaults for these flags (and its rag stage's index as --rag). "
+                                    "--rag DIR makes a collection answer chats: a request body with "
+                                    "\"rag\": {\"collection\": NAME, \"top_k\": 4} gets NAME's chunks as numbered "
+                                    "sources and a top-level citations list. Listening on anything but loopback "
+                                    "needs API keys. Ctrl-C (SIGTERM) drains: new requests get 503, running ones "
+                                    "finish; a second Ctrl-C stops at once.")
+    sv.add_argument("--recipe", help="serve this recipe's model, with its serve: section as the defaults")
+    from llmkit.config import ServeConfig
+
+    _add_config_flags(sv, ServeConfig, {"models": ["--model"], "api_keys_file": ["--api-keys"]})
+    sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                    help="uvicorn's log level (default info)")
+    sv.set_defaults(fn=_serve)

@@ -1,0 +1,69 @@
+"""What both training methods use: the rows of a dataset artifact, right-padded batches, and per-row
+log-probabilities computed only at target tokens. sft.py (the loop, SFT's examples and loss) and preference.py
+(DPO's pairs and loss) both import this; neither imports the other's helpers back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from llmkit.errors import DataError
+from llmkit.train.template import IGNORE
+
+LOGIT_CHUNK = 1024  # target positions per lm_head call: bounds the (N, vocab) logits tensor
+
+
+def read_split(dataset: Path, split: str) -> Iterator[tuple[str, dict]]:
+    """("file:line", row) for each row of a dataset artifact's `{split}.jsonl`."""
+    path = dataset / f"{split}.jsonl"
+    if not path.is_file():
+        raise DataError(f"{dataset} is not a dataset artifact: no {split}.jsonl (run the data stage first)")
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            yield f"{path}:{n}", json.loads(line)
+
+
+def collate(seqs: list[dict], pad_id: int) -> dict:
+    """Right-pad sequences into (B, T) tensors input_ids, labels, position_ids; count their real tokens."""
+    import torch
+
+    width = max(len(s["input_ids"]) for s in seqs)
+    # right padding: causal attention never lets a real token see it; position ids restart so the
+    # padding is a separate "sequence" to the packed-sequence detection
+    pads = [width - len(s["input_ids"]) for s in seqs]
+    return {
+        "input_ids": torch.tensor([s["input_ids"] + [pad_id] * n for s, n in zip(seqs, pads)]),
+        "labels": torch.tensor([s["labels"] + [IGNORE] * n for s, n in zip(seqs, pads)]),
+        "position_ids": torch.tensor([s["position_ids"] + list(range(n)) for s, n in zip(seqs, pads)]),
+        "real_tokens": sum(len(s["input_ids"]) for s in seqs),
+    }
+
+
+def with_positions(seq: dict) -> dict:
+    """An unpacked sequence with position ids 0..T-1."""
+    return {**seq, "position_ids": list(range(len(seq["input_ids"])))}
+
+
+def row_logps(model, batch: dict):
+    """(R,) sum of log p(target token) for each row of a micro-batch, computing logits only at targets.
+
+    hidden: (R, T, C); a target at t+1 is predicted from position t, so positions are shifted by one.
+    Shared by the SFT loss (all rows summed) and DPO (per-sequence log-probs, preference.py).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = lm.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                      use_cache=False).last_hidden_state  # (R, T, C)
+    labels = batch["labels"][:, 1:]  # (R, T-1)
+    mask = labels != IGNORE
+    rows = torch.arange(labels.shape[0])[:, None].expand_as(labels)[mask]  # (N,) row of each target
+    h, y = hidden[:, :-1][mask], labels[mask]  # (N, C), (N,)
+    out = torch.zeros(labels.shape[0], dtype=torch.float32)
+    for i in range(0, len(y), LOGIT_CHUNK):
+        logits = lm.lm_head(h[i:i + LOGIT_CHUNK]).float()  # (chunk, V) — never (R, T, V)
+        out = out.index_add(0, rows[i:i + LOGIT_CHUNK], -F.cross_entropy(logits, y[i:i + LOGIT_CHUNK], reduction="none"))
+    return out
