@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from llmkit.engines import Generation, GenParams, Piece, UnsupportedFeature, default_threads
+from llmkit.engines.base import Generation, GenParams, Piece, UnsupportedFeature, default_threads
 from llmkit.errors import MissingExtra
 from llmkit.models import ModelRef, hf_folder
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmkit.engines import Generation, GenParams, Piece, UnsupportedFeature, default_threads
+from llmkit.engines.base import Generation, GenParams, Piece, UnsupportedFeature, default_threads
 from llmkit.errors import LlmkitError, MissingExtra, UnsupportedModel
 from llmkit.models import ModelRef
 

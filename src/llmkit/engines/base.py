@@ -1,0 +1,152 @@
+"""What every engine shares: generation parameters, the streamed pieces, the Engine Protocol.
+
+Below engines/__init__ (the registry) and the engines themselves, which all import it; nothing here imports an
+engine, so there is no circle between the registry and what it loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from llmkit.errors import LlmkitError
+from llmkit.models import ModelRef
+
+
+@dataclass
+class GenParams:
+    max_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy: reproducible, and what the agreement tests compare
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    logprobs: int | None = None  # None: none; 0: the sampled token's; k: also the k most likely tokens'
+    response_format: dict | None = None  # OpenAI's {"type": "json_object"} or {"type": "json_schema", ...}
+
+
+class UnsupportedFeature(LlmkitError):
+    """The engine cannot honour a request parameter (e.g. constrained decoding on transformers)."""
+
+
+@dataclass
+class Piece:
+    """One step of a generation: the text it adds (may be empty while a UTF-8 character or a possible stop
+    string is held back) and, when asked for, the sampled token's log-probability and the top alternatives."""
+
+    text: str
+    token: int | None = None
+    logprob: float | None = None
+    top_logprobs: list[tuple[str, float]] | None = None
+    token_text: str | None = None  # the sampled token's own text (`text` may hold part of it back)
+
+
+_END = object()
+
+
+class Generation:
+    """A running request. Iterate it (plain `for` in a thread, `async for` in the server) for `Piece`s;
+    `cancel()` stops it at the next step (a client that disconnected). After the last piece, `finish_reason`
+    is "stop" (end token or stop string), "length" (max_tokens) or "cancelled", and the token counts are final.
+
+    Engines produce into it from their own thread with `put` and `close`; it is the only object that crosses
+    from an engine's thread into the server's event loop.
+    """
+
+    def __init__(self, prompt_tokens: int = 0):
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+        self.error: BaseException | None = None
+        self.cancelled = threading.Event()
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+
+    # -- producer side (engine thread) --
+    def put(self, piece: Piece) -> None:
+        self._q.put(piece)
+        self._notify()
+
+    def close(self, finish_reason: str, error: BaseException | None = None) -> None:
+        self.finish_reason = finish_reason
+        self.error = error
+        self._q.put(_END)
+        self._notify()
+
+    def _notify(self) -> None:
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:  # the consumer's loop is closed: nobody is listening any more
+                self.cancelled.set()
+
+    # -- consumer side --
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def __iter__(self) -> Iterator[Piece]:
+        while (item := self._q.get()) is not _END:
+            yield item
+        if self.error is not None:
+            raise self.error
+
+    async def __aiter__(self) -> AsyncIterator[Piece]:
+        self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()  # set after _wake: the producer checks both
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            if item is _END:
+                break
+            yield item
+        if self.error is not None:
+            raise self.error
+
+    def text(self) -> str:
+        """Block until done and return the whole text (tests, batch jobs)."""
+        return "".join(p.text for p in self)
+
+
+class Engine(Protocol):
+    name: str
+    model: ModelRef
+
+    def format_chat(self, messages: list[dict]) -> str:
+        """The prompt text the model's chat template makes of `messages`, ending with the assistant's header."""
+        ...
+
+    def submit(self, prompt: str, params: GenParams, adapter: str | None = None) -> Generation:
+        """Start generating from `prompt` (special-token text is parsed) and return at once. Engines that batch
+        run many submitted generations together; others queue them. `adapter` names a loaded LoRA adapter.
+        Raises UnsupportedFeature for parameters the engine cannot honour, before anything starts."""
+        ...
+
+    def chat(self, messages: list[dict], params: GenParams) -> Iterator[str]:
+        """Apply the model's chat template and stream the reply's text pieces."""
+        ...
+
+    def complete(self, prompt: str, params: GenParams) -> Iterator[str]:
+        """Stream a raw continuation of `prompt` (no template)."""
+        ...
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text`, with no BOS added; special-token text such as `<|im_end|>` maps to its id."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def default_threads() -> int:
+    """`LLMKIT_THREADS`, else the number of cores (at most 8: decode is memory-bound beyond that)."""
+    env = os.environ.get("LLMKIT_THREADS")
+    return int(env) if env else max(1, min(8, os.cpu_count() or 1))
