@@ -30,8 +30,8 @@ $(STAMP): pyproject.toml Makefile
 
 run: setup
 	$(BIN)/llmkit models list
-	$(BIN)/llmkit chat smollm2-135m-instruct --prompt "What is the capital of France?" --engine transformers --max-tokens 40
-	$(BIN)/llmkit chat smollm2-135m-instruct --prompt "What is the capital of France?" --engine llamacpp --max-tokens 40
+	$(BIN)/llmkit chat smollm2-135m-instruct --prompt "Give me three tips for a good night's sleep." --engine transformers --max-tokens 60
+	$(BIN)/llmkit chat smollm2-135m-instruct --prompt "Give me three tips for a good night's sleep." --engine llamacpp --max-tokens 60
 	$(BIN)/llmkit run examples/recipe.yaml
 	$(BIN)/llmkit lineage runs/support-assistant/train
 	$(BIN)/llmkit chat runs/support-assistant/train --engine transformers --max-tokens 120 \

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -36,6 +37,7 @@ def main() -> int:
     ap.add_argument("--rag-collection", default="nimbus")
     ap.add_argument("--rag-question", default="How long do I hold the reset button on the R2 router?")
     ap.add_argument("--guard", metavar="POLICY", help="serve with this guard policy and show it at work")
+    ap.add_argument("--log", default="runs/serve_demo.log", help="where the server's own log goes")
     args = ap.parse_args()
 
     port = free_port()
@@ -46,14 +48,20 @@ def main() -> int:
         cmd += ["--rag", args.rag]
     if args.guard:
         cmd += ["--guard", args.guard]
-    print("$ llmkit", " ".join(cmd[4:]), flush=True)
-    server = subprocess.Popen(cmd, start_new_session=True)
+    print("$ llmkit", " ".join(cmd[3:]), flush=True)
+    # the server's own log (startup lines, one access line per request) goes to a file, not between the answers
+    log_path = Path(args.log)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "w")
+    print(f"server log: {log_path}", flush=True)
+    server = subprocess.Popen(cmd, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:  # poll /health with a deadline; the server may be converting an adapter first
             if server.poll() is not None:
-                print(f"llmkit serve exited with {server.returncode}", file=sys.stderr)
+                print(f"llmkit serve exited with {server.returncode}; the end of its log:\n"
+                      + "".join(log_path.read_text().splitlines(keepends=True)[-20:]), file=sys.stderr)
                 return 1
             try:
                 if httpx.get(f"{url}/health", timeout=1).status_code == 200:
@@ -104,6 +112,7 @@ def main() -> int:
             server.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+        log.close()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Each command group lives in `llmkit/commands/`, one module each with `add_parser(sub)` and the functions it
 dispatches to (models, chat, validate and run, data, train, compress, serve, rag, guard, keys, lineage).
 Library errors (LlmkitError) become one clear line on stderr and a non-zero exit; `--debug` shows the
-traceback. Heavy libraries are imported inside the commands that need them, so `llmkit --help` is instant.
+traceback and the library chatter that a normal run leaves out (`commands.quiet_known_noise`). Heavy libraries are imported inside the commands that need them, so `llmkit --help` is instant.
 """
 
 from __future__ import annotations
@@ -13,7 +13,20 @@ import sys
 import traceback
 
 from llmkit import __version__
-from llmkit.commands import chat, compress, data, guard, keys, lineage, models, rag, recipe, serve, train
+from llmkit.commands import (
+    chat,
+    compress,
+    data,
+    guard,
+    keys,
+    lineage,
+    models,
+    quiet_known_noise,
+    rag,
+    recipe,
+    serve,
+    train,
+)
 from llmkit.errors import LlmkitError
 
 # in the order `llmkit --help` lists them
@@ -37,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.debug:
+        quiet_known_noise()
     try:
         return args.fn(args)
     except LlmkitError as e:

@@ -5,6 +5,21 @@ cli.py only builds the root parser from them, handles `--debug` and translates e
 from __future__ import annotations
 
 
+def quiet_known_noise() -> None:
+    """Silence library chatter we know to be harmless, so a normal run shows llmkit's progress and results
+    (`--debug` keeps it all). Each entry names why it is harmless; errors are never silenced."""
+    import logging
+    import warnings
+
+    # bitsandbytes 0.50, imported by peft at every LoRA/chat start, tries on AVX512-BF16 CPUs to fetch an optional
+    # CPU kernel from the hub through the `kernels` package, and logs a warning when it can't; its built-in CPU
+    # ops are what runs then (and what our QLoRA tests use)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # peft 0.21 reads `model.is_gradient_checkpointing`, which transformers 5.24 deprecates in favour of
+    # `is_activation_checkpointing`: peft's to change, nothing for a user to do
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 def validated(model, data: dict):
     """A config model from CLI flags; a bad value becomes a ConfigError naming the flag."""
     from pydantic import ValidationError
