@@ -60,10 +60,11 @@ def test_the_bundled_model_on_its_artifact_and_on_the_default_server(task_dir):
     """What a user runs: the bundled GGUF served as it is by default (llama.cpp, batching, Q4_1 served as Q8_0)
     against lm-eval's hf model on the float folder it dequantizes to. Quantization moves each log-likelihood by up
     to ~0.3 nats (measured), less than any margin between this task's choices: the same accuracy, 5 of 6 right."""
+    from serve_helpers import running
+
     from llmkit.config import ServeConfig
     from llmkit.models import hf_folder, resolve_model
     from llmkit.serve import load_state
-    from serve_helpers import running
 
     folder = hf_folder(resolve_model("smollm2-135m-instruct"), progress=False)
     acc_hf, ll_hf = evaluate(task_dir, "hf", f"pretrained={folder},dtype=float32")
