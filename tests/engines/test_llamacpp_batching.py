@@ -119,3 +119,33 @@ def test_a_request_that_cannot_start_fails_alone(engine, monkeypatch):
         bad.text()
     assert bad.finish_reason == "error"
     assert engine.submit(PROMPTS[0], GenParams(max_tokens=4)).text()  # the scheduler thread is still alive
+
+
+def test_prompt_logprobs_in_chunks_beside_decoding_sequences(tiny_gguf):
+    """A prompt scored across several small batches (n_batch 4), while another sequence decodes in the same
+    batches, gets the same logprobs as when it is scored alone in one batch; the other's output is unchanged."""
+    from llmkit.engines import GenParams, load_engine
+    from llmkit.models import resolve_model
+
+    prompt = "Support assistant: please restart the router, then check the status light."
+    scored = GenParams(max_tokens=0, prompt_logprobs=1)
+    alone = load_engine("llamacpp", resolve_model(str(tiny_gguf)), n_ctx=128)
+    try:
+        gen = alone.submit(prompt, scored)
+        assert gen.text() == "" and gen.finish_reason == "length" and gen.completion_tokens == 0
+        want = gen.prompt_logprobs
+        other_alone = alone.submit("The quick brown fox", GenParams(max_tokens=12)).text()
+        assert len(want) == len(alone.tokenize(prompt)) > 8 and want[0].logprob is None
+    finally:
+        alone.close()
+    eng = load_engine("llamacpp", resolve_model(str(tiny_gguf)), n_ctx=128, parallel=2, n_batch=4)
+    try:
+        other = eng.submit("The quick brown fox", GenParams(max_tokens=12))
+        gen = eng.submit(prompt, scored)
+        assert other.text() == other_alone and gen.text() == ""
+    finally:
+        eng.close()
+    got = gen.prompt_logprobs
+    assert [x.token for x in got] == [x.token for x in want]
+    assert [x.logprob for x in got[1:]] == pytest.approx([x.logprob for x in want[1:]], abs=1e-4)
+    assert [x.top_logprobs[0][0] for x in got[1:]] == [x.top_logprobs[0][0] for x in want[1:]]

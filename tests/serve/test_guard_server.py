@@ -61,6 +61,27 @@ def test_logprobs_refused_while_output_rails_redact(guarded):
         guarded.openai().chat.completions.create(model=MODEL, max_tokens=2, logprobs=True,
                                                  messages=[{"role": "user", "content": "hi"}])
     assert e.value.body["param"] == "logprobs"
+    with pytest.raises(openai.BadRequestError) as e:  # echo + logprobs would carry the prompt's tokens as well
+        guarded.openai().completions.create(model=MODEL, prompt="hi", max_tokens=0, echo=True, logprobs=1)
+    assert e.value.body["param"] == "logprobs"
+
+
+def test_echo_and_token_id_prompts_go_through_the_rails(make_server, tmp_path, tiny_llama):
+    """A prompt sent as token ids is checked as its text (no way around the input rails), and what echo returns
+    is output like the completion: the redacting rails see it. (No injection rail: an address alone scores high.)"""
+    from transformers import AutoTokenizer
+
+    text = "Write to eve@example.com today"
+    ids = AutoTokenizer.from_pretrained(tiny_llama)(text, add_special_tokens=False)["input_ids"]
+    policy = POLICY.replace("  injection: {action: block}\n", "")
+    # the input rails redact (the model sees the redacted prompt), then only the output rails do (echo is output)
+    for i, rails in enumerate((policy, policy.replace("pii: {action: redact}", "pii: {action: flag}", 1))):
+        (tmp_path / f"policy{i}.yaml").write_text(rails)
+        guarded = make_server(guard=str(tmp_path / f"policy{i}.yaml"))
+        for prompt in (text, ids):
+            r = guarded.openai().completions.create(model=MODEL, prompt=prompt, max_tokens=2, temperature=0,
+                                                    echo=True)
+            assert r.choices[0].text.startswith("Write to <EMAIL_ADDRESS> today") and "eve@" not in r.choices[0].text
 
 
 @pytest.mark.integration

@@ -27,8 +27,20 @@ def test_strict_types_and_ignored_extras():
 def test_unsupported_fields_are_named():
     r = ChatCompletionRequest.model_validate({"model": "m", "messages": MSG, "top_logprobs": 2, "stream_options": {}})
     assert {p for p, _ in r.unsupported()} == {"top_logprobs", "stream_options"}
-    c = CompletionRequest.model_validate({"model": "m", "prompt": "x", "echo": True, "best_of": 3})
+    c = CompletionRequest.model_validate({"model": "m", "prompt": "x", "echo": True, "stream": True, "best_of": 3})
     assert {p for p, _ in c.unsupported()} == {"echo", "best_of"}
+    c = CompletionRequest.model_validate({"model": "m", "prompt": [1, 2], "max_tokens": 0})
+    assert {p for p, _ in c.unsupported()} == {"max_tokens"}  # only echo may ask for no new tokens
+
+
+def test_every_prompt_form_openai_takes():
+    forms = {"a": ["a"], ("a", "b"): ["a", "b"], (1, 2): [[1, 2]], ((1, 2), (3,)): [[1, 2], [3]]}
+    for prompt, want in forms.items():
+        as_json = prompt if isinstance(prompt, str) else [list(x) if isinstance(x, tuple) else x for x in prompt]
+        assert CompletionRequest.model_validate({"model": "m", "prompt": as_json}).prompts() == want
+    for bad in ([], [[]], ["a", 1], [1, -1], [[1], "a"], [True], [1.5]):
+        with pytest.raises(ValidationError):
+            CompletionRequest.model_validate({"model": "m", "prompt": bad})
 
 
 def test_param_path_as_openai_writes_it():

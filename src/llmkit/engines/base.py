@@ -20,12 +20,15 @@ from llmkit.models import ModelRef
 
 @dataclass
 class GenParams:
-    max_tokens: int = 256
+    max_tokens: int = 256  # 0: generate nothing (with prompt_logprobs: only score the prompt)
     temperature: float = 0.0  # 0 = greedy: reproducible, and what the agreement tests compare
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     logprobs: int | None = None  # None: none; 0: the sampled token's; k: also the k most likely tokens'
+    # the prompt's own tokens scored too (vLLM's `prompt_logprobs`; /v1/completions' echo + logprobs): None: not
+    # computed (the fast path); k: each prompt token's logprob and the k most likely tokens at its position
+    prompt_logprobs: int | None = None
     response_format: dict | None = None  # OpenAI's {"type": "json_object"} or {"type": "json_schema", ...}
 
 
@@ -52,6 +55,8 @@ class Generation:
     """A running request. Iterate it (plain `for` in a thread, `async for` in the server) for `Piece`s;
     `cancel()` stops it at the next step (a client that disconnected). After the last piece, `finish_reason`
     is "stop" (end token or stop string), "length" (max_tokens) or "cancelled", and the token counts are final.
+    With `GenParams.prompt_logprobs`, `prompt_logprobs` then holds one Piece per prompt token (the first one's
+    logprob is None: nothing precedes it), set by the engine before it closes the generation.
 
     Engines produce into it from their own thread with `put` and `close`; it is the only object that crosses
     from an engine's thread into the server's event loop.
@@ -61,6 +66,7 @@ class Generation:
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = 0
         self.finish_reason: str | None = None
+        self.prompt_logprobs: list[Piece] | None = None
         self.error: BaseException | None = None
         self.cancelled = threading.Event()
         self._q: queue.SimpleQueue = queue.SimpleQueue()
@@ -120,13 +126,14 @@ class Generation:
 class Engine(Protocol):
     name: str
     model: ModelRef
+    n_vocab: int  # token ids run from 0 to n_vocab - 1
 
     def format_chat(self, messages: list[dict]) -> str:
         """The prompt text the model's chat template makes of `messages`, ending with the assistant's header."""
         ...
 
-    def submit(self, prompt: str, params: GenParams, adapter: str | None = None) -> Generation:
-        """Start generating from `prompt` (special-token text is parsed) and return at once. Engines that batch
+    def submit(self, prompt: str | list[int], params: GenParams, adapter: str | None = None) -> Generation:
+        """Start generating from `prompt`, text (special-token text is parsed) or token ids, and return at once. Engines that batch
         run many submitted generations together; others queue them. `adapter` names a loaded LoRA adapter.
         Raises UnsupportedFeature for parameters the engine cannot honour, before anything starts."""
         ...
@@ -141,6 +148,10 @@ class Engine(Protocol):
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of `text`, with no BOS added; special-token text such as `<|im_end|>` maps to its id."""
+        ...
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """The text of token ids (special tokens written out), the inverse of `tokenize`."""
         ...
 
     def close(self) -> None: ...

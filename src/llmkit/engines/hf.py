@@ -3,6 +3,10 @@ weight-only int8/int4 exports of `llmkit compress --quantize int8|int4` (optimum
 
 Slower than llama.cpp on CPU (5–13 tok/s at batch 1, mostly Python overhead) but runs any transformers model,
 and is the engine that sees PEFT adapters and fine-tuned folders before they are exported.
+
+A request that wants logprobs (of its new tokens, or of its prompt's: the completions API's echo) runs through
+`_scored`, a plain token-by-token loop on the KV cache whose first step is one forward pass over the prompt, so
+every prompt position's logits come from the same pass; the others keep `generate` and its streamer.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from llmkit.engines.base import Generation, GenParams, Piece, UnsupportedFeature, default_threads
-from llmkit.errors import MissingExtra
+from llmkit.errors import LlmkitError, MissingExtra
 from llmkit.models import ModelRef, hf_folder
 
 
@@ -165,14 +169,23 @@ class TransformersEngine:
     def format_chat(self, messages: list[dict]) -> str:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def submit(self, prompt: str, params: GenParams, adapter: str | None = None) -> Generation:
+    @property
+    def n_vocab(self) -> int:
+        return len(self.tokenizer)
+
+    def submit(self, prompt: str | list[int], params: GenParams, adapter: str | None = None) -> Generation:
+        import torch
+
         if params.response_format and params.response_format.get("type") != "text":
             raise UnsupportedFeature("response_format (constrained decoding) needs the llamacpp engine")
-        if params.logprobs is not None:
-            raise UnsupportedFeature("logprobs are served by the llamacpp engine only")
         if adapter is not None and adapter not in self._adapters:
             raise UnsupportedFeature(f"adapter '{adapter}' is not loaded")
-        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+        if isinstance(prompt, str):
+            ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+        else:
+            if not prompt or not all(0 <= t < self.n_vocab for t in prompt):
+                raise LlmkitError(f"the prompt must be token ids from 0 to {self.n_vocab - 1}")
+            ids = {"input_ids": torch.tensor([prompt]), "attention_mask": torch.ones(1, len(prompt), dtype=torch.long)}
         gen = Generation(prompt_tokens=int(ids["input_ids"].shape[1]))
         with self._jobs_lock:
             if self._worker is None:
@@ -221,6 +234,10 @@ class TransformersEngine:
                 gen.close("cancelled")
                 continue
             try:
+                if params.logprobs is not None or params.prompt_logprobs is not None or params.max_tokens == 0:
+                    with self._adapter_context(adapter):
+                        gen.close(self._scored(inputs["input_ids"], params, gen))
+                    continue
                 reason = "length"
                 with self._adapter_context(adapter):
                     for text in self._generate(inputs, params, gen):
@@ -237,11 +254,97 @@ class TransformersEngine:
             except Exception as e:  # handed to the consumer, which re-raises it
                 gen.close("error", e)
 
+    def _scored(self, input_ids, params: GenParams, gen: Generation) -> str:
+        """Generate with logprobs into `gen`, token by token; returns the finish reason. input_ids: (1, T)."""
+        import torch
+
+        tok = self.tokenizer
+        eos = self.lm.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos if eos is not None else tok.eos_token_id])
+        k = params.logprobs or 0
+
+        def scored(logp, token: int, k: int) -> Piece:  # logp: (V,) log-probabilities
+            text = tok.decode([token])
+            top = None
+            if k > 0:
+                vals, idx = torch.topk(logp, k)
+                top = [(tok.decode([int(i)]), float(v)) for v, i in zip(vals, idx)]
+            return Piece(text, token=token, logprob=float(logp[token]), top_logprobs=top, token_text=text)
+
+        with self._no_grad():
+            out = self.lm(input_ids=input_ids, use_cache=True)
+            logp = torch.log_softmax(out.logits[0].float(), dim=-1)  # (T, V): row t scores token t+1
+            if params.prompt_logprobs is not None:
+                ids = input_ids[0].tolist()
+                first = tok.decode([ids[0]])
+                gen.prompt_logprobs = [Piece(first, token=ids[0], token_text=first)] + [
+                    scored(logp[t - 1], ids[t], params.prompt_logprobs) for t in range(1, len(ids))]
+            if params.max_tokens == 0:
+                return "length"
+            rng = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+            past, last = out.cache, logp[-1]  # (the KV cache: `cache` in transformers 5.2x)
+            new: list[int] = []
+            sent = ""  # the text handed out so far; the rest of the decoded text is held back
+            while not gen.cancelled.is_set():
+                if params.temperature <= 0:
+                    token = int(last.argmax())
+                else:
+                    probs = torch.softmax(last / params.temperature, dim=-1)
+                    if params.top_p < 1.0:  # keep the smallest set of most likely tokens whose mass reaches top_p
+                        sp, si = probs.sort(descending=True)
+                        drop = sp.cumsum(0) - sp > params.top_p
+                        probs[si[drop]] = 0
+                    token = int(torch.multinomial(probs, 1, generator=rng))
+                gen.completion_tokens = len(new) + 1
+                if token in eos:  # like OpenAI, the end token is not part of the reply
+                    self._flush_scored(gen, sent, tok.decode(new, skip_special_tokens=True), params.stop, final=True)
+                    return "stop"
+                new.append(token)
+                piece = scored(last, token, k)
+                text = tok.decode(new, skip_special_tokens=True)
+                done = len(new) >= params.max_tokens
+                out_text, stopped = self._flush_scored(gen, sent, text, params.stop, final=done, piece=piece)
+                sent += out_text
+                if stopped:
+                    return "stop"
+                if done:
+                    return "length"
+                out = self.lm(input_ids=torch.tensor([[token]]), cache=past, use_cache=True)
+                past, last = out.cache, torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        return "cancelled"
+
+    @staticmethod
+    def _flush_scored(gen: Generation, sent: str, text: str, stops: list[str], final: bool,
+                      piece: Piece | None = None) -> tuple[str, bool]:
+        """Hand out the part of `text` past `sent` that can no longer be part of a stop string (or half a
+        character); returns (what was handed out, whether a stop string matched)."""
+        cut = min((i for i in (text.find(x) for x in stops if x) if i >= 0), default=-1)
+        if cut >= 0:
+            end = cut
+        elif final:
+            end = len(text)
+        else:
+            keep = max((j for x in stops for j in range(1, min(len(x), len(text)) + 1) if text.endswith(x[:j])),
+                       default=0)
+            end = len(text) - keep
+            while end > len(sent) and text[end - 1] == "\ufffd":  # a character whose bytes are still coming
+                end -= 1
+        out = text[len(sent):max(end, len(sent))]
+        if piece is not None:
+            piece.text = out
+            gen.put(piece)
+        elif out:
+            gen.put(Piece(out))
+        return out, cut >= 0
+
     def complete(self, prompt: str, params: GenParams) -> Iterator[str]:
         yield from self._generate(dict(self.tokenizer(prompt, return_tensors="pt")), params)
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens)
 
     def close(self) -> None:
         del self.lm

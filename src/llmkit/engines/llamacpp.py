@@ -12,6 +12,10 @@ this engine keeps up to `parallel` sequences in one llama.cpp context and advanc
         for every sequence that got logits: sample (llama.cpp's sampler chain, grammar included), detokenize,
         check stop strings / end token / max_tokens, hand the piece to its Generation, free finished slots
 
+A request that asks for its prompt's logprobs (`GenParams.prompt_logprobs`, the completions API's echo) has its
+whole prompt computed (no cached prefix) with the logits flag set on every prompt row of the batch; every other
+request keeps the usual single logits row per sequence, so the common path costs exactly what it did.
+
 Requests join and leave between steps. Each slot is a llama.cpp sequence with its own KV stream
 (`kv_unified=False`): a sequence's output is the same as when it runs alone (with a unified cache greedy
 output drifted from batch-1 after ~14 tokens, FACTS.md), at the price of `n_ctx` being per slot.
@@ -61,6 +65,7 @@ class _Slot:
     held: str = ""  # text held back: it might be the start of a stop string
     n_out: int = 0
     pending: int = -1  # the token sampled last step, fed to the model this step
+    scored: tuple[int, int, int] = (0, 0, 0)  # prompt rows scored in this batch: (first batch row, position, count)
     batch_index: int = -1  # where this slot's logits are in the current batch, -1 if none
 
     @property
@@ -181,14 +186,24 @@ class LlamaCppEngine:
             raise LlmkitError(f"llama.cpp could not tokenize {len(data)} bytes")
         return list(buf[:n])
 
-    def submit(self, prompt: str, params: GenParams, adapter: str | None = None) -> Generation:
+    def detokenize(self, tokens: list[int]) -> str:
+        buf = ctypes.create_string_buffer(256)  # its own: the scheduler thread uses _piece_buf meanwhile
+        out = b""
+        for t in tokens:
+            n = self._lc.llama_token_to_piece(self._vocab, t, buf, len(buf), 0, True)
+            out += buf.raw[:n] if n > 0 else b""
+        return out.decode("utf-8", errors="replace")
+
+    def submit(self, prompt: str | list[int], params: GenParams, adapter: str | None = None) -> Generation:
         if self._closed:
             raise LlmkitError("the engine is shut down")
         if adapter is not None and adapter not in self._adapters:
             raise UnsupportedFeature(f"adapter '{adapter}' is not loaded")
-        tokens = self.tokenize(prompt)
+        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         if not tokens:
             raise LlmkitError("the prompt is empty")
+        if not all(0 <= t < self.n_vocab for t in tokens):
+            raise LlmkitError(f"the prompt has token ids outside the vocabulary (0 to {self.n_vocab - 1})")
         if len(tokens) + params.max_tokens > self.n_ctx:
             raise LlmkitError(f"prompt ({len(tokens)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
                               f"context of {self.n_ctx} tokens")
@@ -283,6 +298,10 @@ class LlamaCppEngine:
             slot = max(free, key=lambda s: _common_prefix(s.cached, req.tokens) if s.adapter == req.adapter else -1)
             keep = _common_prefix(slot.cached, req.tokens) if slot.adapter == req.adapter else 0
             keep = min(keep, len(req.tokens) - 1)  # at least one prompt token must run to get logits
+            if req.params.prompt_logprobs is not None:  # every prompt position's logits are needed: none cached
+                keep = 0
+                first = req.tokens[0]  # nothing precedes it: no logprob (OpenAI and vLLM send null)
+                req.gen.prompt_logprobs = [Piece(self._token_text(first), token=first, token_text=self._token_text(first))]
             try:  # a request that cannot start (llama.cpp refused its grammar) fails alone, the engine goes on
                 sampler = self._sampler(req)
             except Exception as e:
@@ -347,16 +366,20 @@ class LlamaCppEngine:
         # decoding sequences first: one token each; then prompt chunks in the room that is left
         for s in sorted(slots, key=lambda s: bool(s.todo)):
             s.batch_index = -1
+            s.scored = (0, 0, 0)
             room = self.n_batch - n
             if room <= 0:
                 break
             chunk = s.todo[:room] if s.todo else [s.pending]
+            score = bool(s.todo) and s.req.params.prompt_logprobs is not None  # logits for every prompt row
+            if score:
+                s.scored = (n, len(s.cached), len(chunk))
             for j, tok in enumerate(chunk):
                 b.token[n] = tok
                 b.pos[n] = len(s.cached) + j
                 b.n_seq_id[n] = 1
                 b.seq_id[n][0] = s.seq
-                b.logits[n] = 0
+                b.logits[n] = score
                 n += 1
             s.cached.extend(chunk)  # (a slice of the request's tokens, owned by the slot)
             if s.todo:
@@ -373,23 +396,46 @@ class LlamaCppEngine:
         if rc != 0:
             raise LlmkitError(f"llama_decode failed ({rc}): the KV cache is full or the batch is invalid")
         for s in slots:
+            if s.scored[2]:
+                self._score_prompt(s)
             if s.batch_index >= 0:
                 self._emit(s, s.batch_index)
+
+    def _logprob(self, idx: int, token: int, k: int) -> tuple[float, list[tuple[str, float]] | None]:
+        """log p(token) under batch row `idx`'s logits, and the k most likely tokens' (None when k is 0)."""
+        logits = np.ctypeslib.as_array(self._lc.llama_get_logits_ith(self._ctx, idx), shape=(self.n_vocab,))
+        m = logits.max()
+        logz = m + np.log(np.exp(logits - m).sum())
+        top = None
+        if k > 0:
+            best = np.argpartition(-logits, k)[:k]
+            best = best[np.argsort(-logits[best])]
+            top = [(self._token_text(int(t)), float(logits[t] - logz)) for t in best]
+        return float(logits[token] - logz), top
+
+    def _score_prompt(self, s: _Slot) -> None:
+        """The logprobs of the prompt tokens that this batch's rows predict: the row at position i scores token i+1
+        (the last prompt row's logits pick the first new token instead, in `_emit`)."""
+        row, pos, count = s.scored
+        tokens, k = s.req.tokens, s.req.params.prompt_logprobs
+        for j in range(count):
+            if pos + j + 1 < len(tokens):
+                token = tokens[pos + j + 1]
+                logprob, top = self._logprob(row + j, token, k)
+                text = self._token_text(token)
+                s.req.gen.prompt_logprobs.append(Piece(text, token=token, logprob=logprob, top_logprobs=top,
+                                                       token_text=text))
 
     def _emit(self, s: _Slot, idx: int) -> None:
         lc, req = self._lc, s.req
         p = req.params
+        if p.max_tokens == 0:  # only the prompt was wanted (scored in `_score_prompt`)
+            self._finish(s, "length")
+            return
         token = lc.llama_sampler_sample(s.sampler, self._ctx, idx)
         logprob = top = None
         if p.logprobs is not None:
-            logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(self._ctx, idx), shape=(self.n_vocab,))
-            m = logits.max()
-            logz = m + np.log(np.exp(logits - m).sum())
-            logprob = float(logits[token] - logz)
-            if p.logprobs > 0:
-                best = np.argpartition(-logits, p.logprobs)[: p.logprobs]
-                best = best[np.argsort(-logits[best])]
-                top = [(self._token_text(int(t)), float(logits[t] - logz)) for t in best]
+            logprob, top = self._logprob(idx, token, p.logprobs)
         s.n_out += 1
         req.gen.completion_tokens = s.n_out
         if lc.llama_vocab_is_eog(self._vocab, token):  # like OpenAI, the end token is not part of the reply

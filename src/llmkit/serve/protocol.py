@@ -138,8 +138,14 @@ class ChatCompletionRequest(Sampling):
         return self.max_completion_tokens or self.max_tokens
 
 
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
 class CompletionRequest(Sampling):
-    prompt: str | Annotated[list[str], Field(min_length=1)]
+    # every form OpenAI takes: a string, strings, token ids, lists of token ids (ids are checked against the
+    # model's vocabulary by the serving layer, which knows it)
+    prompt: str | Annotated[list[str], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
+    max_tokens: int | None = Field(None, ge=0)  # 0: score the prompt only (with echo, as vLLM allows)
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
     suffix: str | None = None
@@ -147,16 +153,21 @@ class CompletionRequest(Sampling):
 
     def unsupported(self) -> list[tuple[str, str]]:
         out = super().unsupported()
-        if self.echo:
-            out.append(("echo", "echo is not supported"))
+        if self.max_tokens == 0 and not self.echo:
+            out.append(("max_tokens", "max_tokens 0 is only allowed with echo: true (it scores the prompt)"))
+        if self.echo and self.stream:
+            out.append(("echo", "echo is not supported with stream: true"))
         if self.suffix:
             out.append(("suffix", "suffix (insertion) is not supported"))
         if self.best_of not in (None, self.n):
             out.append(("best_of", "best_of is not supported (leave it unset or equal to n)"))
         return out
 
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per prompt: text or token ids."""
+        if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
+            return [self.prompt]
+        return list(self.prompt)
 
     def max_new_tokens(self) -> int | None:
         return self.max_tokens

@@ -108,7 +108,7 @@ async def logged(body: AsyncIterator[str], state: ServerState, log: dict, ctx: C
 
 @dataclass
 class Job:
-    prompt: str
+    prompt: str | list[int]  # text, or token ids (the completions API takes both)
     prompt_tokens: int
     params: GenParams
 
@@ -125,10 +125,12 @@ class Run:
         self._cleanups: list[Callable[[], None]] = [lambda: state.models.release(served)]
         self._ttft_seen = False
 
-    async def prepare(self, prompts: list[str], max_tokens: int | None, param: str) -> list[tuple[str, int, int]]:
+    async def prepare(self, prompts: list[str | list[int]], max_tokens: int | None,
+                      param: str) -> list[tuple[str | list[int], int, int]]:
         """(prompt, prompt tokens, max_tokens) of each prompt, checked against the context length."""
         slot = self.served.slot
-        counts = await slot.call(lambda: [len(slot.engine.tokenize(x)) for x in prompts])
+        counts = await slot.call(lambda: [len(x) if isinstance(x, list) else len(slot.engine.tokenize(x))
+                                          for x in prompts])
         out = []
         for prompt, n in zip(prompts, counts):
             room = slot.n_ctx - n
@@ -221,7 +223,7 @@ class Run:
     def usage(self) -> p.Usage:
         seen: dict[str, int] = {}  # n choices of one prompt count its tokens once, as OpenAI does
         for j in self.jobs:
-            seen[j.prompt] = j.prompt_tokens
+            seen[j.prompt if isinstance(j.prompt, str) else tuple(j.prompt)] = j.prompt_tokens
         return p.Usage.of(sum(seen.values()), sum(g.completion_tokens for g in self.gens))
 
     def close(self) -> None:
@@ -245,14 +247,15 @@ class Run:
 
 
 def gen_params(req: p.Sampling, max_tokens: int, i: int, logprobs: int | None = None,
-               response_format: dict | None = None) -> GenParams:
+               response_format: dict | None = None, prompt_logprobs: int | None = None) -> GenParams:
     return GenParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
                      top_p=1.0 if req.top_p is None else req.top_p,
                      seed=None if req.seed is None else req.seed + i,  # n choices differ, yet reproducibly
-                     stop=req.stops(), logprobs=logprobs, response_format=response_format)
+                     stop=req.stops(), logprobs=logprobs, response_format=response_format,
+                     prompt_logprobs=prompt_logprobs)
 
 
-async def start_run(state: ServerState, req: p.Sampling, route: str, ctx: Context, prompts: list[str],
+async def start_run(state: ServerState, req: p.Sampling, route: str, ctx: Context, prompts: list[str | list[int]],
                     param: str, **extra) -> Run:
     """Admit and submit `req.n` generations of each prompt (choice index = prompt index * n + choice)."""
     served = await state.models.acquire(req.model)
@@ -305,10 +308,13 @@ async def collect(run: Run) -> tuple[list[str], list[list[Piece]]]:
     return texts, pieces
 
 
-async def collect_replies(run: Run, replies: Replies | None, log: dict) -> tuple[list[str], list[list[Piece]], list[str]]:
-    """`collect`, then each reply through the output rails (a blocked one becomes the refusal, finish_reason
-    content_filter), then the request log record."""
+async def collect_replies(run: Run, replies: Replies | None, log: dict,
+                          echo: list[str] | None = None) -> tuple[list[str], list[list[Piece]], list[str]]:
+    """`collect`, then each reply (after its `echo`ed prompt, if any) through the output rails (a blocked one becomes
+    the refusal, finish_reason content_filter), then the request log record."""
     texts, pieces = await collect(run)
+    if echo is not None:  # the echoed prompt is output like the rest: the output rails see it too
+        texts = [e + t for e, t in zip(echo, texts)]
     finish = [run.finish_reason(i) for i in range(len(texts))]
     if replies is not None:
         for i, text in enumerate(texts):
@@ -352,6 +358,24 @@ def completion_logprobs(pieces: list[Piece], offset: int = 0) -> p.CompletionLog
         out.top_logprobs.append(dict(x.top_logprobs) if x.top_logprobs is not None else None)
         out.text_offset.append(offset)
         offset += len(x.text)
+    return out
+
+
+def echo_logprobs(prompt: list[Piece], pieces: list[Piece], echo: str) -> p.CompletionLogprobs:
+    """The legacy shape for echo: the prompt's tokens first (the first one's logprob and top_logprobs null, as
+    OpenAI and vLLM send them), then the completion's, whose offsets start after the echoed text."""
+    out, offset = p.CompletionLogprobs(), 0
+    for x in prompt:
+        out.tokens.append(_tok(x))
+        out.token_logprobs.append(x.logprob)
+        out.top_logprobs.append(dict(x.top_logprobs) if x.top_logprobs is not None else None)
+        out.text_offset.append(offset)
+        offset += len(_tok(x))
+    rest = completion_logprobs(pieces, len(echo))
+    out.tokens += rest.tokens
+    out.token_logprobs += rest.token_logprobs
+    out.top_logprobs += rest.top_logprobs
+    out.text_offset += rest.text_offset
     return out
 
 
@@ -460,25 +484,48 @@ class ServingCompletion:
     async def create(self, req: p.CompletionRequest, ctx: Context) -> p.Completion | Stream:
         refuse_unsupported(req)
         prompts = req.prompts()
-        log = new_log(self.route, req.model, ctx, list(prompts))
+        params = ["prompt"] if len(prompts) == 1 else [f"prompt[{i}]" for i in range(len(prompts))]
+        texts = await self._texts(req.model, prompts, params)
+        log = new_log(self.route, req.model, ctx, list(texts))
         try:
             if self.state.guard is not None:
+                # echo + logprobs carries the prompt's tokens: refused under redacting output rails like any logprobs
                 refuse_logprobs(self.state, req.logprobs is not None)
-                params = ["prompt"] if len(prompts) == 1 else [f"prompt[{i}]" for i in range(len(prompts))]
-                prompts = await check_input(self.state, list(zip(params, prompts)), log)
-            run = await start_run(self.state, req, self.route, ctx, prompts, "prompt", logprobs=req.logprobs)
+                checked = await check_input(self.state, list(zip(params, texts)), log)
+                # token ids are checked as their text; a rail that redacted it hands the model the redacted text
+                prompts = [x if c == t else c for x, t, c in zip(prompts, texts, checked)]
+                texts = checked
+            scored = req.logprobs if req.echo else None  # the prompt's logprobs: only for echo with logprobs
+            run = await start_run(self.state, req, self.route, ctx, prompts, "prompt", logprobs=req.logprobs,
+                                  prompt_logprobs=scored)
         except APIError as e:
             write_log(self.state, log, ctx, e.status)
             raise
         replies = Replies(self.state, len(run.gens), log) if self.state.guard is not None else None
         if req.stream:
             return Stream(logged(self._stream(run, req, replies, log), self.state, log, ctx, run), run.close)
-        texts, pieces, finish = await collect_replies(run, replies, log)
+        echo = [texts[i // req.n] for i in range(len(run.gens))] if req.echo else None  # choice i is prompt i // n
+        texts, pieces, finish = await collect_replies(run, replies, log, echo)
         choices = [p.CompletionChoice(index=i, text=text, finish_reason=finish[i],
-                                      logprobs=completion_logprobs(pieces[i]) if req.logprobs is not None else None)
+                                      logprobs=None if req.logprobs is None else
+                                      echo_logprobs(run.gens[i].prompt_logprobs or [], pieces[i], echo[i]) if echo
+                                      else completion_logprobs(pieces[i]))
                    for i, text in enumerate(texts)]
         return p.Completion(model=req.model, system_fingerprint=self.state.fingerprint, choices=choices,
                             usage=run.usage())
+
+    async def _texts(self, model: str, prompts: list[str | list[int]], params: list[str]) -> list[str]:
+        """The text of each prompt (token ids detokenized), after checking the ids against the model's vocabulary."""
+        if all(isinstance(x, str) for x in prompts):
+            return list(prompts)
+        slot = self.state.models.get(model).slot
+        n = slot.engine.n_vocab
+        for param, x in zip(params, prompts):
+            bad = [t for t in x if t >= n] if isinstance(x, list) else []
+            if bad:
+                raise APIError(400, f"{param} holds token ids outside the vocabulary of '{model}' (0 to {n - 1}): "
+                                    f"{', '.join(map(str, bad[:5]))}", param=param, code="invalid_prompt")
+        return [x if isinstance(x, str) else await slot.call(slot.engine.detokenize, x) for x in prompts]
 
     def _stream(self, run: Run, req: p.CompletionRequest, replies: Replies | None, log: dict) -> AsyncIterator[str]:
         head = {"id": p.new_id("cmpl"), "created": p.now(), "model": req.model, "system_fingerprint": self.state.fingerprint}
