@@ -27,7 +27,7 @@ def test_benign_text_passes_unchanged(guard):
     assert set(v.to_json()["scores"]) == {"pii", "secrets", "injection", "toxicity", "topics"}
     # the classifier rails carry their threshold in every verdict, fired or not
     thr = v.to_json()["thresholds"]
-    assert set(thr) == {"injection", "toxicity"} and thr["injection"] == round(guard.heads["injection"].threshold, 4)
+    assert set(thr) == {"injection", "toxicity"} and thr["injection"] == round(guard.heads["cascade"].threshold, 4)
     assert v.to_json()["scores"]["injection"] < thr["injection"]
 
 

@@ -167,7 +167,7 @@ def injection_sets() -> dict[str, tuple[list[str], np.ndarray]]:
         sets[f"{split}_ordinary"] = (ordinary[split], np.zeros(len(ordinary[split]), dtype=int))
         texts, y, _ = hard[split]
         sets[f"{split}_hard_negatives"] = ([t for t, label in zip(texts, y) if label == 0], y[y == 0])
-        sets[f"{split}_polite_attacks"] = ([t for t, label in zip(texts, y) if label == 1], y[y == 1])
+        sets[f"{split}_hard_attacks"] = ([t for t, label in zip(texts, y) if label == 1], y[y == 1])
     return sets
 
 
@@ -184,7 +184,7 @@ def _training_rows(sets: dict, hard_weight: float, ordinary_weight: float, corpu
         texts, y = [texts[i] for i in keep], y[keep]
     w = [np.ones(len(texts))]
     for name, weight in (("train_ordinary", ordinary_weight), ("train_hard_negatives", hard_weight),
-                         ("train_polite_attacks", hard_weight)):
+                         ("train_hard_attacks", hard_weight)):
         if weight:
             texts += sets[name][0]
             y = np.concatenate([y, sets[name][1]])
@@ -205,7 +205,7 @@ def choose_threshold(scores: dict[str, np.ndarray], sets: dict, val_fpr: dict[st
 
 
 REPORTED = ("val_slabs", "val_neuralchemy", "test_slabs", "test_neuralchemy", "test_ordinary",
-            "test_hard_negatives", "test_polite_attacks")
+            "test_hard_negatives", "test_hard_attacks")
 
 
 def rates_on(scores: dict[str, np.ndarray], sets: dict, thr: float) -> dict:
