@@ -95,7 +95,7 @@ def add_parser(sub) -> None:
                "  input:\n"
                "    pii: {action: redact, mode: regex}      # regex (fast) | presidio (+ names, places)\n"
                "    secrets: {action: redact}\n"
-               "    injection: {action: block}              # threshold: default the trained one\n"
+               "    injection: {action: block}              # model: cascade | word; threshold: default the trained one\n"
                "    toxicity: {action: block, categories: [hate, harmful, profanity]}\n"
                "    topics: {action: block, deny: [weapons], allow: []}\n"
                "  output:\n"
