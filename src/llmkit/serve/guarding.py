@@ -49,7 +49,7 @@ async def check_input(state, texts: list[tuple[str, str]], log: dict) -> list[st
             # the score and the threshold it crossed, and every other classifier's, so that the operator (and a
             # client who reports the error) can see why, and whether `action: flag` or a threshold would help
             score = f" (score {hit.score:.4f} >= threshold {hit.threshold:.4f})" if hit.threshold is not None else ""
-            detail = ", ".join(f"{k}: {v}" for k, v in hit.detail.items())
+            detail = ", ".join(f"{k}: {val}" for k, val in hit.detail.items())
             others = "; ".join(f"{h.rail} {h.score:.4f} (threshold {h.threshold:.4f})" for h in v.hits
                                if h.threshold is not None and h is not hit)
             raise APIError(400, f"the request was blocked by the guard rail '{hit.rail}'{score}"
