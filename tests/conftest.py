@@ -209,8 +209,9 @@ def make_server(tiny_llama, tiny_gguf):
 
 @pytest.fixture(scope="session")
 def guard_heads(tmp_path_factory) -> dict:
-    """The injection and toxicity classifiers, trained once per session (~20 s) by the real training code and
-    installed as the process-wide heads, so that guards built in any test (whatever its LLMKIT_HOME) use them."""
+    """The injection and toxicity classifiers, trained once per session (~2-4 min on 2 cores: the injection
+    cascade embeds ~7k rows with MiniLM) by the real training code and installed as the process-wide heads, so
+    that guards built in any test (whatever its LLMKIT_HOME) use them."""
     from llmkit.guard import classify
 
     heads = classify.train_heads(tmp_path_factory.mktemp("guard") / "heads", progress=lambda m: None)

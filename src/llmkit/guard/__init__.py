@@ -5,7 +5,8 @@
     guard.check("input", text)    # Verdict(blocked, text after redaction, hits)
 
 Modules: policy (the YAML), rails (Guard, OutputStream for streamed replies), pii (Presidio), secrets
-(detect-secrets), classify (the injection and toxicity classifiers, alt-profanity-check).
+(detect-secrets), classify (the injection cascade and toxicity classifiers, alt-profanity-check), corpora
+(their training data, with the hard cases in data/), encoder (MiniLM int8 for the cascade's second stage).
 """
 
 from llmkit.guard.policy import Policy, data_guard, from_config, load_policy

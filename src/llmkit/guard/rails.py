@@ -42,6 +42,9 @@ class Hit:
     fired: bool
     score: float | None = None  # classifier probability; 1.0 for a pattern finding
     detail: dict = field(default_factory=dict)  # counts by entity type, categories, the matched topic …
+    # a classifier rail fires at score >= threshold: both are kept in every verdict (fired or not) so that an
+    # operator can see how close a request came and tune the policy's threshold or `action: flag`
+    threshold: float | None = None
 
 
 @dataclass
@@ -62,6 +65,7 @@ class Verdict:
     def to_json(self) -> dict:
         return {"blocked": self.blocked, "rails": self.fired,
                 "scores": {h.rail: h.score for h in self.hits if h.score is not None},
+                "thresholds": {h.rail: h.threshold for h in self.hits if h.threshold is not None},
                 "text": self.text, "hits": [asdict(h) for h in self.hits if h.fired]}
 
 
@@ -88,6 +92,12 @@ class Guard:
             from llmkit.guard.classify import load_heads
 
             self.heads = load_heads(progress)
+        self._embed = None
+        if any(r.injection is not None and r.injection.model == "cascade" for r in sides):
+            # loaded up front: a missing onnxruntime fails here, and the first request in the band pays nothing
+            from llmkit.guard.encoder import minilm
+
+            self._embed = minilm().encode
         self.profanity = None
         if any(r.toxicity and "profanity" in r.toxicity.categories for r in sides):
             from llmkit.guard.classify import Profanity
@@ -151,11 +161,17 @@ class Guard:
 
             counts = featurize([text])
         if rails.injection is not None:
-            head = self.heads["injection"]
-            thr = rails.injection.threshold or head.threshold
-            score = float(head.scores(counts)[0])
-            hits.append(Hit("injection", rails.injection.action, score >= thr, round(score, 4),
-                            {"threshold": round(thr, 4)}))
+            if rails.injection.model == "cascade":
+                # the word score always; MiniLM's too when the text is in the band where it decides (detail)
+                cascade = self.heads["cascade"]
+                thr = rails.injection.threshold or cascade.threshold
+                score, detail = cascade.score(text, counts, thr, self._embed)
+            else:
+                head = self.heads["injection"]
+                thr = rails.injection.threshold or head.threshold
+                score, detail = float(head.scores(counts)[0]), {}
+            hits.append(Hit("injection", rails.injection.action, score >= thr, round(score, 4), detail,
+                            threshold=round(thr, 4)))
         if rails.toxicity is not None:
             cats = rails.toxicity.categories
             probs: dict[str, float] = {}
@@ -167,7 +183,7 @@ class Guard:
                 probs["profanity"] = float(self.profanity.scores([text])[0])
             fired = {c: round(p, 4) for c, p in probs.items() if p >= rails.toxicity.threshold}
             hits.append(Hit("toxicity", rails.toxicity.action, bool(fired), round(max(probs.values()), 4),
-                            {"categories": fired} if fired else {}))
+                            {"categories": fired} if fired else {}, threshold=rails.toxicity.threshold))
         if rails.topics is not None:
             deny, allow = self._topics[id(rails.topics)]
             m = deny.search(text) if deny else None

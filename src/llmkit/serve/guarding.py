@@ -32,7 +32,8 @@ def record(state, log: dict, side: str, hits: list[Hit]) -> None:
     for h in hits:
         if h.fired:
             state.metrics.guard_hits.labels(side, h.rail, h.action).inc()
-            log.setdefault("guard", []).append({"side": side, "rail": h.rail, "action": h.action, "score": h.score})
+            log.setdefault("guard", []).append({"side": side, "rail": h.rail, "action": h.action, "score": h.score,
+                                                **({"threshold": h.threshold} if h.threshold is not None else {})})
 
 
 async def check_input(state, texts: list[tuple[str, str]], log: dict) -> list[str]:
@@ -45,10 +46,15 @@ async def check_input(state, texts: list[tuple[str, str]], log: dict) -> list[st
         record(state, log, "input", v.hits)
         hit = v.blocking
         if hit is not None:
-            score = f" (score {hit.score:.2f})" if hit.score is not None and hit.rail in ("injection", "toxicity") else ""
-            detail = ", ".join(f"{k}: {v}" for k, v in hit.detail.items() if k != "threshold")
+            # the score and the threshold it crossed, and every other classifier's, so that the operator (and a
+            # client who reports the error) can see why, and whether `action: flag` or a threshold would help
+            score = f" (score {hit.score:.4f} >= threshold {hit.threshold:.4f})" if hit.threshold is not None else ""
+            detail = ", ".join(f"{k}: {val}" for k, val in hit.detail.items())
+            others = "; ".join(f"{h.rail} {h.score:.4f} (threshold {h.threshold:.4f})" for h in v.hits
+                               if h.threshold is not None and h is not hit)
             raise APIError(400, f"the request was blocked by the guard rail '{hit.rail}'{score}"
-                                f"{f' ({detail})' if detail else ''}", param=param, code="content_filter")
+                                f"{f' ({detail})' if detail else ''}{f'; other scores: {others}' if others else ''}",
+                           param=param, code="content_filter")
         out.append(v.text)
     return out
 
