@@ -47,6 +47,7 @@ def test_unavailable_stage_fails_up_front(tmp_path, tiny_gguf, monkeypatch):
 
     monkeypatch.delitem(pipeline.STAGES, "eval")
     monkeypatch.setitem(pipeline.PLANNED, "eval", "evaluation")
+    (tmp_path / "t.jsonl").write_text("{}\n")
     recipe = _recipe(tmp_path, tiny_gguf, "eval: {tasks: [t.jsonl]}\n")
     with pytest.raises(StageNotAvailable, match=r"eval \(evaluation\)"):
         run_recipe(recipe, echo=lambda s: None)

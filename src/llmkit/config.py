@@ -415,6 +415,9 @@ def _check_paths(recipe: Recipe, lines: dict[tuple, int], source: str) -> None:
         checks.append((("serve", "api_keys_file"), recipe.serve.api_keys_file))
     if recipe.serve and recipe.serve.guard and recipe.serve.guard != "default":
         checks.append((("serve", "guard"), recipe.serve.guard))
+    if recipe.eval:  # task files (`NAME=path` names one; `perplexity` is built in)
+        checks += [(("eval", "tasks", i), t.rpartition("=")[2]) for i, t in enumerate(recipe.eval.tasks)
+                   if t != "perplexity"]
     for path, value in checks:
         if _looks_like_hub_id(value) and path[0] == "data":
             continue  # a hub dataset id; the data stage resolves it

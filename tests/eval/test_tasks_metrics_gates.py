@@ -102,3 +102,10 @@ def test_the_recipe_validates_gates_and_their_baseline():
         parse_recipe('name: x\neval: {gates: {s.contains: ">= baseline * 2"}}\n')
     with pytest.raises(ConfigError, match="eval.baseline is not set"):
         parse_recipe('name: x\neval: {gates: {s.contains: ">= baseline"}}\n')
+
+
+def test_validate_names_a_missing_task_file_with_its_line(tmp_path):
+    from llmkit.config import parse_recipe
+
+    with pytest.raises(ConfigError, match=r"eval.tasks\[1\] \(line 3\): no such file or folder: .*nope.jsonl"):
+        parse_recipe("name: x\neval:\n  tasks: [perplexity, s=nope.jsonl]\n", base_dir=tmp_path)
