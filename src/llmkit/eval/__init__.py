@@ -211,7 +211,8 @@ def evaluate(cfg: EvalConfig, target: str | Path | Target, out: Path, baseline: 
         b.outputs = {"metrics": "metrics.json", "items": "items.jsonl"}
         b.metrics = {**per["model"], **{f"baseline.{k}": v for k, v in (base or {}).items()},
                      "gates_passed": metrics["passed"]}
-    cache.unlink(missing_ok=True)
+    for old in out.parent.glob(f".{out.name}.items-*.jsonl"):  # this run's cache, and those of changed inputs
+        old.unlink(missing_ok=True)
     _raise_failed(metrics, out)
     return {"status": "ran", "out": str(out), "metrics": metrics}
 
@@ -232,16 +233,13 @@ def recipe_inputs(recipe: Recipe, check_only: bool = False) -> dict:
                            "recipe has no data: section (give task files instead)"], where)
     if check_only:
         return {}
-    if recipe.train is not None:
-        model = run / "train"
-    elif recipe.compress is not None:
-        model = run / "compress"
-        if (model / artifacts.MANIFEST).is_file():
-            model = Path(artifacts.read_manifest(model)["outputs"].get("gguf") or model)
-    else:
-        model = recipe.model
-    if not isinstance(model, str) and not Path(model).exists():
-        raise StageNotAvailable(f"{where}: eval scores {model}, which holds no finished artifact yet")
+    model: str | Path = recipe.model
+    if recipe.train is not None or recipe.compress is not None:
+        stage = run / ("train" if recipe.train is not None else "compress")
+        if not (stage / artifacts.MANIFEST).is_file():
+            raise StageNotAvailable(f"{where}: eval scores the {stage.name} stage's model, but {stage} holds no "
+                                    "finished artifact yet (run `llmkit run` first)")
+        model = stage if recipe.train is not None else artifacts.read_manifest(stage)["outputs"].get("gguf") or stage
     baseline = cfg.baseline
     if baseline == "base":
         baseline = str(hf_folder(resolve_model(recipe.model)))
