@@ -1,6 +1,6 @@
 """Generate the example support dataset (our own text) that the README pipeline trains on.
 
-    python examples/make_support_data.py        # writes examples/support/{train,val,preference}.jsonl
+    python examples/make_support_data.py        # writes examples/support/{train,val,preference,eval}.jsonl
 
 The taught style is easy to recognise in a model's answers: every reply opens with "Nimbus here!", gives
 numbered steps, and signs off with "— Happy networking!". The set deliberately holds a few exact and near
@@ -95,8 +95,16 @@ def main() -> None:
         plain = r["output"].split("\n\n")[1].replace("\n", " ")
         pref.append({"prompt": r["instruction"], "chosen": r["output"],
                      "rejected": f"Try this: {plain} Good luck."})
+    # eval items: questions in phrasings neither train nor val uses, checked for the taught style (its own seed,
+    # so the files above stay as they were)
+    erng = random.Random(17)
+    eval_asks = ["Help! {p} on my {d}.", "Could you help me with {p} on a {d}?", "What do I do about {p} on my {d}?"]
+    evals = [{"type": "generate", "id": f"{p.replace(' ', '-').lower()}-{k}",
+              "prompt": erng.choice(eval_asks).format(d=erng.choice(DEVICES), p=p),
+              "checks": {"contains": "Nimbus here!", "regex": r"(?m)^1\. "}}
+             for p in list(PROBLEMS)[:6] for k in range(2)]
     OUT.mkdir(exist_ok=True)
-    for name, data in [("train", rows), ("val", held), ("preference", pref)]:
+    for name, data in [("train", rows), ("val", held), ("preference", pref), ("eval", evals)]:
         with open(OUT / f"{name}.jsonl", "w") as f:
             for r in data:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")

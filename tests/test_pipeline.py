@@ -2,7 +2,7 @@ import pytest
 
 from llmkit.artifacts import lineage, read_manifest
 from llmkit.config import parse_recipe
-from llmkit.errors import StageNotAvailable
+from llmkit.errors import DataError, GateFailed, StageNotAvailable
 from llmkit.pipeline import run_recipe
 
 
@@ -42,12 +42,46 @@ def test_deleted_cache_means_not_finished(tmp_path, tiny_gguf, llmkit_home):
     assert [r.status for r in run_recipe(recipe, echo=lambda s: None)] == ["ran"]
 
 
-def test_unavailable_stage_fails_up_front(tmp_path, tiny_gguf):
+def test_unavailable_stage_fails_up_front(tmp_path, tiny_gguf, monkeypatch):
+    from llmkit import pipeline
+
+    monkeypatch.delitem(pipeline.STAGES, "eval")
+    monkeypatch.setitem(pipeline.PLANNED, "eval", "evaluation")
     (tmp_path / "t.jsonl").write_text("{}\n")
-    recipe = _recipe(tmp_path, tiny_gguf, "eval: {tasks: [perplexity]}\n")
+    recipe = _recipe(tmp_path, tiny_gguf, "eval: {tasks: [t.jsonl]}\n")
     with pytest.raises(StageNotAvailable, match=r"eval \(evaluation\)"):
         run_recipe(recipe, echo=lambda s: None)
     assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_a_bad_eval_task_file_fails_before_any_stage_runs(tmp_path, tiny_gguf):
+    (tmp_path / "t.jsonl").write_text('{"type": "choice", "prompt": "Q"}\n{"type": "perplexity"}\n')
+    recipe = _recipe(tmp_path, tiny_gguf, "eval: {tasks: [t.jsonl]}\n")
+    with pytest.raises(DataError) as e:
+        run_recipe(recipe, echo=lambda s: None)
+    assert f"{tmp_path / 't.jsonl'}:1: choices" in str(e.value) and f"{tmp_path / 't.jsonl'}:2: prompt" in str(e.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failing_gate_stops_the_pipeline_naming_each_gate(tmp_path, tiny_gguf):
+    import json
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("# A\n\nSome text.\n")
+    (tmp_path / "t.jsonl").write_text(json.dumps(
+        {"type": "generate", "prompt": "Hi", "max_tokens": 4, "checks": {"contains": "Nimbus here!"}}) + "\n")
+    recipe = _recipe(tmp_path, tiny_gguf, 'eval: {tasks: [t.jsonl], baseline: base, gates: {t.contains: ">= 0.5", '
+                                          't.items: ">= baseline + 1"}}\nrag: {sources: [docs]}\n')
+    lines: list[str] = []
+    with pytest.raises(GateFailed) as e:
+        run_recipe(recipe, echo=lines.append)
+    assert e.value.failures == ["t.contains >= 0.5: 0 is not >= 0.5", "t.items >= baseline + 1: 1 is not >= 2"]
+    assert e.value.exit_code == 1
+    run = tmp_path / "runs" / "t"
+    m = read_manifest(run / "eval")
+    assert m["kind"] == "eval" and m["config"]["model"] == str(tiny_gguf) and m["inputs"]["baseline"]["engine"] == "transformers"
+    assert not (run / "rag").exists()  # the stage after eval never ran
+    assert any("gate t.contains >= 0.5: FAIL" in x for x in lines)
 
 
 def test_lineage_of_model_stage(tmp_path, tiny_gguf):

@@ -109,24 +109,41 @@ class CompressConfig(Section):
     gen_tokens: int = Field(48, gt=0, description="Greedy tokens generated per prompt (agreement and decode tok/s).")
 
 
-_GATE = re.compile(r"^\s*(>=|<=|>|<|==)\s*-?\d+(\.\d+)?([eE]-?\d+)?\s*$")
+# One gate: an operator, then a number or the baseline's value give or take a number (eval/gates.py reads it).
+GATE = re.compile(r"^\s*(?P<op>>=|<=|>|<|==)\s*(?:(?P<base>baseline)\s*(?:(?P<sign>[+-])\s*(?P<delta>\d+(?:\.\d+)?(?:[eE]-?\d+)?))?"
+                  r"|(?P<num>-?\d+(?:\.\d+)?(?:[eE]-?\d+)?))\s*$")
 
 
 class EvalConfig(Section):
-    """`eval:` measures quality, safety and bias; gates block a model that fails them."""
+    """`eval:` scores a model on tasks (generation checks, multiple choice, perplexity) against a baseline; gates
+    stop the pipeline when a metric misses its threshold."""
 
-    tasks: list[str] = Field(default_factory=lambda: ["perplexity"], description="Built-in task names or JSONL files.")
-    safety: bool = False
-    bias: bool = False
-    gates: dict[str, str] = Field(default_factory=dict, description='Metric thresholds, e.g. {"safety.refusal_rate": ">= 0.9"}.')
+    tasks: list[str] = Field(default_factory=lambda: ["perplexity"], description="`perplexity` (the dataset artifact's val replies), or task files: .jsonl or a task .yaml, `NAME=path` to name one (metrics are NAME.metric; default NAME: the file's stem).")
+    baseline: str | None = Field(None, description="Also evaluate this model and report the differences: `base` (the recipe's base model, as float weights), a registry name, folder, .gguf or adapter; gates may then say `>= baseline - 0.02`.")
+    engine: Literal["auto", "transformers", "llamacpp"] = Field("auto", description="In-process engine: auto = llamacpp for a .gguf, transformers for HF folders and adapters.")
+    max_tokens: int = Field(128, gt=0, description="Tokens generated per reply (a row's own max_tokens wins).")
+    concurrency: int = Field(8, gt=0, description="Requests in flight at once against an endpoint.")
+    limit: int | None = Field(None, gt=0, description="Score at most this many items per task (quick checks).")
+    safety: bool = Field(False, description="Safety suite (refusals); not built yet.")
+    bias: bool = Field(False, description="Bias suite; not built yet.")
+    gates: dict[str, str] = Field(default_factory=dict, description='Metric thresholds, e.g. {"support.contains": ">= 0.8", "perplexity.perplexity": "<= baseline"}; a failing gate exits 1 and stops `llmkit run`.')
 
     @field_validator("gates")
     @classmethod
     def _gates_parse(cls, gates: dict[str, str]) -> dict[str, str]:
-        bad = [f"{k}: {v!r}" for k, v in gates.items() if not _GATE.match(str(v))]
+        bad = [f"{k}: {v!r}" for k, v in gates.items() if not GATE.match(str(v))]
         if bad:
-            raise ValueError(f"gates must look like '>= 0.9' (one of >=, <=, >, <, ==, then a number); got {', '.join(bad)}")
+            raise ValueError("gates must look like '>= 0.9' or '>= baseline - 0.02' (one of >=, <=, >, <, ==, then a "
+                             f"number or baseline give or take a number); got {', '.join(bad)}")
         return gates
+
+    @model_validator(mode="after")
+    def _baseline_for_gates(self) -> EvalConfig:
+        relative = [k for k, v in self.gates.items() if (m := GATE.match(str(v))) and m["base"]]
+        if relative and self.baseline is None:
+            raise ValueError(f"gates {', '.join(relative)} compare with the baseline, but eval.baseline is not set "
+                             "(e.g. baseline: base)")
+        return self
 
 
 class RagConfig(Section):
@@ -398,6 +415,9 @@ def _check_paths(recipe: Recipe, lines: dict[tuple, int], source: str) -> None:
         checks.append((("serve", "api_keys_file"), recipe.serve.api_keys_file))
     if recipe.serve and recipe.serve.guard and recipe.serve.guard != "default":
         checks.append((("serve", "guard"), recipe.serve.guard))
+    if recipe.eval:  # task files (`NAME=path` names one; `perplexity` is built in)
+        checks += [(("eval", "tasks", i), t.rpartition("=")[2]) for i, t in enumerate(recipe.eval.tasks)
+                   if t != "perplexity"]
     for path, value in checks:
         if _looks_like_hub_id(value) and path[0] == "data":
             continue  # a hub dataset id; the data stage resolves it

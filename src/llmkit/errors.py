@@ -53,3 +53,12 @@ class ArtifactError(LlmkitError):
 
 class DataError(LlmkitError):
     """Bad input data. The message names the file and line (where there is one) and what was expected."""
+
+
+class GateFailed(LlmkitError):
+    """Eval gates failed: the model missed a threshold. Carries every failing gate, not just the first."""
+
+    def __init__(self, failures: list[str], where: str | None = None):
+        self.failures = failures
+        head = f"{len(failures)} eval gate{'s' if len(failures) != 1 else ''} failed{f' ({where})' if where else ''}"
+        super().__init__(head + "\n" + "\n".join(f"  - {f}" for f in failures))

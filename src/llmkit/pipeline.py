@@ -100,6 +100,29 @@ def compress_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageR
     return StageResult("compress", out, r["status"], reason, time.perf_counter() - t0)
 
 
+def eval_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageResult:
+    """Score the trained model beside its base on the recipe's tasks; a failing gate stops the pipeline."""
+    from llmkit.errors import GateFailed
+    from llmkit.eval import evaluate, recipe_inputs, summary
+
+    assert recipe.eval is not None
+    t0 = time.perf_counter()
+    plan = recipe_inputs(recipe)
+    try:
+        r = evaluate(recipe.eval, plan["target"], out, plan["baseline"], base_dir=plan["base_dir"],
+                     dataset=plan["dataset"], force=force)
+    except GateFailed:
+        if (out / "metrics.json").is_file():
+            import json
+
+            echo("      " + summary(json.loads((out / "metrics.json").read_text())).replace("\n", "\n      "))
+        raise
+    if r["status"] == "ran":
+        echo("      " + summary(r["metrics"]).replace("\n", "\n      "))
+    reason = "finished artifact with the same inputs and config" if r["status"] == "skipped" else ""
+    return StageResult("eval", out, r["status"], reason, time.perf_counter() - t0)
+
+
 def rag_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageResult:
     """Index the recipe's documents; unchanged files keep their vectors (see rag/index.py)."""
     from llmkit.rag import index
@@ -122,11 +145,12 @@ STAGES: dict[str, Callable[[Recipe, Path, bool, Echo], StageResult]] = {
     "data": data_stage,
     "train": train_stage,
     "compress": compress_stage,
+    "eval": eval_stage,
     "rag": rag_stage,
 }
 
 # Which issue brings each stage that is not here yet, so the error can say so.
-PLANNED = {"eval": "evaluation"}
+PLANNED: dict[str, str] = {}
 
 
 def run_recipe(recipe: Recipe, force: bool = False, echo: Echo = print) -> list[StageResult]:
@@ -138,6 +162,12 @@ def run_recipe(recipe: Recipe, force: bool = False, echo: Echo = print) -> list[
             f"{recipe.source}: the recipe asks for stage(s) that this llmkit does not have yet: {names}. "
             f"Available stages: {', '.join(STAGES)}. Remove those sections to run the rest."
         )
+    if recipe.eval is not None:  # the eval's task files are checked before any slow stage runs
+        from llmkit.eval import load_tasks, recipe_inputs
+
+        recipe_inputs(recipe, check_only=True)
+        load_tasks(recipe.eval.model_copy(update={"tasks": [t for t in recipe.eval.tasks if t != "perplexity"]}),
+                   recipe.base_dir)
     results = []
     for i, stage in enumerate(stages, 1):
         out = recipe.run_dir / stage

@@ -1,0 +1,95 @@
+"""`llmkit eval`: score a model or an endpoint on tasks, beside a baseline, and check gates (exit 1 on a miss)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from llmkit.config import EvalConfig, load_recipe
+    from llmkit.errors import ConfigError, GateFailed
+    from llmkit.eval import EndpointTarget, evaluate, recipe_inputs, summary
+
+    recipe = load_recipe(args.recipe) if args.recipe else None
+    cfg = (recipe.eval if recipe and recipe.eval else EvalConfig()).model_dump()
+    problems = []
+    if args.tasks:
+        cfg["tasks"] = args.tasks
+    for k in ("engine", "max_tokens", "concurrency", "limit"):
+        if getattr(args, k) is not None:
+            cfg[k] = getattr(args, k)
+    if args.baseline:
+        cfg["baseline"] = args.baseline
+    for g in args.gate or []:
+        metric, eq, expr = g.partition("=")
+        if not eq:
+            problems.append(f"--gate {g!r}: expected METRIC=EXPR, e.g. support.contains='>= 0.8'")
+        cfg["gates"][metric] = expr
+    if recipe is None and not (args.model or args.endpoint):
+        problems.append("give --model M or --endpoint URL (or --recipe R: its trained model)")
+    if recipe is None and not args.out:
+        problems.append("give --out DIR (with --recipe it defaults to the run's eval folder)")
+    if problems:
+        raise ConfigError(problems)
+    try:
+        cfg = EvalConfig.model_validate(cfg)
+    except ValueError as e:
+        raise ConfigError([str(e)]) from None
+    plan = recipe_inputs(recipe.model_copy(update={"eval": cfg})) if recipe else {}
+    if cfg.baseline == "base" and not recipe:
+        raise ConfigError(["--baseline base means a recipe's base model: give --recipe, or the model itself"])
+    target = (EndpointTarget(args.endpoint, args.api_key, args.endpoint_model, cfg.concurrency) if args.endpoint
+              else args.model or plan["target"])
+    out = Path(args.out) if args.out else recipe.run_dir / "eval"
+    try:
+        r = evaluate(cfg, target, out, plan.get("baseline", cfg.baseline), base_dir=plan.get("base_dir", Path(".")),
+                     dataset=Path(args.data) if args.data else plan.get("dataset"), force=args.force)
+    except GateFailed:
+        if (out / "metrics.json").is_file():
+            print(summary(json.loads((out / "metrics.json").read_text())))
+        raise
+    if r["status"] == "skipped":
+        print(f"skipped: {out} already holds a finished eval for these inputs and config (--force to redo)")
+    print(summary(r["metrics"]))
+    print(f"metrics: {out / 'metrics.json'}  items: {out / 'items.jsonl'}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    e = sub.add_parser("eval", help="score a model or an OpenAI-compatible endpoint on tasks, beside a baseline, "
+                                    "and check gates",
+                       description="Score a model in this process (registry name, HF folder, PEFT adapter, .gguf) "
+                                   "or any OpenAI-compatible endpoint on tasks: generation with checks (exact, "
+                                   "contains, regex, token F1, ROUGE-L, JSON-valid), multiple choice by "
+                                   "log-likelihood (acc and acc_norm, as lm-evaluation-harness), perplexity (task "
+                                   "files, or `perplexity`: the dataset's val replies). A baseline is scored the same "
+                                   "way. Writes OUT/metrics.json, OUT/items.jsonl and a manifest; a killed eval "
+                                   "resumes without asking finished items again. Exits 1 when a gate fails, naming "
+                                   "every failing gate. Task file format: `python -c \"import llmkit.eval.tasks as "
+                                   "t; print(t.__doc__)\"` or README (Evaluate).")
+    e.add_argument("--recipe", help="a recipe: its eval: section, and by default its trained model, `baseline: base` "
+                                    "and its dataset")
+    who = e.add_mutually_exclusive_group()
+    who.add_argument("--model", help="the model to score: registry name, HF folder, PEFT adapter folder or .gguf")
+    who.add_argument("--endpoint", metavar="URL", help="an OpenAI-compatible base URL to score instead, e.g. "
+                                                      "http://127.0.0.1:8000/v1 (needs echo + logprobs for scores)")
+    e.add_argument("--endpoint-model", metavar="ID", help="the endpoint's model id (default: the first it lists)")
+    e.add_argument("--api-key", help="the endpoint's API key")
+    e.add_argument("--tasks", nargs="+", metavar="TASK", help="task files (.jsonl, task .yaml, NAME=path) or "
+                                                              "`perplexity` (default: the recipe's, else perplexity)")
+    e.add_argument("--baseline", help="also score this model: registry name, folder, adapter, .gguf, or `base` (the "
+                                      "recipe's base model)")
+    e.add_argument("--gate", action="append", metavar="METRIC=EXPR",
+                   help="a gate, e.g. --gate 'support.contains=>= baseline + 0.2' (repeatable; adds to the recipe's)")
+    e.add_argument("--data", help="dataset artifact folder whose val split the perplexity task scores")
+    e.add_argument("--out", help="output artifact folder (default with --recipe: the run's eval folder)")
+    e.add_argument("--engine", choices=["auto", "transformers", "llamacpp"],
+                   help="in-process engine (default auto: llamacpp for .gguf, else transformers)")
+    e.add_argument("--max-tokens", type=int, help="tokens per generated reply (default 128)")
+    e.add_argument("--concurrency", type=int, help="endpoint requests in flight at once (default 8)")
+    e.add_argument("--limit", type=int, help="score at most this many items per task")
+    e.add_argument("--force", action="store_true", help="score again even when a finished eval matches")
+    e.set_defaults(fn=_eval)

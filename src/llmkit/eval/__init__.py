@@ -1,0 +1,272 @@
+"""The eval stage: score a model (in process, or any OpenAI-compatible endpoint) on tasks, beside a baseline,
+and check the recipe's gates.
+
+    r = evaluate(EvalConfig(tasks=["support/eval.jsonl"], gates={"eval.contains": ">= baseline + 0.5"}),
+                 "runs/x/train", Path("runs/x/eval"), baseline="smollm2-135m-instruct")
+    print(summary(r))
+
+The output is an artifact folder: `metrics.json` (each target's metrics, the differences, the gate results),
+`items.jsonl` (one line per scored item: the reply or log-likelihoods and its scores) and `manifest.json`
+(inputs: both models and the task files, hashed). Unchanged inputs and config skip the work (endpoints are
+always asked again: their weights cannot be hashed from here). While it runs, each finished item is appended to
+a cache file beside `out` (`.OUT.items-FINGERPRINT.jsonl`): a killed eval resumes without asking finished items
+again. A failing gate raises GateFailed naming every failing gate, after the artifact is written.
+
+tasks.py reads and checks task files, metrics.py scores, targets.py asks models, gates.py checks thresholds.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from llmkit import artifacts
+from llmkit.config import EvalConfig, Recipe
+from llmkit.errors import ConfigError, DataError, GateFailed, StageNotAvailable
+from llmkit.eval import gates as gates_
+from llmkit.eval.metrics import choice_scores, perplexity, score_reply
+from llmkit.eval.targets import EndpointTarget, ModelTarget, Target
+from llmkit.eval.tasks import Item, Task, dataset_perplexity_task, load_task
+
+__all__ = ["EndpointTarget", "ModelTarget", "evaluate", "load_tasks", "recipe_inputs", "summary"]
+
+ROLES = ("model", "baseline")
+
+
+def load_tasks(cfg: EvalConfig, base_dir: Path = Path("."), dataset: Path | None = None) -> list[Task]:
+    """Every task of `cfg`, each file checked in full; the problems of all files are reported at once."""
+    tasks, problems = [], []
+    for spec in cfg.tasks:
+        try:
+            if spec == "perplexity":
+                if dataset is None:
+                    raise DataError("the built-in perplexity task scores a dataset artifact's val split: give a "
+                                    "dataset (--data, or a recipe with a data: section)")
+                tasks.append(dataset_perplexity_task(dataset, cfg.limit))
+            else:
+                t = load_task(spec, base_dir)
+                t.items = t.items[: cfg.limit] if cfg.limit else t.items
+                tasks.append(t)
+        except (DataError, ConfigError) as e:
+            problems.append(str(e))
+    names = [t.name for t in tasks]
+    problems += [f"two tasks are named {n!r}; name one with NAME=path" for n in sorted(set(names)) if names.count(n) > 1]
+    if problems:
+        raise DataError("\n".join(problems))
+    return tasks
+
+
+def _score(target: Target, task: Task, item: Item, max_tokens: int) -> dict:
+    """Ask `target` one item; the record that items.jsonl keeps."""
+    row = item.row
+    rec: dict = {"task": task.name, "id": item.id, "type": item.type}
+    if item.type == "generate":
+        messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
+        reply = target.generate(messages, row.get("max_tokens", max_tokens))
+        rec.update(reply=reply, scores=score_reply(reply, row))
+    elif item.type == "choice":
+        # lm-eval's multiple choice: each choice after its target delimiter, a space
+        lls = [target.loglikelihood(row["prompt"], " " + c)[0] for c in row["choices"]]
+        rec.update(lls=lls, scores=choice_scores(lls, row["choices"], row["answer"]))
+    else:
+        if "messages" in row:
+            context, continuation = target.chat_prompt(row["messages"][:-1]), row["messages"][-1]["content"]
+        elif "text" in row:
+            context, continuation = "", row["text"]
+        else:
+            context, continuation = row["prompt"], row["completion"]
+        ll, n = target.loglikelihood(context, continuation)
+        rec.update(nll=-ll, tokens=n)
+    return rec
+
+
+def aggregate(tasks: list[Task], records: list[dict]) -> dict[str, float]:
+    """Flat metrics `TASK.metric` over one target's item records."""
+    out: dict[str, float] = {}
+    for task in tasks:
+        recs = [r for r in records if r["task"] == task.name]
+        scores: dict[str, list[float]] = {}
+        for r in recs:
+            for k, v in r.get("scores", {}).items():
+                scores.setdefault(k, []).append(v)
+        for k, vs in scores.items():
+            out[f"{task.name}.{k}"] = round(sum(vs) / len(vs), 6)
+        ppl = [r for r in recs if r["type"] == "perplexity"]
+        if ppl:
+            nll, tokens = sum(r["nll"] for r in ppl), sum(r["tokens"] for r in ppl)
+            out[f"{task.name}.perplexity"] = round(perplexity(nll, tokens), 6)
+            out[f"{task.name}.nll_per_token"] = round(nll / tokens, 6)
+        out[f"{task.name}.items"] = len(recs)
+    return out
+
+
+def _run(role: str, target: Target, tasks: list[Task], cfg: EvalConfig, cache: Path, done: dict,
+         progress: bool) -> None:
+    """Ask `target` every item not in `done`, appending each finished record to `cache` as it lands."""
+    from tqdm import tqdm
+
+    todo = [(t, i) for t in tasks for i in t.items if (role, t.name, i.id) not in done]
+    if not todo:
+        return
+    lock, stop = threading.Lock(), threading.Event()
+    pool = ThreadPoolExecutor(max(1, target.concurrency))
+    with open(cache, "a", encoding="utf-8") as f, \
+            tqdm(total=len(todo), desc=f"eval {role}", unit="item", disable=not progress) as bar:
+        def one(task: Task, item: Item) -> None:
+            if stop.is_set():
+                return
+            try:
+                rec = {"target": role, **_score(target, task, item, cfg.max_tokens)}
+            except BaseException:
+                stop.set()  # queued items must not start after a failure
+                raise
+            with lock:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()  # a killed eval keeps every finished item
+                done[(role, task.name, item.id)] = rec
+                bar.update(1)
+
+        try:
+            for fut in [pool.submit(one, t, i) for t, i in todo]:
+                fut.result()
+        finally:  # the first error (or Ctrl-C) stops the eval: nothing new starts; what finished stays cached
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_cache(cache: Path) -> dict:
+    done = {}
+    if cache.is_file():
+        for line in cache.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the line a kill cut short: that item is asked again
+            done[(rec["target"], rec["task"], rec["id"])] = rec
+    return done
+
+
+def _as_target(t: str | Path | Target | None, engine: str) -> Target | None:
+    return ModelTarget(str(t), engine) if isinstance(t, (str, Path)) else t
+
+
+def evaluate(cfg: EvalConfig, target: str | Path | Target, out: Path, baseline: str | Path | Target | None = None,
+             *, base_dir: Path = Path("."), dataset: Path | None = None, force: bool = False,
+             progress: bool = True) -> dict:
+    """Score `target` (a model spec: registry name, HF folder, adapter, .gguf; or a Target such as an
+    EndpointTarget) on `cfg.tasks`, and `baseline` (default: cfg.baseline) the same way; write the artifact
+    folder `out`; raise GateFailed when a gate fails. Returns {"status": "ran" | "skipped", "out", "metrics"
+    (model, baseline, delta, gates, passed)}."""
+    if cfg.safety or cfg.bias:
+        raise StageNotAvailable("eval.safety and eval.bias are not built yet (issue 17); set them to false")
+    tasks = load_tasks(cfg, base_dir, dataset)  # every task file checked before anything loads
+    baseline = baseline if baseline is not None else cfg.baseline
+    if baseline == "base":
+        raise ConfigError(["eval.baseline: base means the recipe's base model; outside a recipe give the model"])
+    if gates_.uses_baseline(cfg.gates) and baseline is None:
+        raise ConfigError(["eval.gates: a gate compares with the baseline, but no baseline is given"])
+    targets = {"model": _as_target(target, cfg.engine), "baseline": _as_target(baseline, cfg.engine)}
+    roles = [r for r in ROLES if targets[r] is not None]
+    inputs = {role: targets[role].ref() for role in roles}
+    inputs.update({f"task:{t.name}": artifacts.input_ref(t.source) for t in tasks})
+    config = {"eval": cfg.model_dump(), **{role: targets[role].name for role in roles}}
+    fp = artifacts.fingerprint("eval", config, inputs)
+    out = Path(out).resolve()
+    remote = any(isinstance(targets[r], EndpointTarget) for r in roles)
+    if not force and not remote and artifacts.finished(out, fp):
+        metrics = json.loads((out / "metrics.json").read_text())
+        _raise_failed(metrics, out)
+        return {"status": "skipped", "out": str(out), "metrics": metrics}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cache = out.parent / f".{out.name}.items-{fp[:16]}.jsonl"
+    done = _read_cache(cache)
+    owned = [r for r, given in zip(ROLES, (target, baseline)) if isinstance(given, (str, Path))]
+    try:
+        for role in roles:
+            _run(role, targets[role], tasks, cfg, cache, done, progress)
+            if role in owned:
+                targets[role].close()  # one model in memory at a time
+    finally:
+        for role in owned:
+            targets[role].close()
+
+    order = {(t.name, i.id): n for n, (t, i) in enumerate((t, i) for t in tasks for i in t.items)}
+    records = sorted((r for k, r in done.items() if (k[1], k[2]) in order),
+                     key=lambda r: (ROLES.index(r["target"]), order[(r["task"], r["id"])]))
+    per = {role: aggregate(tasks, [r for r in records if r["target"] == role]) for role in roles}
+    base = per.get("baseline")
+    results = gates_.check(cfg.gates, per["model"], base)
+    metrics = {"model": per["model"], "baseline": base,
+               "delta": {k: round(v - base[k], 6) for k, v in per["model"].items()
+                         if base and isinstance(base.get(k), (int, float))} if base else None,
+               "gates": results, "passed": all(r["passed"] for r in results),
+               "targets": {role: targets[role].name for role in roles}}
+    with artifacts.build("eval", out, config, inputs) as b:
+        artifacts.write_json_atomic(b.tmp / "metrics.json", metrics)
+        with open(b.tmp / "items.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        b.outputs = {"metrics": "metrics.json", "items": "items.jsonl"}
+        b.metrics = {**per["model"], **{f"baseline.{k}": v for k, v in (base or {}).items()},
+                     "gates_passed": metrics["passed"]}
+    for old in out.parent.glob(f".{out.name}.items-*.jsonl"):  # this run's cache, and those of changed inputs
+        old.unlink(missing_ok=True)
+    _raise_failed(metrics, out)
+    return {"status": "ran", "out": str(out), "metrics": metrics}
+
+
+def recipe_inputs(recipe: Recipe, check_only: bool = False) -> dict:
+    """What a recipe's eval scores: the train stage's adapter (else the compress stage's export, else the base
+    model), beside `baseline: base` = the base model as float weights (the HF folder the adapter was trained
+    on), with the data stage's val split for the built-in perplexity task. check_only: resolve nothing slow."""
+    from llmkit.errors import StageNotAvailable
+    from llmkit.models import hf_folder, resolve_model
+
+    cfg = recipe.eval or EvalConfig()
+    run, where = recipe.run_dir, recipe.source or "the recipe"
+    if cfg.safety or cfg.bias:
+        raise StageNotAvailable(f"{where}: eval.safety and eval.bias are not built yet (issue 17); set them to false")
+    if "perplexity" in cfg.tasks and recipe.data is None:
+        raise ConfigError(["eval.tasks: the built-in perplexity task scores the data stage's val split, but the "
+                           "recipe has no data: section (give task files instead)"], where)
+    if check_only:
+        return {}
+    model: str | Path = recipe.model
+    if recipe.train is not None or recipe.compress is not None:
+        stage = run / ("train" if recipe.train is not None else "compress")
+        if not (stage / artifacts.MANIFEST).is_file():
+            raise StageNotAvailable(f"{where}: eval scores the {stage.name} stage's model, but {stage} holds no "
+                                    "finished artifact yet (run `llmkit run` first)")
+        model = stage if recipe.train is not None else artifacts.read_manifest(stage)["outputs"].get("gguf") or stage
+    baseline = cfg.baseline
+    if baseline == "base":
+        baseline = str(hf_folder(resolve_model(recipe.model)))
+    data = run / "data"
+    return {"target": str(model), "baseline": baseline, "base_dir": recipe.base_dir,
+            "dataset": data if (data / artifacts.MANIFEST).is_file() else None}
+
+
+def _raise_failed(metrics: dict, out: Path) -> None:
+    failures = gates_.describe_failures(metrics["gates"])
+    if failures:
+        raise GateFailed(failures, f"metrics: {out / 'metrics.json'}")
+
+
+def summary(metrics: dict) -> str:
+    """A table of each metric for the model (and baseline, and the difference)."""
+    model, base = metrics["model"], metrics.get("baseline")
+    rows = [("metric", "model") + (("baseline", "delta") if base else ())]
+    for k, v in model.items():
+        if base:
+            b = base.get(k)
+            d = "" if b is None else f"{v - b:+.4g}"
+            rows.append((k, f"{v:.4g}", "" if b is None else f"{b:.4g}", d))
+        else:
+            rows.append((k, f"{v:.4g}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    for g in metrics.get("gates", []):
+        lines.append(f"gate {g['metric']} {g['expr'].strip()}: {'pass' if g['passed'] else 'FAIL: ' + g['why']}")
+    return "\n".join(lines)
