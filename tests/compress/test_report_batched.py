@@ -32,7 +32,8 @@ def test_common_prefix_stops_before_the_first_needed_logits():
     assert common_prefix([(1, [7, 8]), (1, [7, 8])]) == 0
 
 
-@pytest.mark.parametrize("n_seq,n_batch", [(3, 16), (8, 512)])  # rows split across decodes / whole rows per decode
+# one sequence with the shared prefix kept (the default); several, rows split across decodes or whole per decode
+@pytest.mark.parametrize("n_seq,n_batch", [(1, 512), (1, 16), (3, 16), (8, 512)])
 def test_llama_scorer_equals_the_one_row_reference(tiny_gguf, n_seq, n_batch):
     llm = _load(tiny_gguf, 1, 256)
     rows = _rows(llm.n_vocab())
@@ -79,3 +80,4 @@ def test_transformers_padded_batch_equals_one_row_at_a_time(tiny_llama, dtype):
     assert round(_ppl(got), 4) == round(_ppl(want), 4)
     for (s, n, top), (s0, n0, top0) in zip(got, want):
         assert n == n0 and np.array_equal(top, top0) and s == pytest.approx(s0, rel=1e-5)
+

@@ -1,20 +1,22 @@
-"""Batched perplexity scoring in llama.cpp: several val rows per `llama_decode`, the shared prefix decoded once.
+"""Perplexity scoring in llama.cpp with logits only at target tokens and the rows' shared prefix decoded once.
 
-    with LlamaScorer(Path("m.q8_0.gguf"), threads=2, n_ctx=1024) as s:
+    with LlamaScorer(Path("m.q8_0.gguf"), threads=1, n_ctx=1024) as s:
         per_row = s.score(es.sequences)   # [(summed NLL of ids[start:], target count, argmax per target)]
 
 report.py's `_nll` (kept there as the reference path, and compared with this one in tests/compress) runs one row
 per `Llama.eval` with `logits_all`: a row's prompt positions get logits too, the vocabulary-wide output matmul
 runs for all of them, and every row decodes the chat template's default system prompt again. Here:
-- each row is its own llama.cpp sequence with its own KV stream (`kv_unified=False`, FACTS.md), so a row
-  attends only to itself, and up to `n_batch` tokens of several rows go into one `llama_decode`;
+- with `n_seq` > 1 each row is its own llama.cpp sequence with its own KV stream (`kv_unified=False`,
+  FACTS.md), so a row attends only to itself, and up to `n_batch` tokens of several rows go into one
+  `llama_decode` (exact, but no faster on a compute-bound CPU; the default is one sequence);
 - logits are asked for (`batch.logits[i] = 1`) only where a target token is predicted, positions start-1 ..
   len-2 of a row; llama.cpp then skips the output matmul for the other positions;
-- the prefix that every row starts with (the system prompt) is decoded once into sequence 0 and copied into
-  the other streams (`llama_memory_seq_cp`); a row then only removes what lies past that prefix;
+- the prefix that every row starts with (the system prompt, 24 tokens of ~144 on the example data) is
+  decoded once, not once per row; a row then only removes what lies past it (`llama_memory_seq_rm`);
 - the log-softmax is taken in float64 numpy on those target rows, as `_nll` does.
 The context is built as `Llama` builds the reference's (n_batch = n_ubatch = 512, flash attention off), so
-the numbers match `_nll` to the rounding of the batch shape (tested to 4 decimals of perplexity).
+the numbers equal `_nll`'s: the same per-row NLL and argmaxes on the example's 77 val rows (f16 and q8_0), and
+the same perplexity to 4 decimals in tests/compress/test_report_batched.py.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from pathlib import Path
 
 from llmkit.errors import LlmkitError, MissingExtra
 
-N_SEQ = 8  # rows in flight: enough to fill a 512-token batch with ~150-token rows, and a small KV cache
+# Rows in flight. 1: prefill on CPU is compute-bound, so several rows per llama_decode did not pay (512 tokens of
+# 1 or 8 sequences: 116-142 tok/s at 1 thread), and only one sequence keeps the shared prefix exactly (below)
+N_SEQ = 1
 N_BATCH = 512  # tokens per llama_decode, as the reference `Llama(n_batch=512)`
 
 
@@ -103,11 +107,12 @@ class LlamaScorer:
         if any(len(ids) > self.n_ctx or start < 1 for start, ids in seqs):
             raise LlmkitError(f"a row is longer than the scorer's {self.n_ctx}-token context, or has no prefix")
         lc.llama_memory_clear(self._mem, True)
-        shared = common_prefix(seqs) if seqs else 0
-        for i in range(0, shared, self.n_batch):  # the prefix, once, into sequence 0; no logits wanted
+        # the prefix every row starts with is decoded once and kept; a row then starts past it. Only with one
+        # sequence: with 8, keeping it in each stream scored 3 of the example's 77 val rows 0.2-0.4 nats off
+        # the reference (bench/compress_report.py; cause not found), while 8 streams without it were exact
+        shared = common_prefix(seqs) if seqs and self.n_seq == 1 else 0
+        for i in range(0, shared, self.n_batch):
             self._decode([(t, i + j, 0, False) for j, t in enumerate(seqs[0][1][i:i + self.n_batch])])
-        for s in range(1, self.n_seq if shared else 0):
-            lc.llama_memory_seq_cp(self._mem, 0, s, -1, -1)  # whole-stream copy across streams
         # per row: the NLL and the argmax at each target, summed per row at the end as `_nll` sums them
         nll = [np.empty(len(ids) - start) for start, ids in seqs]
         tops = [np.empty(len(ids) - start, dtype=np.int64) for start, ids in seqs]
@@ -119,7 +124,7 @@ class LlamaScorer:
                 if slots[s] is None and todo:
                     slots[s] = [todo.pop(), shared]
                     lc.llama_memory_seq_rm(self._mem, s, shared, -1)  # the previous row's tokens
-            items, wanted = [], []  # wanted: (row, target index) of each output row, in batch order
+            items, wanted, where = [], [], []  # wanted: (row, target index) of each output; where: its batch index
             for s, slot in enumerate(slots):
                 if slot is None:
                     continue
@@ -132,6 +137,7 @@ class LlamaScorer:
                     items.append((tok, p, s, out))
                     if out:
                         wanted.append((row, p + 1 - start))
+                        where.append(len(items) - 1)
                 slot[1] = pos + len(chunk)
                 if slot[1] == len(ids):
                     slots[s] = None
@@ -139,9 +145,14 @@ class LlamaScorer:
                 if len(items) == self.n_batch:
                     break
             self._decode(items)
-            ptr = lc.llama_get_logits(self._ctx)  # (n_outputs, V) float32, in batch order of the flagged items
-            logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)),
+            # (n_outputs, V) float32. Its rows need not be in batch order (llama.cpp splits a multi-sequence
+            # batch into ubatches by sequence): each output's row is found from llama_get_logits_ith(batch index)
+            base = ctypes.cast(lc.llama_get_logits(self._ctx), ctypes.c_void_p).value
+            logits = np.ctypeslib.as_array(ctypes.cast(base, ctypes.POINTER(ctypes.c_float)),
                                            shape=(len(wanted), self.n_vocab))
+            order = [(ctypes.cast(lc.llama_get_logits_ith(self._ctx, i), ctypes.c_void_p).value - base)
+                     // (4 * self.n_vocab) for i in where]
+            logits = logits[order]  # now in batch order of the flagged items
             rows = np.array([r for r, _ in wanted])
             idx = np.array([k for _, k in wanted])
             targets = np.array([seqs[r][1][seqs[r][0] + k] for r, k in wanted])
