@@ -3,8 +3,8 @@
     r = measure(reference=Path("m.f16.gguf"), export=Path("m.q4_k.gguf"), hf_dir=folder, dataset=data_dir)
     print(format_table([r]))
 
-A GGUF export and its f16 reference are both run in llama-cpp-python (`measure` here; perplexity batched in
-scoring.py, `_nll` below is its one-row reference); a
+A GGUF export and its f16 reference are both run in llama-cpp-python (`measure` here; perplexity scored by
+scoring.py, logits at the targets only and the shared prefix once; `_nll` below is its one-row reference); a
 transformers export (int8/int4, hf_quant.py) and its bf16 reference are both run in transformers, on the same
 rows and with the same loss (`compare` and `run_eval` are shared):
 - **perplexity** on the dataset artifact's `val.jsonl` (rows rendered with the model's chat template; the
@@ -231,7 +231,7 @@ def measure(reference: Path, export: Path, hf_dir: Path, dataset: Path | None = 
             batched: bool = True) -> dict:
     """Measure the GGUF `export` against its f16 `reference` (the same file when the export is f16).
 
-    batched: perplexity with scoring.LlamaScorer (several rows per llama_decode, the shared prefix once);
+    batched: perplexity with scoring.LlamaScorer (logits at the targets only, the rows' shared prefix once);
     False: the reference path, one row per `Llama.eval` (`_nll`); both give the same report (tests/compress).
     """
     same_file = Path(reference).resolve() == Path(export).resolve()
