@@ -61,23 +61,3 @@ def test_batched_report_equals_the_reference_report(tiny_llama, tiny_gguf, tmp_p
     new = measure(tiny_gguf, tiny_gguf, tiny_llama, tmp_path, **args)
     for k in ("eval", "ppl", "ppl_f16", "top1_agreement", "greedy_same", "greedy_prefix_agreement", "samples"):
         assert new[k] == old[k], k
-
-
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_transformers_padded_batch_equals_one_row_at_a_time(tiny_llama, dtype):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from llmkit.compress.hf_quant import _nll as hf_nll
-    from llmkit.compress.hf_quant import _nll_batch
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=getattr(torch, dtype)).eval()
-    rows = _rows(model.config.vocab_size)
-    rows += [(s + 1, ids) for s, ids in rows[:3]] + [(s, ids[::-1]) for s, ids in rows[:2]]  # lengths twice and more
-    with torch.no_grad():
-        want = per_row(lambda s, ids: hf_nll(model, s, ids))(rows)
-        got = _nll_batch(model, rows, batch=3)
-    assert round(_ppl(got), 4) == round(_ppl(want), 4)
-    for (s, n, top), (s0, n0, top0) in zip(got, want):
-        assert n == n0 and np.array_equal(top, top0) and s == pytest.approx(s0, rel=1e-5)
-

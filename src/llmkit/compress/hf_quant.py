@@ -78,35 +78,6 @@ def _nll(model, start: int, ids: list[int]):
     return float(nll), len(targets), logits.argmax(dim=1).numpy()
 
 
-HF_BATCH = 8  # rows of one length per forward pass
-
-
-def _nll_batch(model, seqs: list[tuple[int, list[int]]], advance=lambda n: None, *, batch: int = HF_BATCH) -> list:
-    """`_nll` of every row, rows of equal length `batch` to a forward pass, in the input order.
-
-    Only rows of the same length share a pass, so there is no padding and no attention mask: a bf16 padded batch
-    with a mask took another attention path and moved the tiny model's perplexity in the 4th decimal
-    (tests/compress/test_report_batched.py); stacked rows of one length give `_nll`'s numbers exactly."""
-    import torch
-
-    out: list = [None] * len(seqs)
-    by_len: dict[int, list[int]] = {}
-    for i, (_, ids) in enumerate(seqs):
-        by_len.setdefault(len(ids), []).append(i)
-    for group in by_len.values():
-        for a in range(0, len(group), batch):
-            part = group[a:a + batch]
-            logits = model(input_ids=torch.tensor([seqs[i][1] for i in part])).logits  # (B, T, V)
-            for b, i in enumerate(part):
-                start, ids = seqs[i]
-                x = logits[b, start - 1:len(ids) - 1].double()  # (targets, V), as `_nll` takes them
-                targets = torch.tensor(ids[start:])
-                nll = torch.nn.functional.cross_entropy(x, targets, reduction="sum")
-                out[i] = (float(nll), len(targets), x.argmax(dim=1).numpy())
-            advance(len(part))
-    return out
-
-
 def _greedy(model, eos: set[int], n_ctx: int, prompt: list[int], n: int) -> tuple[list[int], float]:
     """Greedy continuation of `prompt` with the KV cache (stops at an end token) and the seconds of the
     one-token decode steps, as report._greedy times llama.cpp."""
@@ -125,11 +96,12 @@ def _greedy(model, eos: set[int], n_ctx: int, prompt: list[int], n: int) -> tupl
     return new, seconds
 
 
-def _run(model, es: EvalSet, eos: set[int], n_ctx: int, gen_tokens: int, label: str, progress: bool,
-         batched: bool = True) -> dict:
+def _run(model, es: EvalSet, eos: set[int], n_ctx: int, gen_tokens: int, label: str, progress: bool) -> dict:
     import torch
 
-    score = partial(_nll_batch, model) if batched else per_row(partial(_nll, model))
+    # one row per pass: stacking rows of equal length was exact but no faster (bf16, 77 val rows, 1 thread: 55.0 vs
+    # 54.2 s), and a padded batch with an attention mask moved the perplexity in the 4th decimal
+    score = per_row(partial(_nll, model))
     with torch.no_grad():  # not inference_mode: quanto's int4 refuses it (engines/hf.py)
         return run_eval(es, score, partial(_greedy, model, eos, n_ctx), gen_tokens, label, progress)
 
@@ -140,11 +112,9 @@ def _weights_size(folder: Path) -> int:
 
 def measure(reference: Path, export_dir: Path, hf_dir: Path, dataset: Path | None = None, *, name: str,
             rows: int = 100, prompts: int = 8, gen_tokens: int = 48, threads: int = 1, samples: int = 2,
-            progress: bool = False, batched: bool = True) -> dict:
+            progress: bool = False) -> dict:
     """Measure the export in `export_dir` against the bf16 `reference` folder, both loaded from disk and run in
-    transformers on the rows and prompts report.py's GGUF measurement uses.
-
-    batched: perplexity over padded batches of rows (`_nll_batch`); False: one row per pass (`_nll`)."""
+    transformers on the rows and prompts report.py's GGUF measurement uses."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -159,9 +129,9 @@ def measure(reference: Path, export_dir: Path, hf_dir: Path, dataset: Path | Non
     # the tokenizer adds BOS only when the model asks for it, like llama.cpp's add_bos (SmolLM's does not)
     es = eval_set(lambda text: tok(text)["input_ids"], hf_dir, dataset, rows=rows, prompts=prompts, n_ctx=n_ctx)
     ref = AutoModelForCausalLM.from_pretrained(reference, dtype=torch.bfloat16).eval()
-    r = _run(ref, es, eos, n_ctx, gen_tokens, "bf16", progress, batched)
+    r = _run(ref, es, eos, n_ctx, gen_tokens, "bf16", progress)
     del ref
-    e = _run(load_quantized(export_dir), es, eos, n_ctx, gen_tokens, name, progress, batched)
+    e = _run(load_quantized(export_dir), es, eos, n_ctx, gen_tokens, name, progress)
     return compare(r, e, es, tok.decode, file=name, size=_weights_size(export_dir),
                    reference_size=_weights_size(reference), reference="bf16 transformers", gen_tokens=gen_tokens,
                    threads=threads, samples=samples)
