@@ -27,7 +27,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from llmkit.compress.report import N_CTX, EvalSet, compare, eval_set, run_eval
+from llmkit.compress.report import N_CTX, EvalSet, compare, eval_set, per_row, run_eval
 from llmkit.errors import MissingExtra
 
 # llmkit's name → (quanto's qtype name, what the manifest records)
@@ -99,8 +99,11 @@ def _greedy(model, eos: set[int], n_ctx: int, prompt: list[int], n: int) -> tupl
 def _run(model, es: EvalSet, eos: set[int], n_ctx: int, gen_tokens: int, label: str, progress: bool) -> dict:
     import torch
 
+    # one row per pass: stacking rows of equal length was exact but no faster (bf16, 77 val rows, 1 thread: 55.0 vs
+    # 54.2 s), and a padded batch with an attention mask moved the perplexity in the 4th decimal
+    score = per_row(partial(_nll, model))
     with torch.no_grad():  # not inference_mode: quanto's int4 refuses it (engines/hf.py)
-        return run_eval(es, partial(_nll, model), partial(_greedy, model, eos, n_ctx), gen_tokens, label, progress)
+        return run_eval(es, score, partial(_greedy, model, eos, n_ctx), gen_tokens, label, progress)
 
 
 def _weights_size(folder: Path) -> int:

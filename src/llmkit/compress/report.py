@@ -3,7 +3,8 @@
     r = measure(reference=Path("m.f16.gguf"), export=Path("m.q4_k.gguf"), hf_dir=folder, dataset=data_dir)
     print(format_table([r]))
 
-A GGUF export and its f16 reference are both run in llama-cpp-python with `logits_all` (`measure` here); a
+A GGUF export and its f16 reference are both run in llama-cpp-python (`measure` here; perplexity scored by
+scoring.py, logits at the targets only and the shared prefix once; `_nll` below is its one-row reference); a
 transformers export (int8/int4, hf_quant.py) and its bf16 reference are both run in transformers, on the same
 rows and with the same loss (`compare` and `run_eval` are shared):
 - **perplexity** on the dataset artifact's `val.jsonl` (rows rendered with the model's chat template; the
@@ -185,16 +186,31 @@ def _greedy(llm, prompt: list[int], n: int) -> tuple[list[int], float]:
     return out, seconds
 
 
-def run_eval(es: EvalSet, nll_fn: Callable, greedy_fn: Callable, gen_tokens: int, label: str, progress: bool) -> dict:
-    """Perplexity, argmaxes and greedy continuations of one model: `nll_fn(start, ids)` → (summed NLL of
-    ids[start:], count, argmax per target); `greedy_fn(prompt, n)` → (new ids, decode seconds)."""
+def per_row(nll_fn: Callable) -> Callable:
+    """A scorer of many rows from `nll_fn(start, ids)` of one: the reference path, one row per forward pass."""
+    def score(seqs: list[tuple[int, list[int]]], advance: Callable[[int], object] = lambda n: None) -> list:
+        out = []
+        for start, ids in seqs:
+            out.append(nll_fn(start, ids))
+            advance(1)
+        return out
+    return score
+
+
+def run_eval(es: EvalSet, score_fn: Callable, greedy_fn: Callable, gen_tokens: int, label: str, progress: bool) -> dict:
+    """Perplexity, argmaxes and greedy continuations of one model: `score_fn(sequences, advance)` → per row
+    (summed NLL of ids[start:], count, argmax per target), calling advance(rows done) as it goes (`per_row`
+    of a one-row `_nll`, or a batched scorer such as scoring.LlamaScorer.score); `greedy_fn(prompt, n)` → (new
+    ids, decode seconds)."""
     from tqdm import tqdm
 
-    nll, count, tops = 0.0, 0, []
-    for start, ids in tqdm(es.sequences, desc=f"perplexity {label}", unit="row", disable=not progress, leave=False):
-        s, n, top = nll_fn(start, ids)
+    with tqdm(total=len(es.sequences), desc=f"perplexity {label}", unit="row", disable=not progress,
+              leave=False) as bar:
+        rows = score_fn(es.sequences, bar.update)
+    nll, count = 0.0, 0
+    for s, n, _ in rows:  # summed in row order, as before batching
         nll, count = nll + s, count + n
-        tops.append(top)
+    tops = [top for _, _, top in rows]
     outs, decoded, seconds = [], 0, 0.0
     for p in tqdm(es.prompts, desc=f"greedy {label}", unit="prompt", disable=not progress, leave=False):
         ids, s = greedy_fn(p, gen_tokens)
@@ -211,19 +227,33 @@ def _prefix_share(a: list[int], b: list[int]) -> float:
 
 
 def measure(reference: Path, export: Path, hf_dir: Path, dataset: Path | None = None, *, rows: int = 100,
-            prompts: int = 8, gen_tokens: int = 48, threads: int = 1, samples: int = 2, progress: bool = False) -> dict:
-    """Measure the GGUF `export` against its f16 `reference` (the same file when the export is f16)."""
+            prompts: int = 8, gen_tokens: int = 48, threads: int = 1, samples: int = 2, progress: bool = False,
+            batched: bool = True) -> dict:
+    """Measure the GGUF `export` against its f16 `reference` (the same file when the export is f16).
+
+    batched: perplexity with scoring.LlamaScorer (logits at the targets only, the rows' shared prefix once);
+    False: the reference path, one row per `Llama.eval` (`_nll`); both give the same report (tests/compress).
+    """
     same_file = Path(reference).resolve() == Path(export).resolve()
     trained = json.loads((hf_dir / "config.json").read_text()).get("max_position_embeddings") or N_CTX
     n_ctx = min(N_CTX, trained)
     ref = _load(reference, threads, n_ctx)
     es = eval_set(partial(_tokenize, ref), hf_dir, dataset, rows=rows, prompts=prompts, n_ctx=n_ctx)
-    r = run_eval(es, partial(_nll, ref), partial(_greedy, ref), gen_tokens, "f16", progress)
+
+    def run(llm, path: Path, label: str) -> dict:
+        if not batched:
+            return run_eval(es, per_row(partial(_nll, llm)), partial(_greedy, llm), gen_tokens, label, progress)
+        from llmkit.compress.scoring import N_SEQ, LlamaScorer
+
+        with LlamaScorer(path, threads, n_ctx, n_seq=min(N_SEQ, len(es.sequences))) as scorer:
+            return run_eval(es, scorer.score, partial(_greedy, llm), gen_tokens, label, progress)
+
+    r = run(ref, reference, "f16")
     if same_file:
         e = r
     else:
         exp = _load(export, threads, n_ctx)
-        e = run_eval(es, partial(_nll, exp), partial(_greedy, exp), gen_tokens, Path(export).name, progress)
+        e = run(exp, export, Path(export).name)
         exp.close()
     report = compare(r, e, es, lambda ids: ref.detokenize(ids).decode("utf-8", "replace"), file=Path(export).name,
                      size=Path(export).stat().st_size, reference_size=Path(reference).stat().st_size,
