@@ -25,6 +25,7 @@ import ctypes
 from collections.abc import Callable
 from pathlib import Path
 
+from llmkit.engines.llamacpp import new_context
 from llmkit.errors import LlmkitError, MissingExtra
 
 # Rows in flight. 1: prefill on CPU is compute-bound, so several rows per llama_decode did not pay (512 tokens of
@@ -58,18 +59,9 @@ class LlamaScorer:
         if not self._model:
             raise LlmkitError(f"llama.cpp could not load {path}")
         self.n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self._model))
-        p = lc.llama_context_default_params()
-        p.n_ctx = n_ctx * n_seq  # split across the sequences: each stream holds n_ctx tokens
-        p.n_batch = p.n_ubatch = n_batch
-        p.n_seq_max = n_seq
-        p.n_threads = p.n_threads_batch = threads
-        p.kv_unified = False  # a stream per row: with a unified cache, rows in one batch round differently
-        p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as the reference Llama(flash_attn=False)
-        p.no_perf = True
-        self._ctx = lc.llama_init_from_model(self._model, p)
-        if not self._ctx:
-            lc.llama_model_free(self._model)
-            raise LlmkitError(f"llama.cpp could not create a context of {n_seq} × {n_ctx} tokens (out of memory?)")
+        # flash-attn off, as the reference `Llama(flash_attn=False)` whose numbers this scorer reproduces
+        self._ctx = new_context(lc, self._model, n_ctx=n_ctx, n_seq=n_seq, n_batch=n_batch, threads=threads,
+                                flash_attn=False)
         self._mem = lc.llama_get_memory(self._ctx)
         self._batch = lc.llama_batch_init(n_batch, 0, 1)
 

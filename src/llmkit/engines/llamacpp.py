@@ -101,6 +101,26 @@ def grammar_for(response_format: dict | None) -> str | None:
     raise UnsupportedFeature(f"response_format.type must be text, json_object or json_schema, got {kind!r}")
 
 
+def new_context(lc, model, *, n_ctx: int, n_seq: int, n_batch: int, threads: int, flash_attn: bool | None = None):
+    """A llama.cpp context of `n_seq` sequences × `n_ctx` tokens each (low-level API), shared by this engine and
+    the compress report's scorer. `kv_unified=False`: a stream per sequence, so a sequence rounds the same in a
+    batch as alone (FACTS). `flash_attn` None keeps llama.cpp's default. The model is freed if it fails."""
+    p = lc.llama_context_default_params()
+    p.n_ctx = n_ctx * n_seq
+    p.n_batch = p.n_ubatch = n_batch
+    p.n_seq_max = n_seq
+    p.n_threads = p.n_threads_batch = threads
+    p.kv_unified = False
+    if flash_attn is not None:
+        p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    p.no_perf = True
+    ctx = lc.llama_init_from_model(model, p)
+    if not ctx:
+        lc.llama_model_free(model)
+        raise LlmkitError(f"llama.cpp could not create a context of {n_seq} × {n_ctx} tokens (out of memory?)")
+    return ctx
+
+
 class LlamaCppEngine:
     name = "llamacpp"
 
@@ -139,17 +159,7 @@ class LlamaCppEngine:
             raise UnsupportedModel(f"llama.cpp could not load {model.path} (not a GGUF model it supports)")
         self._vocab = lc.llama_model_get_vocab(self._model)
         self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
-        cparams = lc.llama_context_default_params()
-        cparams.n_ctx = n_ctx * parallel
-        cparams.n_batch = cparams.n_ubatch = n_batch
-        cparams.n_seq_max = parallel
-        cparams.n_threads = cparams.n_threads_batch = threads
-        cparams.kv_unified = False
-        cparams.no_perf = True
-        self._ctx = lc.llama_init_from_model(self._model, cparams)
-        if not self._ctx:
-            lc.llama_model_free(self._model)
-            raise LlmkitError(f"llama.cpp could not create a context of {parallel} × {n_ctx} tokens (out of memory?)")
+        self._ctx = new_context(lc, self._model, n_ctx=n_ctx, n_seq=parallel, n_batch=n_batch, threads=threads)
         self._mem = lc.llama_get_memory(self._ctx)
         self._batch = lc.llama_batch_init(n_batch, 0, 1)
         self._piece_buf = ctypes.create_string_buffer(256)
