@@ -28,23 +28,34 @@ from llmkit.errors import ConfigError, DataError, GateFailed, StageNotAvailable
 from llmkit.eval import gates as gates_
 from llmkit.eval.metrics import choice_scores, perplexity, score_reply
 from llmkit.eval.targets import EndpointTarget, ModelTarget, Target
-from llmkit.eval.tasks import Item, Task, dataset_perplexity_task, load_task
+from llmkit.eval.tasks import Item, Summary, Task, dataset_perplexity_task, load_task
 
 __all__ = ["EndpointTarget", "ModelTarget", "evaluate", "load_tasks", "recipe_inputs", "summary"]
 
 ROLES = ("model", "baseline")
 
 
+def _perplexity(cfg: EvalConfig, dataset: Path | None) -> list[Task]:
+    if dataset is None:
+        raise DataError("the built-in perplexity task scores a dataset artifact's val split: give a "
+                        "dataset (--data, or a recipe with a data: section)")
+    return [dataset_perplexity_task(dataset, cfg.limit)]
+
+
+# Built-in tasks by name: fn(cfg, dataset) -> tasks. A suite switched on in the config (eval.safety: true) is
+# run as if its name were listed in eval.tasks.
+BUILTIN = {"perplexity": _perplexity}
+SUITES: tuple[str, ...] = ()
+
+
 def load_tasks(cfg: EvalConfig, base_dir: Path = Path("."), dataset: Path | None = None) -> list[Task]:
     """Every task of `cfg`, each file checked in full; the problems of all files are reported at once."""
     tasks, problems = [], []
-    for spec in cfg.tasks:
+    specs = list(cfg.tasks) + [s for s in SUITES if getattr(cfg, s, False) and s not in cfg.tasks]
+    for spec in specs:
         try:
-            if spec == "perplexity":
-                if dataset is None:
-                    raise DataError("the built-in perplexity task scores a dataset artifact's val split: give a "
-                                    "dataset (--data, or a recipe with a data: section)")
-                tasks.append(dataset_perplexity_task(dataset, cfg.limit))
+            if spec in BUILTIN:
+                tasks += BUILTIN[spec](cfg, dataset)
             else:
                 t = load_task(spec, base_dir)
                 t.items = t.items[: cfg.limit] if cfg.limit else t.items
@@ -62,7 +73,9 @@ def _score(target: Target, task: Task, item: Item, max_tokens: int) -> dict:
     """Ask `target` one item; the record that items.jsonl keeps."""
     row = item.row
     rec: dict = {"task": task.name, "id": item.id, "type": item.type}
-    if item.type == "generate":
+    if item.score is not None:
+        rec.update(item.score(target, row, max_tokens))
+    elif item.type == "generate":
         messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
         reply = target.generate(messages, row.get("max_tokens", max_tokens))
         rec.update(reply=reply, scores=score_reply(reply, row))
@@ -82,11 +95,19 @@ def _score(target: Target, task: Task, item: Item, max_tokens: int) -> dict:
     return rec
 
 
-def aggregate(tasks: list[Task], records: list[dict]) -> dict[str, float]:
-    """Flat metrics `TASK.metric` over one target's item records."""
+def aggregate(tasks: list[Task], records: list[dict]) -> tuple[dict[str, float], dict[str, list[dict]]]:
+    """Flat metrics `TASK.metric` over one target's item records, and each suite's tables by task."""
     out: dict[str, float] = {}
+    tables: dict[str, list[dict]] = {}
     for task in tasks:
         recs = [r for r in records if r["task"] == task.name]
+        if task.summarize is not None:
+            s: Summary = task.summarize(recs)
+            out.update({f"{task.name}.{k}": v for k, v in s.metrics.items()})
+            out[f"{task.name}.items"] = len(recs)
+            if s.tables:
+                tables[task.name] = s.tables
+            continue
         scores: dict[str, list[float]] = {}
         for r in recs:
             for k, v in r.get("scores", {}).items():
@@ -99,7 +120,7 @@ def aggregate(tasks: list[Task], records: list[dict]) -> dict[str, float]:
             out[f"{task.name}.perplexity"] = round(perplexity(nll, tokens), 6)
             out[f"{task.name}.nll_per_token"] = round(nll / tokens, 6)
         out[f"{task.name}.items"] = len(recs)
-    return out
+    return out, tables
 
 
 def _run(role: str, target: Target, tasks: list[Task], cfg: EvalConfig, cache: Path, done: dict,
@@ -159,8 +180,7 @@ def evaluate(cfg: EvalConfig, target: str | Path | Target, out: Path, baseline: 
     EndpointTarget) on `cfg.tasks`, and `baseline` (default: cfg.baseline) the same way; write the artifact
     folder `out`; raise GateFailed when a gate fails. Returns {"status": "ran" | "skipped", "out", "metrics"
     (model, baseline, delta, gates, passed)}."""
-    if cfg.safety or cfg.bias:
-        raise StageNotAvailable("eval.safety and eval.bias are not built yet (issue 17); set them to false")
+    _refuse_unbuilt(cfg, "eval")
     tasks = load_tasks(cfg, base_dir, dataset)  # every task file checked before anything loads
     baseline = baseline if baseline is not None else cfg.baseline
     if baseline == "base":
@@ -196,14 +216,16 @@ def evaluate(cfg: EvalConfig, target: str | Path | Target, out: Path, baseline: 
     order = {(t.name, i.id): n for n, (t, i) in enumerate((t, i) for t in tasks for i in t.items)}
     records = sorted((r for k, r in done.items() if (k[1], k[2]) in order),
                      key=lambda r: (ROLES.index(r["target"]), order[(r["task"], r["id"])]))
-    per = {role: aggregate(tasks, [r for r in records if r["target"] == role]) for role in roles}
+    both = {role: aggregate(tasks, [r for r in records if r["target"] == role]) for role in roles}
+    per = {role: m for role, (m, _) in both.items()}
     base = per.get("baseline")
     results = gates_.check(cfg.gates, per["model"], base)
     metrics = {"model": per["model"], "baseline": base,
                "delta": {k: round(v - base[k], 6) for k, v in per["model"].items()
                          if base and isinstance(base.get(k), (int, float))} if base else None,
                "gates": results, "passed": all(r["passed"] for r in results),
-               "targets": {role: targets[role].name for role in roles}}
+               "targets": {role: targets[role].name for role in roles},
+               "tables": {role: t for role, (_, t) in both.items()}}
     with artifacts.build("eval", out, config, inputs) as b:
         artifacts.write_json_atomic(b.tmp / "metrics.json", metrics)
         with open(b.tmp / "items.jsonl", "w", encoding="utf-8") as f:
@@ -226,8 +248,7 @@ def recipe_inputs(recipe: Recipe, check_only: bool = False) -> dict:
 
     cfg = recipe.eval or EvalConfig()
     run, where = recipe.run_dir, recipe.source or "the recipe"
-    if cfg.safety or cfg.bias:
-        raise StageNotAvailable(f"{where}: eval.safety and eval.bias are not built yet (issue 17); set them to false")
+    _refuse_unbuilt(cfg, where)
     if "perplexity" in cfg.tasks and recipe.data is None:
         raise ConfigError(["eval.tasks: the built-in perplexity task scores the data stage's val split, but the "
                            "recipe has no data: section (give task files instead)"], where)
@@ -246,6 +267,12 @@ def recipe_inputs(recipe: Recipe, check_only: bool = False) -> dict:
     data = run / "data"
     return {"target": str(model), "baseline": baseline, "base_dir": recipe.base_dir,
             "dataset": data if (data / artifacts.MANIFEST).is_file() else None}
+
+
+def _refuse_unbuilt(cfg: EvalConfig, where: str) -> None:
+    missing = [s for s in ("safety", "bias") if getattr(cfg, s) and s not in SUITES]
+    if missing:
+        raise StageNotAvailable(f"{where}: eval.{' and eval.'.join(missing)} not built yet (issue 17); set to false")
 
 
 def _raise_failed(metrics: dict, out: Path) -> None:

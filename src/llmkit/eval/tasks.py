@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,13 +42,28 @@ class Item:
     id: str
     type: str
     row: dict[str, Any]  # the validated row (defaults applied)
+    # A built-in suite's own scorer (safety, bias, ...): score(target, row, max_tokens) -> the fields items.jsonl
+    # keeps for this item, with its 0..1 scores under "scores". None: scored by `type` (generate/choice/perplexity).
+    score: Callable[[Any, dict, int], dict] | None = None
+
+
+@dataclass
+class Summary:
+    """What a suite makes of one target's records: flat metrics (the task's name is put in front of each) and
+    tables for the report, each {"id", "title", "columns": [...], "rows": [[...]], "note"?, "chart"?} where
+    chart = {"type": "bar" | "bar_ci", "label": column, "value": column, "lo"?: column, "hi"?: column}."""
+
+    metrics: dict[str, float]
+    tables: list[dict] = field(default_factory=list)
 
 
 @dataclass
 class Task:
     name: str
-    source: str
+    source: str  # the file or folder the items come from (hashed into the eval's manifest)
     items: list[Item] = field(default_factory=list)
+    # A suite's own aggregation of one target's records; None: the mean of each score, perplexity from the nlls.
+    summarize: Callable[[list[dict]], Summary] | None = None
 
     @property
     def types(self) -> set[str]:
