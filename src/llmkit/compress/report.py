@@ -174,8 +174,10 @@ def _greedy(llm, prompt: list[int], n: int) -> tuple[list[int], float]:
 
     llm.reset()
     llm.eval(prompt)
+    # llm.scores has one row per position of the context asked for, while llm.n_ctx() may be larger (llama.cpp
+    # rounds a small context up to 256): evaluating past the last row fails, so that is where decoding stops.
     out, seconds = [], 0.0
-    for _ in range(min(n, llm.n_ctx() - len(prompt))):
+    while len(out) < n and llm.n_tokens < len(llm.scores):
         tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
         if tok == llm.token_eos():
             break
