@@ -58,6 +58,7 @@ class FakeJudge:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 prompt = body["messages"][-1]["content"]
                 fake.prompts.append(prompt)
+                fake.auth = self.headers.get("Authorization")
                 self._send({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                             "choices": [{"index": 0, "finish_reason": "stop",
                                          "message": {"role": "assistant", "content": fake.rule(prompt)}}]})
@@ -105,7 +106,7 @@ def test_the_protocol_against_a_fake_judge(tiny_llama, tmp_path):
     ]
     fake = FakeJudge(rule)
     try:
-        cfg = EvalConfig(tasks=[f"q={_rows(tmp_path, rows)}"], judge_endpoint=fake.url)
+        cfg = EvalConfig(tasks=[f"q={_rows(tmp_path, rows)}"], judge_endpoint=fake.url, judge_api_key="sk-secret-1")
         r = evaluate(cfg, str(tiny_llama), tmp_path / "e", baseline=str(tiny_llama), progress=False)
     finally:
         fake.close()
@@ -128,6 +129,8 @@ def test_the_protocol_against_a_fake_judge(tiny_llama, tmp_path):
     assert mm["q.judge_score"] == 4.0 and mm["q.unparsed"] == pytest.approx(2 / 8)
     assert (mm["q.win_rate"], mm["q.tie_rate"], mm["q.loss_rate"]) == pytest.approx((1 / 5, 2 / 5, 2 / 5))
     assert mm["q.position_disagreement"] == pytest.approx(2 / 5)
+    assert fake.auth == "Bearer sk-secret-1"
+    assert "sk-secret-1" not in (tmp_path / "e" / "manifest.json").read_text()  # the key never reaches a file
     assert len(fake.prompts) == 2 * 2 + 6 * 2 * 2 - 2  # singles once per target; pairs twice (p6 once)
 
 

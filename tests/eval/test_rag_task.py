@@ -43,6 +43,8 @@ def test_rag_metrics_as_a_task_match_rag_eval(rag_index, tiny_llama, tmp_path):
         said = verdict(it["verdicts"][0])
         assert it["scores"]["unparsed"] == float(said is None) and it["judge"] == "the target itself"
         assert it["scores"].get("faithfulness") == (None if said is None else float(said))
+    manifest = json.loads((tmp_path / "e" / "manifest.json").read_text())
+    assert manifest["inputs"][f"task:rag:{idx}"]["artifact"] == "rag-index"  # lineage to the index it scored
     judged = [i["scores"]["faithfulness"] for i in items if "faithfulness" in i["scores"]]
     assert m.get("rag.faithfulness") == (pytest.approx(sum(judged) / len(judged)) if judged else None)
 

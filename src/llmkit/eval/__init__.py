@@ -194,6 +194,7 @@ def evaluate(cfg: EvalConfig, target: str | Path | Target, out: Path, baseline: 
     judge_.bind(tasks, cfg, targets["baseline"])  # judge and pairwise rows get their judge (checked up front)
     inputs = {role: targets[role].ref() for role in roles}
     inputs.update({f"task:{t.name}": artifacts.input_ref(t.source) for t in tasks})
+    inputs.update({f"task:{t.name}:{p}": artifacts.input_ref(p) for t in tasks for p in t.inputs})
     config = {"eval": cfg.model_dump(), **{role: targets[role].name for role in roles}}
     fp = artifacts.fingerprint("eval", config, inputs)
     out = Path(out).resolve()

@@ -240,7 +240,8 @@ def compare_prompts(cfg: EvalConfig, target, out: Path, templates: list[str | Pa
     judge_.bind(tasks, cfg, None)
     owned = isinstance(target, (str, Path))
     tgt = _as_target(target, cfg.engine)
-    inputs = {"model": tgt.ref(), **{f"task:{t.name}": artifacts.input_ref(t.source) for t in tasks}}
+    inputs = {"model": tgt.ref(), **{f"task:{t.name}": artifacts.input_ref(t.source) for t in tasks},
+              **{f"task:{t.name}:{p}": artifacts.input_ref(p) for t in tasks for p in t.inputs}}
     config = {"eval": cfg.model_dump(), "model": tgt.name}
     cache_fp = artifacts.fingerprint("eval", config, inputs)  # templates not in it: each has its own keys
     config["prompts"] = [{"label": t.label, "sha256": t.sha256} for t in temps]

@@ -82,4 +82,4 @@ def rag_task(cfg: EvalConfig, dataset: Path | None = None) -> list[Task]:
     score = partial(_score, _Retriever(index), judge, cfg.rag_top_k)
     rows = read_questions(questions)[: cfg.limit] if cfg.limit else read_questions(questions)
     items = [Item(str(n), "rag", {"type": "rag", **row}, score) for n, row in enumerate(rows, 1)]
-    return [Task("rag", str(questions), items)]
+    return [Task("rag", str(questions), items, inputs=[str(index)])]  # the index's fingerprint: its manifest

@@ -73,6 +73,8 @@ class Task:
     items: list[Item] = field(default_factory=list)
     # A suite's own aggregation of one target's records; None: the mean of each score, perplexity from the nlls.
     summarize: Callable[[list[dict]], Summary] | None = None
+    # Further files or folders the items depend on (the rag task's index), hashed into the manifest beside source.
+    inputs: list[str] = field(default_factory=list)
 
     @property
     def types(self) -> set[str]:
