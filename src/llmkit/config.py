@@ -126,6 +126,14 @@ class EvalConfig(Section):
     limit: int | None = Field(None, gt=0, description="Score at most this many items per task (quick checks).")
     safety: bool = Field(False, description="Safety suite (refusals); not built yet.")
     bias: bool = Field(False, description="Bias suite; not built yet.")
+    prompts: list[str] = Field(default_factory=list, description="Prompt template files (.yaml: name, version, system, template) to compare: the tasks run once per template on the same items and each metric's difference gets a paired bootstrap CI; `llmkit eval --prompts`.")
+    judge_endpoint: str | None = Field(None, description="OpenAI-compatible base URL of the LLM judge for judge and pairwise rows (and the rag task's faithfulness; default there: the model judges itself).")
+    judge_model: str | None = Field(None, description="The judge's model id (default: the first the judge endpoint lists).")
+    # A secret: never dumped, so it stays out of manifests and fingerprints.
+    judge_api_key: str | None = Field(None, exclude=True, repr=False, description="The judge endpoint's API key (never written to a manifest).")
+    rag_index: str | None = Field(None, description="The built-in `rag` task's index folder (`llmkit rag index` output, or a recipe's runs/NAME/rag).")
+    rag_questions: str | None = Field(None, description="The built-in `rag` task's questions: JSONL of {question, source, heading?}, as `llmkit rag eval` reads.")
+    rag_top_k: int = Field(4, gt=0, description="Chunks the `rag` task retrieves per question (recall@k, MRR, and the sources the answer is given).")
     gates: dict[str, str] = Field(default_factory=dict, description='Metric thresholds, e.g. {"support.contains": ">= 0.8", "perplexity.perplexity": "<= baseline"}; a failing gate exits 1 and stops `llmkit run`.')
 
     @field_validator("gates")

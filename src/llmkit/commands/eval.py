@@ -15,10 +15,13 @@ def _eval(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe) if args.recipe else None
     cfg = (recipe.eval if recipe and recipe.eval else EvalConfig()).model_dump()
+    if recipe and recipe.eval:
+        cfg["judge_api_key"] = recipe.eval.judge_api_key  # not dumped (a secret)
     problems = []
     if args.tasks:
         cfg["tasks"] = args.tasks
-    for k in ("engine", "max_tokens", "concurrency", "limit"):
+    for k in ("engine", "max_tokens", "concurrency", "limit", "prompts", "judge_endpoint", "judge_model",
+              "judge_api_key", "rag_index", "rag_questions", "rag_top_k"):
         if getattr(args, k) is not None:
             cfg[k] = getattr(args, k)
     if args.baseline:
@@ -44,6 +47,18 @@ def _eval(args: argparse.Namespace) -> int:
     target = (EndpointTarget(args.endpoint, args.api_key, args.endpoint_model, cfg.concurrency) if args.endpoint
               else args.model or plan["target"])
     out = Path(args.out) if args.out else recipe.run_dir / "eval"
+    if cfg.prompts:
+        from llmkit.eval.prompts import compare_prompts
+        from llmkit.eval.prompts import summary as prompts_summary
+
+        r = compare_prompts(cfg, target, out, cfg.prompts, base_dir=plan.get("base_dir", Path(".")),
+                            dataset=Path(args.data) if args.data else plan.get("dataset"), force=args.force)
+        if r["status"] == "skipped":
+            print(f"skipped: {out} already holds this prompt experiment (--force to redo)")
+        print(prompts_summary(r["metrics"]))
+        print(f"metrics: {out / 'metrics.json'}  items: {out / 'items.jsonl'}  (gates are not checked in a prompt "
+              "experiment)")
+        return 0
     try:
         r = evaluate(cfg, target, out, plan.get("baseline", cfg.baseline), base_dir=plan.get("base_dir", Path(".")),
                      dataset=Path(args.data) if args.data else plan.get("dataset"), force=args.force)
@@ -65,7 +80,9 @@ def add_parser(sub) -> None:
                                    "or any OpenAI-compatible endpoint on tasks: generation with checks (exact, "
                                    "contains, regex, token F1, ROUGE-L, JSON-valid), multiple choice by "
                                    "log-likelihood (acc and acc_norm, as lm-evaluation-harness), perplexity (task "
-                                   "files, or `perplexity`: the dataset's val replies). A baseline is scored the same "
+                                   "files, or `perplexity`: the dataset's val replies), an LLM judge (rubric score; "
+                                   "pairwise, both orders), `rag` (recall@k, MRR, faithfulness). --prompts compares "
+                                   "prompt templates on the same items. A baseline is scored the same "
                                    "way. Writes OUT/metrics.json, OUT/items.jsonl and a manifest; a killed eval "
                                    "resumes without asking finished items again. Exits 1 when a gate fails, naming "
                                    "every failing gate. Task file format: `python -c \"import llmkit.eval.tasks as "
@@ -91,5 +108,15 @@ def add_parser(sub) -> None:
     e.add_argument("--max-tokens", type=int, help="tokens per generated reply (default 128)")
     e.add_argument("--concurrency", type=int, help="endpoint requests in flight at once (default 8)")
     e.add_argument("--limit", type=int, help="score at most this many items per task")
+    e.add_argument("--prompts", nargs="+", metavar="YAML", help="prompt template files (name, version, system, "
+                   "template with {prompt}): run the tasks once per template on the same items and report each "
+                   "metric's difference with its paired bootstrap CI; a winner only when the CI excludes 0")
+    e.add_argument("--judge-endpoint", metavar="URL", help="OpenAI-compatible base URL of the LLM judge for judge "
+                   "and pairwise rows (and the rag task's faithfulness)")
+    e.add_argument("--judge-model", metavar="ID", help="the judge's model id (default: the first it lists)")
+    e.add_argument("--judge-api-key", metavar="KEY", help="the judge endpoint's API key (never written to a manifest)")
+    e.add_argument("--rag-index", metavar="DIR", help="the built-in `rag` task's index folder (llmkit rag index)")
+    e.add_argument("--rag-questions", metavar="JSONL", help="the `rag` task's questions: {question, source, heading?}")
+    e.add_argument("--rag-top-k", type=int, help="chunks the `rag` task retrieves per question (default 4)")
     e.add_argument("--force", action="store_true", help="score again even when a finished eval matches")
     e.set_defaults(fn=_eval)

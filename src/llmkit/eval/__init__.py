@@ -26,7 +26,9 @@ from llmkit import artifacts
 from llmkit.config import EvalConfig, Recipe
 from llmkit.errors import ConfigError, DataError, GateFailed, StageNotAvailable
 from llmkit.eval import gates as gates_
+from llmkit.eval import judge as judge_
 from llmkit.eval.metrics import choice_scores, perplexity, score_reply
+from llmkit.eval.rag_task import rag_task
 from llmkit.eval.targets import EndpointTarget, ModelTarget, Target
 from llmkit.eval.tasks import Item, Summary, Task, dataset_perplexity_task, load_task
 
@@ -44,7 +46,7 @@ def _perplexity(cfg: EvalConfig, dataset: Path | None) -> list[Task]:
 
 # Built-in tasks by name: fn(cfg, dataset) -> tasks. A suite switched on in the config (eval.safety: true) is
 # run as if its name were listed in eval.tasks.
-BUILTIN = {"perplexity": _perplexity}
+BUILTIN = {"perplexity": _perplexity, "rag": rag_task}
 SUITES: tuple[str, ...] = ()
 
 
@@ -189,8 +191,10 @@ def evaluate(cfg: EvalConfig, target: str | Path | Target, out: Path, baseline: 
         raise ConfigError(["eval.gates: a gate compares with the baseline, but no baseline is given"])
     targets = {"model": _as_target(target, cfg.engine), "baseline": _as_target(baseline, cfg.engine)}
     roles = [r for r in ROLES if targets[r] is not None]
+    judge_.bind(tasks, cfg, targets["baseline"])  # judge and pairwise rows get their judge (checked up front)
     inputs = {role: targets[role].ref() for role in roles}
     inputs.update({f"task:{t.name}": artifacts.input_ref(t.source) for t in tasks})
+    inputs.update({f"task:{t.name}:{p}": artifacts.input_ref(p) for t in tasks for p in t.inputs})
     config = {"eval": cfg.model_dump(), **{role: targets[role].name for role in roles}}
     fp = artifacts.fingerprint("eval", config, inputs)
     out = Path(out).resolve()

@@ -7,6 +7,11 @@ One JSON object per line; `type` says how the row is scored (the same way on eve
     {"type": "choice", "prompt": "Question: Paris is the capital of\\nAnswer:", "choices": ["France", "Spain"], "answer": 0}
     {"type": "perplexity", "text": "a passage"}       # or "prompt" + "completion": only the completion is scored
 
+    {"type": "judge", "prompt": "...", "rubric": "Correct and polite.", "reference"?: "...", "scale"?: "1-5"}
+    {"type": "pairwise", "prompt": "...", "rubric"?: "...", "against"?: "a reply" | "reply_a" + "reply_b"?: ...}
+
+judge and pairwise rows are scored by an LLM judge (judge.py): a pairwise row compares the model's reply with
+`against`, or two given replies, or (neither given) the baseline's reply.
 generate checks: exact (== reference, surrounding whitespace ignored), contains (a string or a list, all must
 occur), regex (re.search), f1 (token F1 with reference), rouge_l (with reference), json (the reply parses).
 A task YAML (`name:`, `data:` a JSONL path relative to the YAML, `defaults:` fields every row gets unless it has
@@ -27,12 +32,16 @@ import yaml
 
 from llmkit.errors import ConfigError, DataError
 
-TYPES = ("generate", "choice", "perplexity")
+TYPES = ("generate", "choice", "perplexity", "judge", "pairwise")
+SCALES = ("1-5", "0-10")  # a judge row's score range
 CHECKS = ("exact", "contains", "regex", "f1", "rouge_l", "json")
 _FIELDS = {
     "generate": {"id", "type", "prompt", "messages", "reference", "checks", "max_tokens"},
     "choice": {"id", "type", "prompt", "choices", "answer"},
     "perplexity": {"id", "type", "text", "prompt", "completion"},
+    # scored by an LLM judge (judge.py)
+    "judge": {"id", "type", "prompt", "messages", "rubric", "reference", "scale", "max_tokens"},
+    "pairwise": {"id", "type", "prompt", "messages", "rubric", "against", "reply_a", "reply_b", "max_tokens"},
 }
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
@@ -64,6 +73,8 @@ class Task:
     items: list[Item] = field(default_factory=list)
     # A suite's own aggregation of one target's records; None: the mean of each score, perplexity from the nlls.
     summarize: Callable[[list[dict]], Summary] | None = None
+    # Further files or folders the items depend on (the rag task's index), hashed into the manifest beside source.
+    inputs: list[str] = field(default_factory=list)
 
     @property
     def types(self) -> set[str]:
@@ -124,6 +135,29 @@ def check_row(row: Any) -> list[str]:
                     out.append(f"checks.{k}: expected true, got {v!r}")
                 elif k in ("exact", "f1", "rouge_l") and not isinstance(row.get("reference"), str):
                     out.append(f"checks.{k}: needs a reference (a string field beside checks)")
+        mt = row.get("max_tokens")
+        if mt is not None and not (isinstance(mt, int) and not isinstance(mt, bool) and mt > 0):
+            out.append(f"max_tokens: expected an integer > 0, got {mt!r}")
+    elif kind in ("judge", "pairwise"):
+        if ("prompt" in row) == ("messages" in row):
+            out.append("prompt: expected exactly one of prompt (a string) or messages (a list of {role, content})")
+        elif "prompt" in row:
+            text("prompt")
+        elif not _is_messages(row["messages"]):
+            out.append(f"messages: expected a non-empty list of {{role, content}} objects, got {row['messages']!r}")
+        text("rubric", required=kind == "judge")
+        if kind == "judge":
+            text("reference", required=False)
+            if row.get("scale", "1-5") not in SCALES:
+                out.append(f"scale: expected one of {', '.join(SCALES)}, got {row['scale']!r}")
+        else:
+            for k in ("against", "reply_a", "reply_b"):
+                text(k, required=False)
+            if ("reply_a" in row) != ("reply_b" in row):
+                out.append("reply_a: expected reply_a and reply_b together (two given replies), or neither")
+            elif "reply_a" in row and "against" in row:
+                out.append("against: expected either against (compared with the model's reply) or reply_a + "
+                           "reply_b (two given replies), not both")
         mt = row.get("max_tokens")
         if mt is not None and not (isinstance(mt, int) and not isinstance(mt, bool) and mt > 0):
             out.append(f"max_tokens: expected an integer > 0, got {mt!r}")

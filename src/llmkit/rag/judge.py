@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from llmkit.errors import LlmkitError, MissingExtra
+from llmkit.engines import remote
 from llmkit.rag.answer import augment
 from llmkit.rag.evaluate import read_questions
 from llmkit.rag.retrieve import open_index
@@ -31,23 +31,9 @@ def verdict(reply: str) -> bool | None:
     return None if m is None else m.group(1).lower() == "yes"
 
 
-def _client(endpoint: str, api_key: str | None):
-    try:
-        import openai
-    except ImportError:
-        raise MissingExtra("answer faithfulness talks to an OpenAI-compatible endpoint: pip install openai") from None
-    return openai.OpenAI(base_url=endpoint, api_key=api_key or "none", max_retries=1, timeout=300)
-
-
-def _chat(client, model: str, content: str, max_tokens: int) -> str:
-    import openai
-
-    try:
-        r = client.chat.completions.create(model=model, temperature=0, max_tokens=max_tokens,
-                                           messages=[{"role": "user", "content": content}])
-    except openai.APIError as e:
-        raise LlmkitError(f"{client.base_url}: {e}") from None
-    return r.choices[0].message.content or ""
+# Module names, so a unit test can replace the endpoint (tests/rag/test_judge.py).
+_client = remote.client
+_chat = remote.chat
 
 
 def faithfulness(index_dir: Path, questions: Path, endpoint: str, model: str, *, judge_endpoint: str | None = None,
