@@ -119,6 +119,9 @@ def eval_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageResul
         raise
     if r["status"] == "ran":
         echo("      " + summary(r["metrics"]).replace("\n", "\n      "))
+    if recipe.eval.prompts:  # a prompt experiment compares templates; it is not part of the gated run
+        echo(f"      eval.prompts: compare the templates with `llmkit eval --recipe {recipe.source or 'RECIPE'} "
+             "--prompts ...` (llmkit run scores and gates the model only)")
     reason = "finished artifact with the same inputs and config" if r["status"] == "skipped" else ""
     return StageResult("eval", out, r["status"], reason, time.perf_counter() - t0)
 
