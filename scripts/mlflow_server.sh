@@ -3,6 +3,7 @@
 #
 #   scripts/mlflow_server.sh start DIR [PORT]   # sqlite DB + artifacts in DIR; waits until /health answers
 #   scripts/mlflow_server.sh stop DIR
+#   PYTHON=/path/to/python scripts/mlflow_server.sh start DIR   # another environment's MLflow
 #   MLFLOW_TRACKING_URI=http://127.0.0.1:PORT llmkit run recipe.yaml
 #
 # `mlflow server` takes ~40 s to answer on 2 cores and spawns uvicorn workers and a job runner that outlive a
@@ -15,13 +16,13 @@ cmd=${1:-}; dir=${2:-}
 port=${3:-5000}
 pidfile="$dir/server.pid"
 here=$(cd "$(dirname "$0")/.." && pwd)
-mlflow=${MLFLOW_BIN:-$(command -v mlflow || echo "$here/.venv/bin/mlflow")}
+python=${PYTHON:-$here/.venv/bin/python}  # the Python whose MLflow serves (make setup's venv by default)
 
 case "$cmd" in
 start)
   mkdir -p "$dir/artifacts"
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then echo "already running: $(cat "$pidfile")"; exit 0; fi
-  MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true setsid "$mlflow" server --host 127.0.0.1 --port "$port" \
+  MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true setsid "$python" -m mlflow server --host 127.0.0.1 --port "$port" \
       --workers 1 --backend-store-uri "sqlite:///$dir/mlflow.db" --artifacts-destination "$dir/artifacts" \
       > "$dir/server.log" 2>&1 < /dev/null &
   echo $! > "$pidfile"
