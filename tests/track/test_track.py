@@ -32,8 +32,11 @@ def tracked(tiny_gguf, tmp_path_factory):
     """One pipeline run (model, data, train) mirrored into its own sqlite MLflow; returns (recipe, uri, lines)."""
     d = tmp_path_factory.mktemp("tracked")
     _rows(d)
+    (d / "task.jsonl").write_text(json.dumps({"type": "generate", "prompt": "Hi", "max_tokens": 4,
+                                              "checks": {"contains": "answer"}}) + "\n")
     uri = f"sqlite:///{d / 'mlflow.db'}"
     (d / "t.yaml").write_text(f"name: t\nmodel: {tiny_gguf}\ndata: {{train: t.jsonl, val_fraction: 0.2}}\n{TRAIN}\n"
+                              "eval: {tasks: [q=task.jsonl], baseline: base, max_tokens: 4}\n"
                               f"track: {{mlflow_uri: '{uri}'}}\n")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LLMKIT_HOME", str(d / "home"))
@@ -62,11 +65,11 @@ def test_a_pipeline_run_is_mirrored_stage_by_stage(tracked):
     recipe, uri, lines = tracked
     c = _client(uri)
     runs = _runs(uri)
-    assert set(runs) == {"t pipeline", "model", "data", "train"}
+    assert set(runs) == {"t pipeline", "model", "data", "train", "eval"}
     parent = runs["t pipeline"]
     assert not any(x.startswith("warning") for x in lines)
     run_dir = recipe.run_dir
-    for stage in ("model", "data", "train"):
+    for stage in ("model", "data", "train", "eval"):
         r = runs[stage]
         m = read_manifest(run_dir / stage)
         assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -99,6 +102,15 @@ def test_a_pipeline_run_is_mirrored_stage_by_stage(tracked):
     # artifacts: the small files a person looks at
     assert {a.path for a in c.list_artifacts(train.info.run_id)} >= {"loss.png", "manifest.json"}
     assert {a.path for a in c.list_artifacts(runs["data"].info.run_id)} >= {"data_card.md", "data_card.json"}
+    # eval: its metrics (model and baseline), metrics.json, the task file as an eval dataset with its hash
+    ev = runs["eval"]
+    em = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert ev.data.metrics["q.items"] == 1 and ev.data.metrics["baseline.q.contains"] == em["baseline"]["q.contains"]
+    assert ev.data.params["eval.max_tokens"] == "4"
+    assert "metrics.json" in {a.path for a in c.list_artifacts(ev.info.run_id)}
+    task_sha = sha256_file(recipe.base_dir / "task.jsonl")
+    assert ev.data.tags["llmkit.input.task_q.sha256"] == task_sha  # `task:q` made a valid MLflow key
+    assert [(d.dataset.name, d.dataset.digest) for d in ev.inputs.dataset_inputs] == [("task.jsonl", task_sha[:32])]
 
 
 def test_a_skipped_stage_makes_no_duplicate_run(tracked):
@@ -107,13 +119,13 @@ def test_a_skipped_stage_makes_no_duplicate_run(tracked):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LLMKIT_TRACK", "1")
         mp.setenv("LLMKIT_HOME", str(recipe.base_dir / "home"))
-        assert [r.status for r in run_recipe(recipe, echo=lambda s: None)] == ["skipped"] * 3
+        assert [r.status for r in run_recipe(recipe, echo=lambda s: None)] == ["skipped"] * 4
         assert len(_runs(uri)) == before
         # without the local note of what was mirrored, MLflow is asked by manifest hash: still no duplicate
         import shutil
 
         shutil.rmtree(recipe.base_dir / "home" / "track")
-        assert [r.status for r in run_recipe(recipe, echo=lambda s: None)] == ["skipped"] * 3
+        assert [r.status for r in run_recipe(recipe, echo=lambda s: None)] == ["skipped"] * 4
         assert len(_runs(uri)) == before
         assert (recipe.base_dir / "home" / "track").is_dir()  # and the note is back
 

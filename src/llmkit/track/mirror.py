@@ -20,6 +20,7 @@ once and stops trying, and `llmkit track sync RUN_DIR` (`sync`) mirrors whatever
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +53,11 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     return {prefix: obj} if prefix else {}
+
+
+def _key(name: str) -> str:
+    """A param, metric or tag name MLflow accepts on every OS: letters, digits, _ - . / and spaces; ≤ 250."""
+    return re.sub(r"[^/\w.\- ]", "_", name)[:250]
 
 
 def _number(v: Any) -> float | None:
@@ -102,6 +108,7 @@ def _log_stage(c: Any, exp_id: str, m: dict, folder: Path, parent: str | None, s
     if parent:
         tags["mlflow.parentRunId"] = parent
     for name, ref in (m.get("inputs") or {}).items():
+        name = _key(name)
         tags[f"llmkit.input.{name}.sha256"] = ref.get("sha256", "")
         tags[f"llmkit.input.{name}.path"] = ref.get("path", "")[:TAG_VALUE_MAX]
         if ref.get("artifact"):
@@ -109,11 +116,11 @@ def _log_stage(c: Any, exp_id: str, m: dict, folder: Path, parent: str | None, s
             up = find_run(c, exp_id, "llmkit.fingerprint", ref.get("sha256", ""))
             if up is not None:
                 tags[f"llmkit.input.{name}.run_id"] = up.info.run_id
-    tags.update({f"llmkit.version.{k}": str(v) for k, v in (m.get("versions") or {}).items()})
+    tags.update({_key(f"llmkit.version.{k}"): str(v) for k, v in (m.get("versions") or {}).items()})
     run = c.create_run(exp_id, start_time=started, tags=tags, run_name=stage)
     rid = run.info.run_id
 
-    params = [Param(k[:250], json.dumps(v) if not isinstance(v, str) else v)
+    params = [Param(_key(k), json.dumps(v) if not isinstance(v, str) else v)
               for k, v in flatten(m.get("config") or {}).items()]
     params = [Param(p.key, p.value[:PARAM_VALUE_MAX]) for p in params]
     metrics_, ts = [], _ms(m.get("finished_at")) or int(time.time() * 1000)
@@ -122,7 +129,7 @@ def _log_stage(c: Any, exp_id: str, m: dict, folder: Path, parent: str | None, s
     for k, v in flatten(mets).items():
         # the manifest's final `val_loss` is the last point of the val_loss curve, which MLflow shows as latest
         if (x := _number(v)) is not None and not curves.get(k):
-            metrics_.append(Metric(k[:250], x, ts, 0))
+            metrics_.append(Metric(_key(k), x, ts, 0))
     if m.get("seconds") is not None:
         metrics_.append(Metric("stage_seconds", float(m["seconds"]), ts, 0))
     for name, curve in curves.items():
