@@ -231,3 +231,25 @@ def test_models_list_without_a_registry_does_not_import_mlflow(tmp_path, monkeyp
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "NO-MLFLOW" in r.stdout and "REGISTERED" not in r.stdout
+
+
+def test_tracking_on_or_off(tmp_path, monkeypatch):
+    import llmkit.track as track
+    from llmkit.errors import MissingExtra
+
+    plain = parse_recipe("name: a\n", base_dir=tmp_path, source="a.yaml")
+    asked = parse_recipe("name: a\ntrack: {mlflow_uri: 'sqlite:///x.db'}\n", base_dir=tmp_path, source="a.yaml")
+    off = parse_recipe("name: a\ntrack: {enabled: false}\n", base_dir=tmp_path, source="a.yaml")
+    monkeypatch.setenv("LLMKIT_TRACK", "1")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    t = track.for_recipe(plain)
+    assert t is not None and t.uri == f"sqlite:///{tmp_path / 'llmkit-home' / 'mlflow.db'}"  # the embedded default
+    assert track.for_recipe(asked).uri == "sqlite:///x.db"
+    assert track.for_recipe(off) is None
+    monkeypatch.setenv("LLMKIT_TRACK", "0")
+    assert track.for_recipe(asked) is None
+    monkeypatch.setenv("LLMKIT_TRACK", "1")
+    monkeypatch.setattr(track, "available", lambda: False)  # MLflow not installed
+    assert track.for_recipe(plain) is None  # quietly off
+    with pytest.raises(MissingExtra, match=r"pip install 'llmkit\[track\]'"):
+        track.for_recipe(asked)  # asked for, so refused up front
