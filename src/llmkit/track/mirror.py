@@ -104,7 +104,8 @@ def _log_stage(c: Any, exp_id: str, m: dict, folder: Path, parent: str | None, s
     started = _ms(m.get("started_at"))
     tags = {"mlflow.runName": stage, "llmkit.stage": stage, "llmkit.kind": m.get("kind", "?"),
             "llmkit.fingerprint": m.get("fingerprint", ""), "llmkit.manifest": manifest_key(m),
-            "llmkit.path": str(folder), "mlflow.source.name": "llmkit", "mlflow.source.type": "LOCAL"}
+            "llmkit.path": str(folder), "llmkit.status": m.get("status", ""), "mlflow.source.name": "llmkit",
+            "mlflow.source.type": "LOCAL"}
     if parent:
         tags["mlflow.parentRunId"] = parent
     for name, ref in (m.get("inputs") or {}).items():
@@ -135,10 +136,9 @@ def _log_stage(c: Any, exp_id: str, m: dict, folder: Path, parent: str | None, s
     for name, curve in curves.items():
         for step, value in curve or []:  # [[step, loss], ...] as the train stage records them
             metrics_.append(Metric(name, float(value), ts, int(step)))
-    for i in range(0, len(params), 100):  # MLflow takes ≤ 100 params and ≤ 1000 metrics in one batch
-        c.log_batch(rid, params=params[i:i + 100])
-    for i in range(0, len(metrics_), 1000):
-        c.log_batch(rid, metrics=metrics_[i:i + 1000])
+    # MLflow takes ≤ 100 params and ≤ 1000 metrics in one batch; one batch holds both for most stages
+    for i in range(max(-(-len(params) // 100), -(-len(metrics_) // 1000))):
+        c.log_batch(rid, params=params[i * 100:(i + 1) * 100], metrics=metrics_[i * 1000:(i + 1) * 1000])
     ds = [DatasetInput(Dataset(name=d["name"], digest=d["digest"], source_type="local",
                                source=json.dumps({"uri": d["source"]}),
                                profile=json.dumps(d["profile"]) if d["profile"] else None),
@@ -150,7 +150,6 @@ def _log_stage(c: Any, exp_id: str, m: dict, folder: Path, parent: str | None, s
         if f.is_file() and (f.name in ARTIFACT_NAMES or f.suffix in ARTIFACT_SUFFIXES) \
                 and f.stat().st_size <= MAX_ARTIFACT_BYTES:
             c.log_artifact(rid, str(f))
-    c.set_tag(rid, "llmkit.status", m.get("status", ""))
     c.set_terminated(rid, "FINISHED", end_time=_ms(m.get("finished_at")))
     return rid
 
