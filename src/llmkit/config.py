@@ -216,7 +216,7 @@ class ServeConfig(Section):
 class TrackConfig(Section):
     """`track:` mirrors each finished stage's manifest into MLflow (needs llmkit[track]; on by default when installed)."""
 
-    mlflow_uri: str | None = Field(None, description="MLflow tracking URI (sqlite:///path.db, http://host:5000, ...); default $MLFLOW_TRACKING_URI, else sqlite:///$LLMKIT_HOME/mlflow.db with artifacts beside it.")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI (sqlite:///path.db — a relative path is relative to the recipe — http://host:5000, ...); default $MLFLOW_TRACKING_URI, else sqlite:///$LLMKIT_HOME/mlflow.db with artifacts beside it.")
     enabled: bool = Field(True, description="Mirror stages into MLflow; false (or $LLMKIT_TRACK=0) turns it off.")
 
 

@@ -244,7 +244,7 @@ def test_tracking_on_or_off(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     t = track.for_recipe(plain)
     assert t is not None and t.uri == f"sqlite:///{tmp_path / 'llmkit-home' / 'mlflow.db'}"  # the embedded default
-    assert track.for_recipe(asked).uri == "sqlite:///x.db"
+    assert track.for_recipe(asked).uri == f"sqlite:///{tmp_path / 'x.db'}"  # relative to the recipe, as its paths
     assert track.for_recipe(off) is None
     monkeypatch.setenv("LLMKIT_TRACK", "0")
     assert track.for_recipe(asked) is None

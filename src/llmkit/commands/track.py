@@ -10,13 +10,13 @@ def _sync(args: argparse.Namespace) -> int:
 
     from llmkit.config import load_recipe
     from llmkit.errors import ArtifactError
-    from llmkit.track import stage_folders, sync, tracking_uri
+    from llmkit.track import recipe_uri, stage_folders, sync, tracking_uri
 
     run_dir = Path(args.run_dir).resolve()
     recipe = load_recipe(args.recipe) if args.recipe else None
     if not stage_folders(run_dir):
         raise ArtifactError(f"{run_dir}: no finished stage artifacts (folders with manifest.json) to mirror")
-    uri = tracking_uri(args.uri or (recipe.track.mlflow_uri if recipe and recipe.track else None))
+    uri = tracking_uri(args.uri) if args.uri or recipe is None else recipe_uri(recipe)
     experiment = args.experiment or (recipe.name if recipe else run_dir.name)
     t = sync(run_dir, experiment, uri)
     if t.failed:

@@ -15,11 +15,19 @@ from llmkit.errors import MissingExtra
 from llmkit.track.client import INSTALL, available, default_uri, tracking_uri
 from llmkit.track.mirror import Echo, Tracker, stage_folders, sync
 
-__all__ = ["Tracker", "default_uri", "for_recipe", "off_by_env", "stage_folders", "sync", "tracking_uri"]
+__all__ = ["Tracker", "default_uri", "for_recipe", "off_by_env", "recipe_uri", "stage_folders", "sync", "tracking_uri"]
 
 
 def off_by_env() -> bool:
     return os.environ.get("LLMKIT_TRACK", "").strip().lower() in ("0", "off", "false", "no")
+
+
+def recipe_uri(recipe: Recipe) -> str:
+    """The recipe's tracking URI; a relative sqlite path is relative to the recipe file, as its other paths are."""
+    uri = recipe.track.mlflow_uri if recipe.track else None
+    if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{recipe.path(uri.removeprefix('sqlite:///')).resolve()}"
+    return tracking_uri(uri)
 
 
 def for_recipe(recipe: Recipe, echo: Echo = print) -> Tracker | None:
@@ -32,5 +40,4 @@ def for_recipe(recipe: Recipe, echo: Echo = print) -> Tracker | None:
             raise MissingExtra(f"{recipe.source or 'the recipe'}: track: mirrors runs into MLflow, which is not "
                                f"installed: {INSTALL} (or track: {{enabled: false}})")
         return None
-    return Tracker(recipe.name, tracking_uri(cfg.mlflow_uri if cfg else None), recipe.run_dir, echo,
-                   source=recipe.source)
+    return Tracker(recipe.name, recipe_uri(recipe), recipe.run_dir, echo, source=recipe.source)
