@@ -48,10 +48,10 @@ def _registered() -> None:
         return
     if not versions:
         return
-    print(f"\n{'REGISTERED (MLflow)':<24} {'VERSION':>7}  {'FORMAT':<12} {'ALIASES':<22} USE AS")
+    print(f"\n{'REGISTERED (MLflow)':<24} {'VERSION':>7}  {'FORMAT':<12} {'ALIASES':<26} USE AS")
     for v in versions:
         aliases = ", ".join(f"@{a}" for a in v["aliases"]) or "-"
-        print(f"{v['name']:<24} {v['version']:>7}  {v['format']:<12} {aliases:<22} registry:{v['name']}/{v['version']}")
+        print(f"{v['name']:<24} {v['version']:>7}  {v['format']:<12} {aliases:<26} registry:{v['name']}/{v['version']}")
 
 
 def add_parser(sub) -> None:
