@@ -14,6 +14,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("LLMKIT_THREADS", "2")
+# MLflow tracking is on by default where it is installed; each test has its own LLMKIT_HOME, so every pipeline
+# test would create a new MLflow database (~1.5 s of migrations). tests/track turns it on where it is tested.
+os.environ.setdefault("LLMKIT_TRACK", "0")
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"

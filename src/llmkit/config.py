@@ -222,7 +222,10 @@ class ServeConfig(Section):
 
 
 class TrackConfig(Section):
-    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; manifests are mirrored there when set.")
+    """`track:` mirrors each finished stage's manifest into MLflow (needs llmkit[track]; on by default when installed)."""
+
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI (sqlite:///path.db — a relative path is relative to the recipe — http://host:5000, ...); default $MLFLOW_TRACKING_URI, else sqlite:///$LLMKIT_HOME/mlflow.db with artifacts beside it.")
+    enabled: bool = Field(True, description="Mirror stages into MLflow; false (or $LLMKIT_TRACK=0) turns it off.")
 
 
 class Recipe(Section):

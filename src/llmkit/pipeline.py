@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit import artifacts
+from llmkit import artifacts, track
 from llmkit.config import Recipe
 from llmkit.errors import StageNotAvailable
 from llmkit.models import describe, hf_folder, resolve_model
@@ -171,11 +171,22 @@ def run_recipe(recipe: Recipe, force: bool = False, echo: Echo = print) -> list[
         recipe_inputs(recipe, check_only=True)
         load_tasks(recipe.eval.model_copy(update={"tasks": [t for t in recipe.eval.tasks if t != "perplexity"]}),
                    recipe.base_dir)
-    results = []
-    for i, stage in enumerate(stages, 1):
-        out = recipe.run_dir / stage
-        echo(f"[{i}/{len(stages)}] {stage} → {out}")
-        r = STAGES[stage](recipe, out, force, echo)
-        echo(f"      {r.status}{f' ({r.reason})' if r.reason else ''} in {r.seconds:.1f} s")
-        results.append(r)
+    # MLflow mirrors each stage after it finished (track/); it never fails or holds up a stage
+    tracker = track.for_recipe(recipe, echo)
+    results, status = [], "FAILED"
+    try:
+        for i, stage in enumerate(stages, 1):
+            out = recipe.run_dir / stage
+            echo(f"[{i}/{len(stages)}] {stage} → {out}")
+            try:
+                r = STAGES[stage](recipe, out, force, echo)
+            finally:  # a failing gate has still written its eval artifact
+                if tracker is not None:
+                    tracker.stage(out)
+            echo(f"      {r.status}{f' ({r.reason})' if r.reason else ''} in {r.seconds:.1f} s")
+            results.append(r)
+        status = "FINISHED"
+    finally:
+        if tracker is not None:
+            tracker.close(status)
     return results
