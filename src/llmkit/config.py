@@ -126,6 +126,7 @@ class EvalConfig(Section):
     limit: int | None = Field(None, gt=0, description="Score at most this many items per task (quick checks).")
     safety: bool = Field(False, description="Safety suite (refusals); not built yet.")
     bias: bool = Field(False, description="Bias suite; not built yet.")
+    interpret: list[str] | None = Field(None, description="Prompts explained in interpret.json and the report (in-process models only): each reply token's logprob with the 5 most likely alternatives, input-token attributions (Captum gradient x input on the embeddings; transformers engine) and a logit lens. Default: the first 2 generation prompts of the tasks; [] turns it off.")
     gates: dict[str, str] = Field(default_factory=dict, description='Metric thresholds, e.g. {"support.contains": ">= 0.8", "perplexity.perplexity": "<= baseline"}; a failing gate exits 1 and stops `llmkit run`.')
 
     @field_validator("gates")

@@ -50,11 +50,13 @@ def _eval(args: argparse.Namespace) -> int:
     except GateFailed:
         if (out / "metrics.json").is_file():
             print(summary(json.loads((out / "metrics.json").read_text())))
+            print(f"report: {out / 'report.html'}")
         raise
     if r["status"] == "skipped":
         print(f"skipped: {out} already holds a finished eval for these inputs and config (--force to redo)")
     print(summary(r["metrics"]))
     print(f"metrics: {out / 'metrics.json'}  items: {out / 'items.jsonl'}")
+    print(f"report: {out / 'report.html'}  model card: {out / 'model_card.md'}")
     return 0
 
 
