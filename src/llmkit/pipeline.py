@@ -116,9 +116,11 @@ def eval_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageResul
             import json
 
             echo("      " + summary(json.loads((out / "metrics.json").read_text())).replace("\n", "\n      "))
+            echo(f"      report: {out / 'report.html'}")
         raise
     if r["status"] == "ran":
         echo("      " + summary(r["metrics"]).replace("\n", "\n      "))
+        echo(f"      report: {out / 'report.html'}")
     reason = "finished artifact with the same inputs and config" if r["status"] == "skipped" else ""
     return StageResult("eval", out, r["status"], reason, time.perf_counter() - t0)
 

@@ -68,7 +68,9 @@ def add_parser(sub) -> None:
                                    "contains, regex, token F1, ROUGE-L, JSON-valid), multiple choice by "
                                    "log-likelihood (acc and acc_norm, as lm-evaluation-harness), perplexity (task "
                                    "files, or `perplexity`: the dataset's val replies). A baseline is scored the same "
-                                   "way. Writes OUT/metrics.json, OUT/items.jsonl and a manifest; a killed eval "
+                                   "way. Writes OUT/metrics.json, OUT/items.jsonl, OUT/report.html (one "
+                                   "self-contained page: gates, tuned vs base, suites, token heatmaps, loss curve), "
+                                   "OUT/model_card.md and a manifest; a killed eval "
                                    "resumes without asking finished items again. Exits 1 when a gate fails, naming "
                                    "every failing gate. Task file format: `python -c \"import llmkit.eval.tasks as "
                                    "t; print(t.__doc__)\"` or README (Evaluate).")

@@ -87,10 +87,18 @@ def _special_ids(tok) -> list[int]:
 def attribution(engine, prompt: str, reply_ids: list[int], method: str = "gradient_x_input") -> dict:
     """Each of `reply_ids`' log-probability attributed onto the prompt's tokens (Captum; see the module doc)."""
     import torch
-    from captum.attr import LayerGradientXActivation, LayerIntegratedGradients, LLMGradientAttribution, TextTokenInput
 
     if method not in METHODS:
         raise ValueError(f"attribution method {method!r}: expected one of {', '.join(METHODS)}")
+    try:
+        from captum.attr import (
+            LayerGradientXActivation,
+            LayerIntegratedGradients,
+            LLMGradientAttribution,
+            TextTokenInput,
+        )
+    except ImportError:  # said in the report where the heatmap would be, rather than failing the whole eval
+        return {"skipped": "attributions need Captum: pip install 'llmkit[eval]'"}
     if not reply_ids:
         return {"skipped": "the reply is empty: no token to explain"}
     lm, tok = engine.lm, engine.tokenizer
