@@ -247,9 +247,9 @@ def _attr_html(a: dict) -> str:
             spans.append(f'<span class="tok" style="background:rgba({rgb},{alpha:.2f})" title="{escape(repr(tok))}: '
                          f'{v:+.4g}">{_tok(tok)}</span>')
         rows.append(f'<tr><td class="muted"><code>{escape(label)}</code></td><td class="toks">{"".join(spans)}</td></tr>')
-    return (f'<div class="legend">{escape(a["method"])}. <span style="color:#dc2626">red</span> raised the reply '
-            f'token\'s probability, <span style="color:#2563eb">blue</span> lowered it; each row scaled to its '
-            f'largest score.</div><table class="heat" data-kind="attribution">{"".join(rows)}</table>')
+    return (f'<div class="legend" title="{escape(a["method"])}"><span style="color:#dc2626">red</span> raised the '
+            f'reply token\'s probability, <span style="color:#2563eb">blue</span> lowered it; each row scaled to its '
+            f'largest score</div><table class="heat" data-kind="attribution">{"".join(rows)}</table>')
 
 
 def _lens_html(lens: dict) -> str:
@@ -263,8 +263,8 @@ def _lens_html(lens: dict) -> str:
                       f' title="layer {escape(layer)}: {escape(repr(tok))} p={p:.3f}">{_tok(tok)}</td>'
                       for (tok, p), want in zip(cells, lens["next"]))
         rows.append(f'<tr><th>{escape(layer)}</th>{tds}</tr>')
-    return (f'<div class="legend">Each cell: the token that layer\'s hidden state decodes to (final norm + LM head), '
-            f'shaded by its probability; bold where it is the token that actually comes next.</div>'
+    return (f'<div class="legend">the top token of each layer, shaded by its probability; bold where it is the '
+            f'token that comes next</div>'
             f'<div class="scroll"><table class="lens heat" data-kind="lens"><tr><th>input</th>{head}</tr>'
             f'<tr><th>next</th>{nxt}</tr>{"".join(rows)}</table></div>')
 
@@ -294,11 +294,14 @@ def _interpret(interp: dict | None, metrics: dict) -> str:
                          f'<h3>Which input tokens led to the first reply tokens</h3>{_attr_html(e["attribution"])}'
                          f'<h3>Logit lens</h3>{_lens_html(e["logit_lens"])}</div>')
         parts.append(f'<div class="grid">{"".join(cards)}</div>')  # tuned beside base, prompt by prompt
+    method = next((e["attribution"]["method"] for r in roles for e in interp[r]["prompts"]
+                   if "method" in e["attribution"]), "")
     return (f'<section id="interpret"><h2>Interpretability</h2><div class="src">from '
-            f'{_link("interpret.json", "interpret.json")}. Token colour: the model\'s probability of the token it '
+            f'{_link("interpret.json", "interpret.json")}. Reply colour: the model\'s probability of the token it '
             f'chose (<span style="background:{_conf_color(0.05)}">unsure</span> → <span style="background:'
             f'{_conf_color(0.95)}">sure</span>); hover a token for its top {interp[roles[0]].get("top_k", "")} '
-            f'alternatives.</div>{"".join(parts)}</section>')
+            f'alternatives. Attributions: {escape(method) or "–"}. Logit lens: the final norm and LM head applied '
+            f'to each layer\'s hidden state (the output layer on top).</div>{"".join(parts)}</section>')
 
 
 def _training(inputs: dict, out: Path) -> str:
@@ -315,8 +318,9 @@ def _training(inputs: dict, out: Path) -> str:
             links = [_link(_rel(folder / artifacts.MANIFEST, out), "train manifest")]
             if (folder / "loss.png").is_file():
                 links.append(_link(_rel(folder / "loss.png", out), "loss.png"))
-            parts.append(f'<div class="card"><div class="role">{"tuned" if role == "model" else "base"} · '
-                         f'{escape(str(folder))}</div><div class="src">{facts} · {" · ".join(links)}</div>{chart}</div>')
+            parts.append(f'<div class="card"><div class="role">{"tuned" if role == "model" else "base"}</div>'
+                         f'<div class="src"><code>{escape(str(folder))}</code> · {facts} · {" · ".join(links)}</div>'
+                         f'{chart}</div>')
     if not parts:
         return ""
     return f'<section id="training"><h2>Training</h2>{"".join(parts)}</section>'

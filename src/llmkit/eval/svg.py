@@ -92,7 +92,7 @@ def grouped(metrics: list[tuple[str, dict[str, float | None]]], colors: dict[str
         return ""
     pw, ph, per_row = 130, 150, 4
     rows = math.ceil(len(panels) / per_row)
-    w, h = pw * min(len(panels), per_row), ph * rows + 22
+    w, h = max(pw * min(len(panels), per_row), 30 + 90 * len(colors)), ph * rows + 22  # room for the legend
     out = []
     for n, (c, s) in enumerate(colors.items()):  # the legend
         out.append(f'<rect x="{8 + n * 90}" y="4" width="10" height="10" rx="2" fill="{s}"/>'
