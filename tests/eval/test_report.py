@@ -146,3 +146,19 @@ def test_integrated_gradients_on_demand_obey_completeness(tiny_llama):
     with pytest.raises(ValueError, match="expected one of"):
         attribution(eng, prompt, [want], "saliency")
     target.close()
+
+
+def test_eval_command_explains_the_prompts_it_is_given_and_prints_the_report(tiny_llama, tmp_path, capsys):
+    from llmkit.cli import main
+
+    (tmp_path / "t.jsonl").write_text(json.dumps(
+        {"type": "generate", "prompt": "Hi", "max_tokens": 4, "checks": {"contains": "Nimbus here!"}}) + "\n")
+    args = ["eval", "--model", str(tiny_llama), "--tasks", str(tmp_path / "t.jsonl"), "--out", str(tmp_path / "e")]
+    assert main([*args, "--interpret", "Restart the router", "Paris is"]) == 0
+    assert f"report: {tmp_path / 'e' / 'report.html'}" in capsys.readouterr().out
+    got = json.loads((tmp_path / "e" / "interpret.json").read_text())
+    assert [p["messages"][0]["content"] for p in got["model"]["prompts"]] == ["Restart the router", "Paris is"]
+    assert main([*args, "--interpret", "--force"]) == 0  # --interpret alone: none
+    manifest = json.loads((tmp_path / "e" / "manifest.json").read_text())
+    assert "interpret" not in manifest["outputs"] and manifest["outputs"]["report"] == "report.html"
+    assert 'id="interpret"' not in (tmp_path / "e" / "report.html").read_text()

@@ -23,6 +23,8 @@ def _eval(args: argparse.Namespace) -> int:
             cfg[k] = getattr(args, k)
     if args.baseline:
         cfg["baseline"] = args.baseline
+    if args.interpret is not None:
+        cfg["interpret"] = args.interpret
     for g in args.gate or []:
         metric, eq, expr = g.partition("=")
         if not eq:
@@ -88,6 +90,10 @@ def add_parser(sub) -> None:
                                       "recipe's base model)")
     e.add_argument("--gate", action="append", metavar="METRIC=EXPR",
                    help="a gate, e.g. --gate 'support.contains=>= baseline + 0.2' (repeatable; adds to the recipe's)")
+    e.add_argument("--interpret", nargs="*", metavar="PROMPT",
+                   help="prompts to explain in the report (token logprobs with top-5 alternatives, attributions, "
+                        "logit lens; in-process models); default: the first 2 generation prompts of the tasks; "
+                        "--interpret alone: none")
     e.add_argument("--data", help="dataset artifact folder whose val split the perplexity task scores")
     e.add_argument("--out", help="output artifact folder (default with --recipe: the run's eval folder)")
     e.add_argument("--engine", choices=["auto", "transformers", "llamacpp"],
