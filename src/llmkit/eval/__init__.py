@@ -27,9 +27,8 @@ from pathlib import Path
 from llmkit import artifacts
 from llmkit.config import EvalConfig, Recipe
 from llmkit.errors import ConfigError, DataError, GateFailed, StageNotAvailable
-from llmkit.eval import card, report
+from llmkit.eval import card, interpret, report
 from llmkit.eval import gates as gates_
-from llmkit.eval.interpret import interpret, prompts_from_tasks
 from llmkit.eval.metrics import choice_scores, perplexity, score_reply
 from llmkit.eval.targets import EndpointTarget, ModelTarget, Target
 from llmkit.eval.tasks import Item, Summary, Task, dataset_perplexity_task, load_task
@@ -209,13 +208,13 @@ def evaluate(cfg: EvalConfig, target: str | Path | Target, out: Path, baseline: 
     done = _read_cache(cache)
     owned = [r for r, given in zip(ROLES, (target, baseline)) if isinstance(given, (str, Path))]
     chats = ([[{"role": "user", "content": p}] for p in cfg.interpret] if cfg.interpret is not None
-             else prompts_from_tasks(tasks))
+             else interpret.prompts_from_tasks(tasks))
     interp: dict = {}
     try:
         for role in roles:
             _run(role, targets[role], tasks, cfg, cache, done, progress)
             if chats and isinstance(targets[role], ModelTarget):  # an endpoint hands out no gradients or layers
-                interp[role] = interpret(targets[role], chats, progress=progress, desc=f"interpret {role}")
+                interp[role] = interpret.interpret(targets[role], chats, progress=progress, desc=f"interpret {role}")
             if role in owned:
                 targets[role].close()  # one model in memory at a time
     finally:

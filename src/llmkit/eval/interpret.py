@@ -64,6 +64,7 @@ def interpret(target: Any, chats: list[list[dict]], max_tokens: int = REPLY_TOKE
         entry: dict = {"messages": messages, "prompt": prompt, "reply": "".join(p.text for p in pieces),
                        "tokens": tokens}
         reply_ids = [p.token for p in pieces if p.token is not None]
+        t1 = time.perf_counter()
         if engine.name != "transformers":
             why = (f"the {engine.name} engine computes no gradients and hands out no per-layer hidden states; "
                    "interpret the HF folder or adapter (engine: transformers) for these")
@@ -74,7 +75,10 @@ def interpret(target: Any, chats: list[list[dict]], max_tokens: int = REPLY_TOKE
             entry["logit_lens"] = logit_lens(engine, prompt, reply_ids)
         else:
             entry["attribution"] = attribution(engine, prompt, reply_ids[:ATTR_TOKENS], method)
+            t2 = time.perf_counter()
             entry["logit_lens"] = logit_lens(engine, prompt, reply_ids)
+            entry["seconds_parts"] = {"reply": round(t1 - t0, 3), "attribution": round(t2 - t1, 3),
+                                      "logit_lens": round(time.perf_counter() - t2, 3)}
         entry["seconds"] = round(time.perf_counter() - t0, 3)
         prompts.append(entry)
     return {"target": target.name, "engine": engine.name, "top_k": TOP_K, "prompts": prompts}

@@ -46,7 +46,7 @@ tr.fail td{background:#fff7f7}.better{color:#15803d;font-weight:600}.worse{color
 border-radius:8px;padding:10px 14px;margin:10px 0}.role{font-size:11px;text-transform:uppercase;letter-spacing:.06em;color:#6b7280}
 .note{font-size:12.5px;color:#4b5563}.chat{background:#f9fafb;border-radius:6px;padding:6px 10px;font-size:13px;
 white-space:pre-wrap}.toks{line-height:2.0;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12.5px}
-.tok{white-space:pre;border-radius:3px;padding:1px 1px;margin:0 1px 0 0;cursor:help}.legend{font-size:12px;color:#6b7280}
+.tok{display:inline-block;white-space:pre;border-radius:3px;padding:0 1px;margin:0 1px 1px 0;cursor:help;line-height:1.6}.legend{font-size:12px;color:#6b7280}
 .lens{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:11.5px;width:auto}.lens td,.lens th{padding:2px 6px;
 border:1px solid #f0f1f3;white-space:pre;max-width:110px;overflow:hidden;text-overflow:ellipsis}.lens td.hit{font-weight:700}
 .scroll{overflow-x:auto}.split{display:grid;grid-template-columns:minmax(320px,1fr) minmax(300px,auto);gap:24px;
@@ -210,6 +210,9 @@ def _suites(metrics: dict) -> str:
 
 
 def _tok(text: str) -> str:
+    """A token as shown: newlines and tabs as arrows, a token of spaces alone as ␣ (else it would be blank)."""
+    if text and not text.strip(" "):
+        return "␣" * len(text)
     return escape(text.replace("\n", "↵").replace("\t", "⇥")) or "∅"
 
 
@@ -246,7 +249,7 @@ def _attr_html(a: dict) -> str:
             rgb = "220,38,38" if v > 0 else "37,99,235"
             spans.append(f'<span class="tok" style="background:rgba({rgb},{alpha:.2f})" title="{escape(repr(tok))}: '
                          f'{v:+.4g}">{_tok(tok)}</span>')
-        rows.append(f'<tr><td class="muted"><code>{escape(label)}</code></td><td class="toks">{"".join(spans)}</td></tr>')
+        rows.append(f'<tr><td class="muted" style="white-space:nowrap"><code>{escape(label)}</code></td><td class="toks">{"".join(spans)}</td></tr>')
     return (f'<div class="legend" title="{escape(a["method"])}"><span style="color:#dc2626">red</span> raised the '
             f'reply token\'s probability, <span style="color:#2563eb">blue</span> lowered it; each row scaled to its '
             f'largest score</div><table class="heat" data-kind="attribution">{"".join(rows)}</table>')
@@ -313,7 +316,7 @@ def _training(inputs: dict, out: Path) -> str:
                               "loss per target token", {"train": TUNED, "val": "#dc2626"})
             cfg = (m.get("config") or {}).get("train") or {}
             facts = " · ".join(f"{k} {escape(str(v))}" for k, v in (("method", cfg.get("method")),
-                               ("epochs", cfg.get("epochs")), ("lr", cfg.get("lr")), ("steps", met.get("steps")),
+                               ("epochs", met.get("epochs", cfg.get("epochs"))), ("lr", cfg.get("lr")), ("steps", met.get("steps")),
                                ("precision", met.get("precision"))) if v is not None)
             links = [_link(_rel(folder / artifacts.MANIFEST, out), "train manifest")]
             if (folder / "loss.png").is_file():
