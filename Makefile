@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet torch==2.13.0
 	# llama-cpp-python builds from source the first time (5-30 min); pip caches the wheel after that.
 	$(BIN)/pip install --quiet -e ".[test]"
+	# Debian's chromium, which tests/eval/test_report_browser.py drives through Playwright (no browser download)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 	# the guard's injection/toxicity classifiers, trained once (~20 s) into $$LLMKIT_HOME/guard/ (else on first use)
 	$(BIN)/llmkit guard train > /dev/null
 	touch $(STAMP)

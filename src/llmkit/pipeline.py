@@ -116,9 +116,11 @@ def eval_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageResul
             import json
 
             echo("      " + summary(json.loads((out / "metrics.json").read_text())).replace("\n", "\n      "))
+            echo(f"      report: {out / 'report.html'}")
         raise
     if r["status"] == "ran":
         echo("      " + summary(r["metrics"]).replace("\n", "\n      "))
+        echo(f"      report: {out / 'report.html'}")
     if recipe.eval.prompts:  # a prompt experiment compares templates; it is not part of the gated run
         echo(f"      eval.prompts: compare the templates with `llmkit eval --recipe {recipe.source or 'RECIPE'} "
              "--prompts ...` (llmkit run scores and gates the model only)")

@@ -26,6 +26,8 @@ def _eval(args: argparse.Namespace) -> int:
             cfg[k] = getattr(args, k)
     if args.baseline:
         cfg["baseline"] = args.baseline
+    if args.interpret is not None:
+        cfg["interpret"] = args.interpret
     for g in args.gate or []:
         metric, eq, expr = g.partition("=")
         if not eq:
@@ -65,11 +67,13 @@ def _eval(args: argparse.Namespace) -> int:
     except GateFailed:
         if (out / "metrics.json").is_file():
             print(summary(json.loads((out / "metrics.json").read_text())))
+            print(f"report: {out / 'report.html'}")
         raise
     if r["status"] == "skipped":
         print(f"skipped: {out} already holds a finished eval for these inputs and config (--force to redo)")
     print(summary(r["metrics"]))
     print(f"metrics: {out / 'metrics.json'}  items: {out / 'items.jsonl'}")
+    print(f"report: {out / 'report.html'}  model card: {out / 'model_card.md'}")
     return 0
 
 
@@ -83,7 +87,9 @@ def add_parser(sub) -> None:
                                    "files, or `perplexity`: the dataset's val replies), an LLM judge (rubric score; "
                                    "pairwise, both orders), `rag` (recall@k, MRR, faithfulness). --prompts compares "
                                    "prompt templates on the same items. A baseline is scored the same "
-                                   "way. Writes OUT/metrics.json, OUT/items.jsonl and a manifest; a killed eval "
+                                   "way. Writes OUT/metrics.json, OUT/items.jsonl, OUT/report.html (one "
+                                   "self-contained page: gates, tuned vs base, suites, token heatmaps, loss curve), "
+                                   "OUT/model_card.md and a manifest; a killed eval "
                                    "resumes without asking finished items again. Exits 1 when a gate fails, naming "
                                    "every failing gate. Task file format: `python -c \"import llmkit.eval.tasks as "
                                    "t; print(t.__doc__)\"` or README (Evaluate).")
@@ -101,6 +107,10 @@ def add_parser(sub) -> None:
                                       "recipe's base model)")
     e.add_argument("--gate", action="append", metavar="METRIC=EXPR",
                    help="a gate, e.g. --gate 'support.contains=>= baseline + 0.2' (repeatable; adds to the recipe's)")
+    e.add_argument("--interpret", nargs="*", metavar="PROMPT",
+                   help="prompts to explain in the report (token logprobs with top-5 alternatives, attributions, "
+                        "logit lens; in-process models); default: the first 2 generation prompts of the tasks; "
+                        "--interpret alone: none")
     e.add_argument("--data", help="dataset artifact folder whose val split the perplexity task scores")
     e.add_argument("--out", help="output artifact folder (default with --recipe: the run's eval folder)")
     e.add_argument("--engine", choices=["auto", "transformers", "llamacpp"],

@@ -6,8 +6,10 @@ and check the recipe's gates.
     print(summary(r))
 
 The output is an artifact folder: `metrics.json` (each target's metrics, the differences, the gate results),
-`items.jsonl` (one line per scored item: the reply or log-likelihoods and its scores) and `manifest.json`
-(inputs: both models and the task files, hashed). Unchanged inputs and config skip the work (endpoints are
+`items.jsonl` (one line per scored item: the reply or log-likelihoods and its scores), `interpret.json` (token
+logprobs, attributions and a logit lens for a few prompts, interpret.py), `report.html` (report.py: one
+self-contained page), `model_card.md` (card.py) and `manifest.json` (inputs: both models and the task files,
+hashed). Unchanged inputs and config skip the work (endpoints are
 always asked again: their weights cannot be hashed from here). While it runs, each finished item is appended to
 a cache file beside `out` (`.OUT.items-FINGERPRINT.jsonl`): a killed eval resumes without asking finished items
 again. A failing gate raises GateFailed naming every failing gate, after the artifact is written.
@@ -25,6 +27,7 @@ from pathlib import Path
 from llmkit import artifacts
 from llmkit.config import EvalConfig, Recipe
 from llmkit.errors import ConfigError, DataError, GateFailed, StageNotAvailable
+from llmkit.eval import card, interpret, report
 from llmkit.eval import gates as gates_
 from llmkit.eval import judge as judge_
 from llmkit.eval.metrics import choice_scores, perplexity, score_reply
@@ -208,9 +211,14 @@ def evaluate(cfg: EvalConfig, target: str | Path | Target, out: Path, baseline: 
     cache = out.parent / f".{out.name}.items-{fp[:16]}.jsonl"
     done = _read_cache(cache)
     owned = [r for r, given in zip(ROLES, (target, baseline)) if isinstance(given, (str, Path))]
+    chats = ([[{"role": "user", "content": p}] for p in cfg.interpret] if cfg.interpret is not None
+             else interpret.prompts_from_tasks(tasks))
+    interp: dict = {}
     try:
         for role in roles:
             _run(role, targets[role], tasks, cfg, cache, done, progress)
+            if chats and isinstance(targets[role], ModelTarget):  # an endpoint hands out no gradients or layers
+                interp[role] = interpret.interpret(targets[role], chats, progress=progress, desc=f"interpret {role}")
             if role in owned:
                 targets[role].close()  # one model in memory at a time
     finally:
@@ -235,6 +243,12 @@ def evaluate(cfg: EvalConfig, target: str | Path | Target, out: Path, baseline: 
         with open(b.tmp / "items.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
         b.outputs = {"metrics": "metrics.json", "items": "items.jsonl"}
+        if interp:
+            artifacts.write_json_atomic(b.tmp / "interpret.json", interp)
+            b.outputs["interpret"] = "interpret.json"
+        report.write(b.tmp, out, metrics, inputs, interp)
+        card.write(b.tmp, metrics, inputs, cfg.model_dump())
+        b.outputs.update(report="report.html", model_card="model_card.md")
         b.metrics = {**per["model"], **{f"baseline.{k}": v for k, v in (base or {}).items()},
                      "gates_passed": metrics["passed"]}
     for old in out.parent.glob(f".{out.name}.items-*.jsonl"):  # this run's cache, and those of changed inputs
