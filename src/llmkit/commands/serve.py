@@ -22,7 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
         model, engine = _recipe_model(recipe)
         models = [f"{recipe.name}={model}"]
         base = base.model_copy(update={"engine": engine} if engine else {})
-        for key in ("api_keys_file", "guard", "request_log"):  # relative to the recipe, like every path in it
+        for key in ("api_keys_file", "guard", "request_log", "drift_reference"):  # relative to the recipe, like every path in it
             value = getattr(base, key)
             if value and value != "default":
                 base = base.model_copy(update={key: str(recipe.path(value))})
