@@ -18,7 +18,7 @@ PROBLEMS = ["no internet", "slow Wi-Fi", "forgotten Wi-Fi password", "firmware u
             "guest network", "parental controls", "port forwarding"]
 # none of these phrasings is in examples/support/train.jsonl (checked by tests/monitor/test_drift.py)
 SUPPORT = ["My {d} keeps dropping the connection, any idea? It's about {p}.", "{p} on the {d} since this morning.",
-           "Can you walk me through {p} for a {d}?", "I'm stuck with {p} on my new {d}.",
+           "Could you guide me through {p} on a {d}?", "I'm stuck with {p} on my new {d}.",
            "Our office {d} has {p}; what should we check first?", "Need help: {p}, {d}.",
            "Hi, {p} again on the {d}. What now?", "Is {p} a known issue with the {d}?"]
 COOKING = ["How long should I roast a {w} chicken at {t} degrees?", "What can I use instead of {i} in a {c}?",

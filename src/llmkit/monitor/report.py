@@ -3,7 +3,7 @@
 Per window: requests; p50/p95 latency and p50 time to first token (seconds); tokens/s (the median over requests
 of completion tokens / latency: the speed one client sees); error rate (status ≥ 500: the server failed;
 4xx are the client's and counted apart); refusal rate (`refused`: an input or output rail blocked, so the
-client got a refusal, not the model's answer); guard hits per rail (side:rail); feedback (👍/👎); and, with a
+client got a refusal, not the model's answer); guard hits per rail (side:rail); feedback (👍/👎, counted in the window of the request rated); and, with a
 reference set, the drift score of the window's prompts against it (llmkit.monitor.drift). Over the whole log:
 the top RAG sources given to the model.
 """
@@ -122,14 +122,16 @@ def summarize(path: str | Path, window: float | None = None, since: float | None
         window = max(60.0, (t1 - t0) / 12)
     edges = np.arange(t0, t1 + window, window)
     idx = np.searchsorted(edges, [r["time"] for r in reqs], side="right") - 1
-    fidx = np.searchsorted(edges, [f["time"] for f in fb], side="right") - 1
+    # feedback counts in the window of the request it rates (it may come much later, or from before `since`)
+    where = {r.get("request_id"): j for r, j in zip(reqs, idx)}
+    fidx = [where.get(f["request_id"], -1) for f in fb]
     windows = []
     for i, start in enumerate(edges[:-1] if len(edges) > 1 else edges):
         wr = [r for r, j in zip(reqs, idx) if j == i]
         if wr:
             windows.append(_fill(Window(float(start), float(start + window)), wr,
                                  [f for f, j in zip(fb, fidx) if j == i]))
-    total = _fill(Window(t0, t1), reqs, fb)
+    total = _fill(Window(t0, t1), reqs, [f for f, j in zip(fb, fidx) if j >= 0])
     rag: Counter = Counter(s.get("source") for r in reqs for s in r.get("rag") or [])
     if reference is not None:
         _drift(path, reqs, idx, windows, total, reference, method, threshold, drift_sample, seed)
@@ -149,8 +151,10 @@ def _drift(path, reqs, idx, windows, total, reference, method, threshold, sample
         if len(rows) < drift_.MIN_SAMPLES:
             return None
         todo = [r for r in rows if r.get("request_id") not in cached]
-        new = dict(zip((id(r) for r in todo), drift_.embed([r["input"][-1] for r in todo])))
-        vecs = np.stack([cached[r["request_id"]] if id(r) not in new else new[id(r)] for r in rows])
+        if todo:  # embedded once per run: the whole log's test reuses the windows' vectors
+            cached.update(zip((r.get("request_id") or f"#{id(r)}" for r in todo),
+                              drift_.embed([r["input"][-1] for r in todo])))
+        vecs = np.stack([cached[r.get("request_id") or f"#{id(r)}"] for r in rows])
         res = drift_.two_sample(method, ref, vecs, seed)
         res.threshold, res.drifted = th, bool(res.score >= th and res.p_value < drift_.ALPHA)
         return res.to_dict()
@@ -200,7 +204,7 @@ def table(s: Summary) -> str:
     return "\n".join(out)
 
 
-def plot(s: Summary, out: str | Path) -> Path:
+def plot(s: Summary, out: str | Path | io.BytesIO) -> Path | io.BytesIO:
     """A PNG of the windows: latency, tokens/s, error and refusal rates, guard hits per rail, drift, RAG sources."""
     import matplotlib
 
@@ -250,9 +254,10 @@ def plot(s: Summary, out: str | Path) -> Path:
     for a in (ax[0, 0], ax[0, 1], ax[0, 2], ax[1, 0], ax[1, 1]):
         a.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
         a.tick_params(axis="x", labelrotation=30)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
+    if not isinstance(out, io.BytesIO):
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90, format="png")
     plt.close(fig)
     return out
 
@@ -260,10 +265,7 @@ def plot(s: Summary, out: str | Path) -> Path:
 def to_html(s: Summary, log: str | Path, out: str | Path) -> Path:
     """One self-contained page: the table and the figure (inlined, no external assets)."""
     buf = io.BytesIO()
-    tmp = Path(out).with_suffix(".png")
-    plot(s, tmp)
-    buf.write(tmp.read_bytes())
-    tmp.unlink()
+    plot(s, buf)
     img = base64.b64encode(buf.getvalue()).decode()
     page = (f"<!doctype html><meta charset='utf-8'><title>llmkit monitor: {html.escape(str(log))}</title>"
             f"<h1>llmkit monitor</h1><p>{html.escape(str(log))}</p><img alt='charts' style='max-width:100%' "

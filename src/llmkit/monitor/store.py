@@ -185,11 +185,21 @@ class SqliteLog(_Writer):
                 self._db.executemany("INSERT INTO feedback (request_id, time, rating, comment) VALUES (?, ?, ?, ?)", fb)
             if emb:
                 self._db.executemany("INSERT OR REPLACE INTO embeddings (request_id, vector) VALUES (?, ?)", emb)
-        if (self.max_rows or self.max_days) and time.monotonic() - self._pruned > RETENTION_EVERY_S:
-            self.prune()
+        asked = [r for kind, r in items if kind == "prune"]
+        if asked or (self.max_rows or self.max_days) and time.monotonic() - self._pruned > RETENTION_EVERY_S:
+            n = self._prune()
+            for box in asked:
+                box.append(n)
 
     def prune(self) -> int:
-        """Apply the retention limits now (the writer does every minute); the number of requests deleted."""
+        """Apply the retention limits now (the writer does every minute, on its own thread, as here); the number
+        of requests deleted."""
+        box: list[int] = []
+        self.put(("prune", box))
+        self.flush()
+        return box[0] if box else 0
+
+    def _prune(self) -> int:
         n = 0
         with self._db:
             if self.max_days:
