@@ -123,6 +123,23 @@ def main() -> None:
     vecs = drift.embed(texts)
     t_embed = time.perf_counter() - t
     print(f"  embed 10,000 prompts: {t_embed:.1f} s ({10_000 / t_embed:.0f} prompts/s, 1 thread)")
+    # `llmkit monitor` over a 10,000-request log whose prompt embeddings the server's drift monitor stored
+    import tempfile
+
+    from llmkit.monitor import report
+    from llmkit.monitor.store import SqliteLog
+
+    path = Path(tempfile.mkdtemp()) / "requests.db"
+    log, t_start = SqliteLog(path), time.time() - 10_000
+    for i, text in enumerate(texts):
+        log.write({"request_id": f"r{i}", "time": t_start + i, "status": 200, "latency_s": 1.0, "input": [text]})
+    log.embeddings([f"r{i}" for i in range(len(texts))], vecs)
+    log.close()
+    for sample in (500, 1000):
+        t = time.perf_counter()
+        s = report.summarize(path, window=1000, reference=ROOT / "examples/support/train.jsonl", drift_sample=sample)
+        print(f"  llmkit monitor, 10,000 logged prompts, {len(s.windows)} windows + the whole log, "
+              f"--drift-sample {sample}, embeddings cached in the log: {time.perf_counter() - t:.2f} s")
     for m in drift.METHODS:
         for window in (1000, 10_000):
             if m == "mmd" and window > 2000:  # (n+m)² kernel: 10k+1k → 121M entries, ~1 GB and a minute

@@ -80,7 +80,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, model, names: dict[str, l
 def add_parser(sub) -> None:
     sv = sub.add_parser("serve", help="serve models over OpenAI's HTTP API (chat, completions, embeddings)",
                         description="An OpenAI-compatible server: /v1/chat/completions, /v1/completions, "
-                                    "/v1/embeddings, /v1/models, plus /health, /metrics (Prometheus) and /docs. "
+                                    "/v1/embeddings, /v1/models, /v1/feedback, plus /health, /metrics (Prometheus) "
+                                    "and /docs. "
                                     "Any OpenAI client works: base_url http://HOST:PORT/v1. Each --model is a "
                                     "registry name, folder, .gguf, hub id or PEFT adapter folder; NAME=SPEC sets the "
                                     "id clients send. With --recipe: the recipe's compressed model (GGUF, or "

@@ -26,13 +26,15 @@ class DriftMonitor:
     def __init__(self, reference: str | Path, method: drift.Method = drift.DEFAULT_METHOD,
                  threshold: float | None = None, window: int = 1000, interval_s: float = 30.0,
                  max_reference: int = 1000, on_result: Callable[[drift.DriftResult], None] | None = None,
-                 on_embeddings: Callable[[list[str], np.ndarray], None] | None = None):
+                 on_embeddings: Callable[[list[str], np.ndarray], None] | None = None,
+                 prepare: Callable[[str], str] | None = None):
         # read (and so check) the reference now: a bad path fails the server's start, not a thread later
         self.reference_path, self.max_reference = Path(reference), max_reference
         self._texts = drift.reference_prompts(reference, max_reference)
         self.method, self.window, self.interval_s = method, window, interval_s
         self.threshold = drift.THRESHOLDS[method] if threshold is None else threshold
         self.on_result, self.on_embeddings = on_result, on_embeddings
+        self.prepare = prepare or (lambda t: t)  # the server's scrubbing, here on the monitor's thread
         self.pending: deque[tuple[str | None, str]] = deque(maxlen=window)  # (request id, prompt) not embedded yet
         self.recent: deque[np.ndarray] = deque(maxlen=window)
         self.result: drift.DriftResult | None = None
@@ -57,7 +59,7 @@ class DriftMonitor:
             while self.pending:
                 batch.append(self.pending.popleft())
             if batch:
-                vecs = drift.embed([t for _, t in batch])
+                vecs = drift.embed([self.prepare(t) for _, t in batch])
                 self.recent.extend(vecs)
                 self._seen += len(batch)
                 if self.on_embeddings is not None:

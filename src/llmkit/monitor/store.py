@@ -6,7 +6,7 @@ Two formats, picked by the file's suffix:
     requests.jsonl / anything else     JSON lines (one object per request; feedback as `{"type": "feedback"}` lines)
 
 A request never waits for the disk: `write` puts the record on a queue and returns (~µs); one writer thread
-drains the queue and commits what has gathered in one transaction. `flush()` waits until everything queued so
+prepares each record (the server's scrubbing), drains the queue and commits what has gathered in one transaction. `flush()` waits until everything queued so
 far is on disk (feedback calls it, so a rating sent right after its answer finds that answer's row).
 
 Records hold texts only after the server's PII/secret redaction (serve/ scrubs before it writes). Retention
@@ -33,6 +33,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -78,17 +79,20 @@ def is_sqlite(path: str | Path) -> bool:
     return Path(path).suffix.lower() in SQLITE_SUFFIXES
 
 
-def open_log(path: str | Path, max_rows: int | None = None, max_days: float | None = None) -> RequestLog:
-    """The request log at `path`: SQLite for .db/.sqlite/.sqlite3, else JSON lines."""
+def open_log(path: str | Path, max_rows: int | None = None, max_days: float | None = None,
+             prepare: Callable[[dict], dict] | None = None) -> RequestLog:
+    """The request log at `path`: SQLite for .db/.sqlite/.sqlite3, else JSON lines. `prepare` turns each record into
+    what is stored (the server's PII/secret scrubbing), on the writer's thread: not on the request's."""
     cls = SqliteLog if is_sqlite(path) else JsonlLog
-    return cls(path, max_rows=max_rows, max_days=max_days)
+    return cls(path, max_rows=max_rows, max_days=max_days, prepare=prepare)
 
 
 class _Writer:
     """A queue and the one thread that drains it: `handle(batch)` runs on that thread with everything queued
     since its last call. `flush` waits for what was queued before it."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, prepare: Callable[[dict], dict] | None = None):
+        self.prepare = prepare or (lambda r: r)
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self.closed = False
@@ -147,8 +151,9 @@ class _Writer:
 
 
 class SqliteLog(_Writer):
-    def __init__(self, path: str | Path, max_rows: int | None = None, max_days: float | None = None):
-        super().__init__("llmkit-request-log")
+    def __init__(self, path: str | Path, max_rows: int | None = None, max_days: float | None = None,
+                 prepare: Callable[[dict], dict] | None = None):
+        super().__init__("llmkit-request-log", prepare)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_rows, self.max_days = max_rows, max_days
@@ -174,7 +179,7 @@ class SqliteLog(_Writer):
         return True
 
     def handle(self, items: list) -> None:
-        rows = [_row(r) for kind, r in items if kind == "request"]
+        rows = [_row(self.prepare(r)) for kind, r in items if kind == "request"]
         fb = [r for kind, r in items if kind == "feedback"]
         emb = [pair for kind, pairs in items if kind == "embedding" for pair in pairs]
         with self._db:  # one transaction per batch: one fsync for many requests
@@ -227,8 +232,9 @@ class JsonlLog(_Writer):
     `max_rows` or 100,000); retention by rows/days is not applied to an append-only text file (rotate it with
     logrotate's copytruncate, or use SQLite)."""
 
-    def __init__(self, path: str | Path, max_rows: int | None = None, max_days: float | None = None):
-        super().__init__("llmkit-request-log")
+    def __init__(self, path: str | Path, max_rows: int | None = None, max_days: float | None = None,
+                 prepare: Callable[[dict], dict] | None = None):
+        super().__init__("llmkit-request-log", prepare)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = self.path.open("a", encoding="utf-8")
@@ -246,19 +252,20 @@ class JsonlLog(_Writer):
                 self._known.discard(self._ids[0])
             self._ids.append(rid)
             self._known.add(rid)
-        self.put({"time": round(time.time(), 3), **record})
+        self.put(("request", {"time": round(time.time(), 3), **record}))
 
     def feedback(self, request_id: str, rating: int, comment: str | None = None) -> bool:
         if request_id not in self._known:
             return False
-        self.put({"type": "feedback", "request_id": request_id, "time": round(time.time(), 3), "rating": rating,
-                  "comment": comment})
+        self.put(("feedback", {"type": "feedback", "request_id": request_id, "time": round(time.time(), 3),
+                               "rating": rating, "comment": comment}))
         self.flush()
         return True
 
     def handle(self, items: list) -> None:
         if items:
-            self._f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items))
+            rows = [self.prepare(r) if kind == "request" else r for kind, r in items]
+            self._f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
             self._f.flush()
 
     def finish(self) -> None:
