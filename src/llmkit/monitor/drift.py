@@ -54,6 +54,7 @@ class DriftResult:
     n_reference: int
     n_recent: int
     seconds: float
+    n_seen: int | None = None  # the live monitor: prompts it had embedded in all when it ran this test
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -67,6 +67,7 @@ class DriftMonitor:
             if len(self.recent) >= drift.MIN_SAMPLES and self._seen != self._tested_at:
                 r = drift.two_sample(self.method, self._reference, np.stack(self.recent))
                 r.threshold, r.drifted = self.threshold, bool(r.score >= self.threshold and r.p_value < drift.ALPHA)
+                r.n_seen = self._seen
                 self.result, self._tested_at = r, self._seen
                 if self.on_result is not None:
                     self.on_result(r)

@@ -41,6 +41,8 @@ class Metrics:
         self.drift_alert = Gauge("llmkit_drift_alert", "1 when the drift score is over its threshold (p < 0.01)",
                                  registry=r)
         self.drift_samples = Gauge("llmkit_drift_samples", "Recent prompts in the last drift test", registry=r)
+        self.drift_prompts = Gauge("llmkit_drift_prompts", "Prompts the drift monitor had seen in all at its last test",
+                                   registry=r)
         self.feedback = Counter("llmkit_feedback", "Ratings sent to /v1/feedback", ["rating"], registry=r)
 
     def exposition(self) -> bytes:

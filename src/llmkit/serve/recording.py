@@ -73,6 +73,7 @@ class Recorder:
         m.drift_p_value.set(r.p_value)
         m.drift_alert.set(1 if r.drifted else 0)
         m.drift_samples.set(r.n_recent)
+        m.drift_prompts.set(r.n_seen or 0)
 
     def close(self) -> None:
         if self.drift is not None:
