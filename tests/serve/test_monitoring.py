@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from pathlib import Path
 
 import httpx
@@ -121,5 +122,6 @@ def test_bad_drift_reference_fails_the_start(make_server, tmp_path):
 
     (tmp_path / "ref.jsonl").write_text('{"text": "no user turn here"}\nnot json\n')
     with pytest.raises(ConfigError) as e:
-        make_server(drift_reference=str(tmp_path / "ref.jsonl"))
+        make_server(drift_reference=str(tmp_path / "ref.jsonl"), request_log=str(tmp_path / "log.db"))
     assert "ref.jsonl:1" in str(e.value) and "ref.jsonl:2" in str(e.value)
+    assert "llmkit-request-log" not in [t.name for t in threading.enumerate()]  # the log opened first was closed

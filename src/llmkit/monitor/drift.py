@@ -4,18 +4,19 @@ Both sets become sentence embeddings of the bundled all-MiniLM-L6-v2 (int8 ONNX,
 384-d, L2-normalized), and a two-sample test compares them:
 
     mmd         maximum mean discrepancy with an RBF kernel (bandwidth: the median pairwise distance of the
-                pooled sample), p-value from a permutation test. score = MMD² (biased V-statistic).
+                pooled sample), p-value from a permutation test. score = MMD² (unbiased U-statistic).
     classifier  a logistic regression told to tell the two sets apart, 5-fold cross-validated; score = the
                 out-of-fold ROC AUC (0.5: indistinguishable, 1: fully separable), p-value from a Mann-Whitney
                 U test on the out-of-fold scores (the AUC's own test).
 
 The default is `mmd` with an alert at MMD² ≥ 0.05 and p < 0.01 (bench/drift.py, reference: the support example's
-314 training prompts, 3 seeded samples each): new support phrasings score 0.016-0.017 (never flagged), cooking,
-code and German support questions 0.19-0.35 (always flagged), a 25% out-of-distribution mix 0.026 (below the
-alert: tighten `drift_threshold` to catch it). The classifier test flags all of them, in-distribution included
-(AUC 0.89-0.90 against 1.00: the small, templated training set is told apart from any new phrasing), and costs
-5-10× more (0.3-0.9 s a test against 0.05-0.07 s at 50-200 prompts). Both p-values are < 0.01 for every set;
-only an effect-size threshold separates, and MMD²'s (unbiased, so 0 means no drift at any sample size) does.
+314 training prompts, 3 seeded samples of 50/100/200 prompts each): support questions in new phrasings score
+0.016-0.017 (never flagged); cooking, code and German support questions 0.19-0.35 (always flagged); a 25%
+out-of-distribution mix 0.026 (under the alert: `drift_threshold` 0.02 catches it). Both tests' p-values are
+< 0.01 for every set, in-distribution included (the small, templated training set is told apart from any new
+phrasing), so only an effect size separates. The classifier's AUC is 0.89-0.90 in-distribution against 1.00
+out of it (saturated: no room to grade drift; alert at 0.95) and a test costs 5-10× more (0.55-1.1 s against
+0.07-0.10 s). MMD² here is the unbiased estimate, so 0 means no drift at any sample size.
 
 The reference set is a dataset artifact's train.jsonl (its rows' user turns) or any JSON-lines file of chat rows
 (`messages`), instruction rows (`instruction` [+ `input`]) or prompt rows (`prompt`); at most `max_reference`

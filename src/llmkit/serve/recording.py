@@ -45,10 +45,14 @@ class Recorder:
         own = guard is not None and any(r.pii or r.secrets for r in (guard.policy.input, guard.policy.output))
         self.scrubbers = ([guard] if own else []) + [Guard(LOG_SCRUB)]
         if cfg.drift_reference:
-            self.drift = DriftMonitor(cfg.drift_reference, cfg.drift_method, cfg.drift_threshold, cfg.drift_window,
-                                      cfg.drift_interval_s, on_result=self._drift_metrics,
-                                      on_embeddings=self.log.embeddings if self.log is not None else None,
-                                      prepare=self.scrub)
+            try:  # a bad reference fails the start: the log's writer thread must not outlive it
+                self.drift = DriftMonitor(cfg.drift_reference, cfg.drift_method, cfg.drift_threshold,
+                                          cfg.drift_window, cfg.drift_interval_s, on_result=self._drift_metrics,
+                                          on_embeddings=self.log.embeddings if self.log is not None else None,
+                                          prepare=self.scrub)
+            except BaseException:
+                self.close()
+                raise
 
     def scrub(self, text: str) -> str:
         for g in self.scrubbers:
