@@ -2,7 +2,7 @@
 cooking/code/German traffic, a few ratings, and `llmkit monitor` on the log (table, PNG and HTML).
 
     HF_HUB_OFFLINE=1 python examples/monitor_demo.py [--model smollm2-135m-instruct] [--out runs/monitor_demo]
-                                                     [--per-phase 60] [--max-tokens 16]
+                                                     [--per-phase 60] [--max-tokens 16] [--threads 1]
 
 The server (`llmkit serve`, a subprocess on a free 127.0.0.1 port) tests its last 60 prompts against
 examples/support/train.jsonl every 2 s; the demo prints llmkit_drift_score from /metrics after each phase.
@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "runs" / "monitor_demo"))
     ap.add_argument("--per-phase", type=int, default=60)
     ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1 stays steady on a busy box)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -52,6 +53,7 @@ def main() -> None:
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "llmkit.cli", "serve", "--model", f"demo={args.model}", "--port", str(port),
+           "--threads", str(args.threads),
            "--embedder", "none", "--request-log", str(log), "--drift-reference", str(ROOT / "examples/support"),
            "--drift-window", str(args.per_phase), "--drift-interval-s", "2", "--log-level", "warning"]
     server = subprocess.Popen(cmd, start_new_session=True, stdout=open(out / "server.log", "w"), stderr=subprocess.STDOUT)

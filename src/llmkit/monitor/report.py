@@ -214,6 +214,7 @@ def plot(s: Summary, out: str | Path | io.BytesIO) -> Path | io.BytesIO:
 
     t = [np.datetime64(int(w.start), "s") for w in s.windows]
     fig, ax = plt.subplots(2, 3, figsize=(15, 7.5), constrained_layout=True)
+    empty: list = []  # panels with nothing to show: a note, no axes
     a = ax[0, 0]
     a.plot(t, [w.latency_p50 for w in s.windows], "o-", label="p50")
     a.plot(t, [w.latency_p95 for w in s.windows], "o-", label="p95")
@@ -236,6 +237,9 @@ def plot(s: Summary, out: str | Path | io.BytesIO) -> Path | io.BytesIO:
     a.set(title="guard hits per rail")
     if bottom.any():
         a.legend(fontsize=8)
+    else:
+        a.text(0.5, 0.5, "no rail fired", ha="center", va="center", transform=a.transAxes)
+        empty.append(a)
     a = ax[1, 1]
     scores = [w.drift["score"] if w.drift else None for w in s.windows]
     if any(x is not None for x in scores):
@@ -245,15 +249,26 @@ def plot(s: Summary, out: str | Path | io.BytesIO) -> Path | io.BytesIO:
     else:
         a.text(0.5, 0.5, "no drift reference\n(--reference DATASET)", ha="center", va="center",
                transform=a.transAxes)
+        empty.append(a)
     a.set(title="prompt drift")
     a = ax[1, 2]
     if s.rag_sources:
         names = [src if len(src) < 40 else "…" + src[-39:] for src, _ in s.rag_sources][::-1]
         a.barh(names, [n for _, n in s.rag_sources][::-1])
-    a.set(title="top RAG sources")
-    for a in (ax[0, 0], ax[0, 1], ax[0, 2], ax[1, 0], ax[1, 1]):
-        a.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
-        a.tick_params(axis="x", labelrotation=30)
+    else:
+        a.text(0.5, 0.5, "no request named a collection", ha="center", va="center", transform=a.transAxes)
+        empty.append(a)
+    a.set(title="top RAG sources (whole log)")
+    ax[0, 2].set_ylim(bottom=0)
+    for a in empty:
+        a.set_xticks([])
+        a.set_yticks([])
+    for a in (x for x in (ax[0, 0], ax[0, 1], ax[0, 2], ax[1, 0], ax[1, 1]) if x not in empty):
+        locator = mdates.AutoDateLocator()
+        a.xaxis.set_major_locator(locator)
+        a.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        if len(t) == 1:  # one window: give the axis some width around it
+            a.set_xlim(t[0] - np.timedelta64(int(s.window_s), "s"), t[0] + np.timedelta64(int(s.window_s), "s"))
     if not isinstance(out, io.BytesIO):
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
