@@ -28,6 +28,8 @@ $(STAMP): pyproject.toml Makefile
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 	# the guard's injection/toxicity classifiers, trained once (~20 s) into $$LLMKIT_HOME/guard/ (else on first use)
 	$(BIN)/llmkit guard train > /dev/null
+	# Prometheus for the monitoring tests (Debian's package; needs root, else the tests that need it skip)
+	scripts/prometheus.sh install || echo "no prometheus: tests/monitor/test_prometheus.py will be skipped"
 	touch $(STAMP)
 
 run: setup

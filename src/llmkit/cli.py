@@ -2,7 +2,7 @@
 
 Each command group lives in `llmkit/commands/`, one module each with `add_parser(sub)` and the functions it
 dispatches to (models, chat, validate and run, data, train, compress, eval, serve, rag, guard, keys, lineage,
-track, register and promote).
+track, register and promote, monitor).
 Library errors (LlmkitError) become one clear line on stderr and a non-zero exit; `--debug` shows the
 traceback and the library chatter that a normal run leaves out (`commands.quiet_known_noise`). Heavy libraries are imported inside the commands that need them, so `llmkit --help` is instant.
 """
@@ -22,6 +22,7 @@ from llmkit.commands import (
     keys,
     lineage,
     models,
+    monitor,
     quiet_known_noise,
     rag,
     recipe,
@@ -34,7 +35,7 @@ from llmkit.commands import eval as eval_
 from llmkit.errors import LlmkitError
 
 # in the order `llmkit --help` lists them
-GROUPS = (models, chat, recipe, data, train, compress, eval_, serve, rag, guard, keys, lineage, track, registry)
+GROUPS = (models, chat, recipe, data, train, compress, eval_, serve, rag, guard, keys, lineage, track, registry, monitor)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ import pytest
 from serve_helpers import make_state, running
 
 from llmkit.config import RagConfig
+from llmkit.monitor.store import read_log
 from llmkit.rag import index
 from llmkit.rag.retrieve import Hit
 from llmkit.serve.rag import augment, citations
@@ -22,7 +23,8 @@ def rag_server(tiny_llama, tmp_path_factory):
         (tmp / "docs").mkdir(exist_ok=True)
         (tmp / "docs" / name).write_text(text)
     index(RagConfig(sources=[str(tmp / "docs")], collection="help"), tmp / "store" / "help", progress=False)
-    with running(make_state(tiny_llama, rag=[str(tmp / "store")])) as r:  # a folder of collections
+    # a folder of collections; the request log records the sources each answer was given
+    with running(make_state(tiny_llama, rag=[str(tmp / "store")], request_log=str(tmp / "requests.db"))) as r:
         yield r
 
 
@@ -44,6 +46,10 @@ def test_chat_with_rag_returns_citations(rag_server):
     assert plain.usage.prompt_tokens + 40 < r.usage.prompt_tokens <= 256 - 4  # the source went into the prompt
     assert "citations" not in (plain.model_extra or {})
     assert rag_server.metric("llmkit_rag_retrievals_total", collection="help") >= 1
+    rag_server.state.recorder.log.flush()
+    logged = {x["request_id"]: x["rag"] for x in read_log(rag_server.state.recorder.log.path)[0]}
+    assert [(s["collection"], s["source"]) for s in logged[r.id]] == [("help", c["source"]) for c in cites]
+    assert logged[plain.id] == []
     only = ask(client, collection="help", top_k=4, source="*.txt")
     assert [c["source"] for c in only.model_extra["citations"]] == ["docs/modem.txt"]
     none_fit = ask(client, max_tokens=160, collection="help")  # no room left for any source: none, not a 400

@@ -22,7 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
         model, engine = _recipe_model(recipe)
         models = [f"{recipe.name}={model}"]
         base = base.model_copy(update={"engine": engine} if engine else {})
-        for key in ("api_keys_file", "guard", "request_log"):  # relative to the recipe, like every path in it
+        for key in ("api_keys_file", "guard", "request_log", "drift_reference"):  # relative to the recipe, like every path in it
             value = getattr(base, key)
             if value and value != "default":
                 base = base.model_copy(update={key: str(recipe.path(value))})
@@ -80,7 +80,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, model, names: dict[str, l
 def add_parser(sub) -> None:
     sv = sub.add_parser("serve", help="serve models over OpenAI's HTTP API (chat, completions, embeddings)",
                         description="An OpenAI-compatible server: /v1/chat/completions, /v1/completions, "
-                                    "/v1/embeddings, /v1/models, plus /health, /metrics (Prometheus) and /docs. "
+                                    "/v1/embeddings, /v1/models, /v1/feedback, plus /health, /metrics (Prometheus) "
+                                    "and /docs. "
                                     "Any OpenAI client works: base_url http://HOST:PORT/v1. Each --model is a "
                                     "registry name, folder, .gguf, hub id or PEFT adapter folder; NAME=SPEC sets the "
                                     "id clients send. With --recipe: the recipe's compressed model (GGUF, or "

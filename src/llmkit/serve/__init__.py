@@ -23,9 +23,10 @@ from llmkit.guard import Guard, Policy, load_policy
 from llmkit.models import ModelRef, resolve_model
 from llmkit.serve.auth import KeyStore, check_bind
 from llmkit.serve.embed import Embedder
-from llmkit.serve.guarding import RequestLog
+from llmkit.serve.metrics import Metrics
 from llmkit.serve.models import ModelTable
 from llmkit.serve.rag import Collections
+from llmkit.serve.recording import Recorder
 from llmkit.serve.state import ServerState
 
 log = logging.getLogger("llmkit.serve")
@@ -126,9 +127,16 @@ def load_state(cfg: ServeConfig, models: list[str] | None = None, keys: KeyStore
     except BaseException:
         table.close()
         raise
+    metrics = Metrics()
+    try:  # a bad drift reference fails here, after the models loaded: they must be closed again
+        recorder = Recorder(cfg, guard, metrics) if cfg.request_log or cfg.drift_reference else None
+    except BaseException:
+        table.close()
+        if collections is not None:
+            collections.close()
+        raise
     embedder = Embedder(cfg.embedder) if cfg.embedder else None
-    request_log = RequestLog(cfg.request_log, guard) if cfg.request_log else None
-    return ServerState(cfg, table, embedder, keys, rag=collections, guard=guard, request_log=request_log,
+    return ServerState(cfg, table, embedder, keys, metrics=metrics, rag=collections, guard=guard, recorder=recorder,
                        fingerprint=f"llmkit-{__version__}-{cfg.engine}")
 
 

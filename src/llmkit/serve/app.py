@@ -4,6 +4,7 @@
     GET  /metrics               Prometheus text; open on loopback, else needs a key
     GET  /v1/models[/{id}]      base models, adapters, the embedder
     POST /v1/chat/completions   POST /v1/completions   POST /v1/embeddings
+    POST /v1/feedback           a thumbs up/down on a response id, into the request log
     GET  /docs, /openapi.json   FastAPI's
 
 Middleware, outermost first: `Gate` (503 while draining, in-flight count, request metrics), `BodyLimit` (413).
@@ -177,6 +178,21 @@ async def completions(req: p.CompletionRequest, request: Request, client: Client
 @router.post("/v1/embeddings", response_model=p.EmbeddingList, responses=ERRORS)
 async def embeddings(req: p.EmbeddingRequest, request: Request, client: Client) -> Response:
     return _answer(await request.app.state.embedding.create(req, _ctx(request, client, False)))
+
+
+@router.post("/v1/feedback", response_model=p.Feedback, responses=ERRORS)
+async def feedback(req: p.FeedbackRequest, request: Request, client: Client) -> Response:
+    state = _state(request)
+    store = state.recorder.log if state.recorder is not None else None
+    if store is None:
+        raise APIError(400, "this server keeps no request log to store feedback in (start it with --request-log "
+                            "FILE)", code="feedback_not_configured")
+    rating = req.score()
+    if not await asyncio.to_thread(store.feedback, req.request_id, rating, req.comment):
+        raise APIError(404, f"no request with id '{req.request_id}' is in this server's request log",
+                       param="request_id", code="request_not_found")
+    state.metrics.feedback.labels("up" if rating > 0 else "down").inc()
+    return _answer(p.Feedback(request_id=req.request_id, rating=rating, comment=req.comment))
 
 
 @asynccontextmanager

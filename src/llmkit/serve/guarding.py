@@ -6,25 +6,17 @@ what the model sees. Replies: each choice goes through the output rails, whole (
 streams (`OutputStream`: text goes out once no finding can still be cut in half, and a block rail stops the
 generation and sends `policy.refusal`). A blocked reply ends with finish_reason `content_filter`, as OpenAI's do.
 
-Every rail that fires is counted in /metrics (`llmkit_guard_hits_total{side,rail,action}`) and written to
-the request log. The request log (`--request-log FILE`, JSON lines) stores texts only after PII and secret
-redaction, whatever the policy's actions: it never holds the raw personal data a request carried.
+Every rail that fires is counted in /metrics (`llmkit_guard_hits_total{side,rail,action}`) and listed in the
+request's record (serve/recording.py), with `refused` set when the client gets a refusal instead of an answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
-import time
-from pathlib import Path
 
 from llmkit.engines import Piece
-from llmkit.guard import Guard, Hit, Policy, Verdict
+from llmkit.guard import Guard, Hit, Verdict
 from llmkit.serve.errors import APIError
-
-# what the request log scrubs when the server has no policy of its own (or one without pii/secrets rails)
-LOG_SCRUB = Policy.model_validate({"input": {"pii": {}, "secrets": {}}})
 
 
 def record(state, log: dict, side: str, hits: list[Hit]) -> None:
@@ -46,6 +38,7 @@ async def check_input(state, texts: list[tuple[str, str]], log: dict) -> list[st
         record(state, log, "input", v.hits)
         hit = v.blocking
         if hit is not None:
+            log["refused"] = True
             # the score and the threshold it crossed, and every other classifier's, so that the operator (and a
             # client who reports the error) can see why, and whether `action: flag` or a threshold would help
             score = f" (score {hit.score:.4f} >= threshold {hit.threshold:.4f})" if hit.threshold is not None else ""
@@ -72,6 +65,8 @@ class Replies:
         v = self.guard.check("output", text)
         self.state.metrics.guard_seconds.labels("output").observe(v.seconds)
         record(self.state, self.log, "output", v.hits)
+        if v.blocked:
+            self.log["refused"] = True
         return (self.guard.policy.refusal, True) if v.blocked else (v.text, False)
 
     def feed(self, i: int, delta: str) -> str:
@@ -93,7 +88,7 @@ class GuardedStream:
     and keeps what was sent for the request log."""
 
     def __init__(self, run, replies: Replies | None, log: dict):
-        self.run, self.replies = run, replies
+        self.run, self.replies, self.log = run, replies, log
         self.sent = log["output"] = [""] * len(run.gens)
 
     def step(self, i: int, piece: Piece | None) -> tuple[str, str | None]:
@@ -101,6 +96,8 @@ class GuardedStream:
         if piece is None:
             text = r.close(i) if r is not None else ""
             finish = "content_filter" if r is not None and r.stopped(i) else self.run.finish_reason(i)
+            if finish == "content_filter":
+                self.log["refused"] = True
         elif r is None:
             text, finish = piece.text, None
         elif r.stopped(i):
@@ -119,34 +116,3 @@ def refuse_logprobs(state, wants_logprobs: bool) -> None:
     if wants_logprobs and rails is not None and (rails.pii or rails.secrets):
         raise APIError(400, "logprobs are not available on this server: its output rails redact text, and logprobs "
                             "would carry the tokens they removed", param="logprobs", code="unsupported_parameter")
-
-
-class RequestLog:
-    """One JSON line per generation request, appended and flushed as each request ends."""
-
-    def __init__(self, path: str | Path, guard: Guard | None):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = self.path.open("a", encoding="utf-8")
-        self._lock = threading.Lock()
-        # the policy's own rails first (they may find names with Presidio), then the structured types always
-        own = guard is not None and any(r.pii or r.secrets for r in (guard.policy.input, guard.policy.output))
-        self.scrubbers = ([guard] if own else []) + [Guard(LOG_SCRUB)]
-
-    def scrub(self, text: str) -> str:
-        for g in self.scrubbers:
-            text = g.scrub(text)
-        return text
-
-    def write(self, record: dict) -> None:
-        for key in ("input", "output"):
-            if key in record:
-                record[key] = [self.scrub(t) for t in record[key]]
-        line = json.dumps({"time": round(time.time(), 3), **record}, ensure_ascii=False)
-        with self._lock:
-            self._f.write(line + "\n")
-            self._f.flush()
-
-    def close(self) -> None:
-        with self._lock:
-            self._f.close()

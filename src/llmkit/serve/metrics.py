@@ -34,6 +34,16 @@ class Metrics:
         self.guard_seconds = Histogram("llmkit_guard_seconds", "Time of the guard rails on one text",
                                        ["side"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
                                        registry=r)
+        # the drift monitor's last test (llmkit.monitor.live; set from its thread, never computed on a scrape)
+        self.drift_score = Gauge("llmkit_drift_score", "Prompt drift against the training prompts: the drift test's "
+                                 "score (mmd: MMD², classifier: ROC AUC)", registry=r)
+        self.drift_p_value = Gauge("llmkit_drift_p_value", "p-value of the last drift test", registry=r)
+        self.drift_alert = Gauge("llmkit_drift_alert", "1 when the drift score is over its threshold (p < 0.01)",
+                                 registry=r)
+        self.drift_samples = Gauge("llmkit_drift_samples", "Recent prompts in the last drift test", registry=r)
+        self.drift_prompts = Gauge("llmkit_drift_prompts", "Prompts the drift monitor had seen in all at its last test",
+                                   registry=r)
+        self.feedback = Counter("llmkit_feedback", "Ratings sent to /v1/feedback", ["rating"], registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -332,6 +332,26 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class FeedbackRequest(Request):
+    """llmkit's own: a rating of one answer, stored beside its request in the request log."""
+
+    request_id: str = Field(min_length=1, description="The `id` of a chat or completion response of this server.")
+    rating: Literal["up", "down", 1, -1] = Field(description="Thumbs up (`up` or 1) or down (`down` or -1).")
+    comment: str | None = Field(None, max_length=4000)
+
+    def score(self) -> int:
+        return 1 if self.rating in ("up", 1) else -1
+
+
+class Feedback(BaseModel):
+    id: str = Field(default_factory=lambda: new_id("fb"))
+    object: Literal["feedback"] = "feedback"
+    created: int = Field(default_factory=now)
+    request_id: str
+    rating: int  # +1 or -1
+    comment: str | None = None
+
+
 class ErrorInfo(BaseModel):
     message: str
     type: str

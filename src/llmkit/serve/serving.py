@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import logging
 import time
@@ -30,7 +29,7 @@ from pydantic import BaseModel
 
 from llmkit.engines import Generation, GenParams, Piece
 from llmkit.serve import protocol as p
-from llmkit.serve import rag
+from llmkit.serve import rag, recording
 from llmkit.serve.errors import APIError, bug
 from llmkit.serve.guarding import GuardedStream, Replies, check_input, refuse_logprobs
 from llmkit.serve.models import Served
@@ -74,34 +73,6 @@ def sse(obj: BaseModel | dict) -> str:
     return f"data: {data}\n\n"
 
 
-def new_log(route: str, model: str, ctx: Context, inputs: list[str]) -> dict:
-    """The request log record of one request, filled as it goes (see guarding.RequestLog)."""
-    return {"route": route, "model": model, "client": hashlib.sha256(ctx.client.encode()).hexdigest()[:12],
-            "input": inputs}
-
-
-def write_log(state: ServerState, log: dict, ctx: Context, status: int = 200, run: Run | None = None) -> None:
-    if state.request_log is None:
-        return
-    rec = {**log, "status": status, "seconds": round(time.perf_counter() - ctx.started, 3)}
-    if run is not None and run.gens:
-        u = run.usage()
-        rec |= {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens}
-    try:
-        state.request_log.write(rec)
-    except OSError:
-        log_.exception("could not write the request log")
-
-
-async def logged(body: AsyncIterator[str], state: ServerState, log: dict, ctx: Context, run: Run) -> AsyncIterator[str]:
-    """A stream that writes its request log record when it ends, however it ends."""
-    try:
-        async for line in body:
-            yield line
-    finally:
-        write_log(state, log, ctx, 200, run)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # One request's generations
 
@@ -123,7 +94,7 @@ class Run:
         self._reserved = 0
         self._tasks: list[asyncio.Task] = []
         self._cleanups: list[Callable[[], None]] = [lambda: state.models.release(served)]
-        self._ttft_seen = False
+        self.ttft: float | None = None  # seconds from the request to its first generated text
 
     async def prepare(self, prompts: list[str | list[int]], max_tokens: int | None,
                       param: str) -> list[tuple[str | list[int], int, int]]:
@@ -212,9 +183,9 @@ class Run:
                 raise item
             if item is None:
                 running -= 1
-            elif not self._ttft_seen and item.text:
-                self._ttft_seen = True
-                self.state.metrics.ttft.labels(self.route).observe(time.perf_counter() - self.ctx.started)
+            elif self.ttft is None and item.text:
+                self.ttft = time.perf_counter() - self.ctx.started
+                self.state.metrics.ttft.labels(self.route).observe(self.ttft)
             yield i, item
 
     def finish_reason(self, i: int) -> str:
@@ -311,7 +282,7 @@ async def collect(run: Run) -> tuple[list[str], list[list[Piece]]]:
 async def collect_replies(run: Run, replies: Replies | None, log: dict,
                           echo: list[str] | None = None) -> tuple[list[str], list[list[Piece]], list[str]]:
     """`collect`, then each reply (after its `echo`ed prompt, if any) through the output rails (a blocked one becomes
-    the refusal, finish_reason content_filter), then the request log record."""
+    the refusal, finish_reason content_filter), then the request's record."""
     texts, pieces = await collect(run)
     if echo is not None:  # the echoed prompt is output like the rest: the output rails see it too
         texts = [e + t for e, t in zip(echo, texts)]
@@ -321,7 +292,7 @@ async def collect_replies(run: Run, replies: Replies | None, log: dict,
             texts[i], blocked = await asyncio.to_thread(replies.whole, text)
             finish[i] = "content_filter" if blocked else finish[i]
     log["output"] = texts
-    write_log(run.state, log, run.ctx, 200, run)
+    recording.finish(run.state, log, run.ctx, 200, run)
     return texts, pieces, finish
 
 
@@ -393,7 +364,8 @@ class ServingChat:
         refuse_unsupported(req)
         served = self.state.models.get(req.model)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
-        log = new_log(self.route, req.model, ctx, [m["content"] for m in messages if m["role"] == "user"])
+        log = recording.new_record(self.route, req.model, ctx,
+                                   [m["content"] for m in messages if m["role"] == "user"], "chatcmpl", served)
         try:
             if self.state.guard is not None:
                 refuse_logprobs(self.state, bool(req.logprobs))
@@ -402,7 +374,7 @@ class ServingChat:
                 messages = [{**m, "content": next(clean)} if m["role"] == "user" else m for m in messages]
             return await self._create(req, ctx, served, messages, log)
         except APIError as e:
-            write_log(self.state, log, ctx, e.status)
+            recording.finish(self.state, log, ctx, e.status)
             raise
 
     async def _create(self, req: p.ChatCompletionRequest, ctx: Context, served: Served, messages: list[dict],
@@ -415,6 +387,8 @@ class ServingChat:
             hits = await self.state.rag.search(req.rag, rag.query_of(messages))
             self.state.metrics.rag_retrievals.labels(req.rag.collection).inc()
             prompt, hits = await self._fit(served, messages, hits, req.max_new_tokens())
+            log["rag"] = [{"collection": req.rag.collection, "source": h.source, "heading": h.heading,
+                           "score": round(float(h.score), 4)} for h in hits]
         else:
             prompt = await served.slot.call(served.slot.engine.format_chat, messages)
         rf = req.response_format.model_dump(by_alias=True, exclude_none=True) if req.response_format else None
@@ -423,16 +397,17 @@ class ServingChat:
                               response_format=rf)
         replies = Replies(self.state, len(run.gens), log) if self.state.guard is not None else None
         if req.stream:
-            return Stream(logged(self._stream(run, req, hits, replies, log), self.state, log, ctx, run), run.close)
+            body = self._stream(run, req, hits, replies, log)
+            return Stream(recording.recorded(body, self.state, log, ctx, run), run.close)
         texts, pieces, finish = await collect_replies(run, replies, log)
         choices = [p.ChatChoice(index=i, message=p.AssistantMessage(content=text), finish_reason=finish[i],
                                 logprobs=chat_logprobs(pieces[i]) if req.logprobs else None)
                    for i, text in enumerate(texts)]
         if hits is not None:
-            return p.RagChatCompletion(model=req.model, system_fingerprint=self.state.fingerprint, choices=choices,
-                                       usage=run.usage(), citations=rag.citations(hits, texts))
-        return p.ChatCompletion(model=req.model, system_fingerprint=self.state.fingerprint, choices=choices,
-                                usage=run.usage())
+            return p.RagChatCompletion(id=log["request_id"], model=req.model, system_fingerprint=self.state.fingerprint,
+                                       choices=choices, usage=run.usage(), citations=rag.citations(hits, texts))
+        return p.ChatCompletion(id=log["request_id"], model=req.model, system_fingerprint=self.state.fingerprint,
+                                choices=choices, usage=run.usage())
 
     @staticmethod
     async def _fit(served: Served, messages: list[dict], hits: list, max_tokens: int | None) -> tuple[str, list]:
@@ -448,8 +423,8 @@ class ServingChat:
 
     def _stream(self, run: Run, req: p.ChatCompletionRequest, hits: list | None, replies: Replies | None,
                 log: dict) -> AsyncIterator[str]:
-        head = {"id": p.new_id("chatcmpl"), "created": p.now(), "model": req.model,
-                    "system_fingerprint": self.state.fingerprint}
+        head = {"id": log["request_id"], "created": p.now(), "model": req.model,
+                "system_fingerprint": self.state.fingerprint}
         # the first chunk of each choice carries the role and no text, as OpenAI's do
         first = [p.ChatCompletionChunk(**head, choices=[p.ChatChunkChoice(index=i, delta=p.Delta(role="assistant",
                                                                                                    content=""))])
@@ -486,7 +461,8 @@ class ServingCompletion:
         prompts = req.prompts()
         params = ["prompt"] if len(prompts) == 1 else [f"prompt[{i}]" for i in range(len(prompts))]
         texts = await self._texts(req.model, prompts, params)
-        log = new_log(self.route, req.model, ctx, list(texts))
+        served = self.state.models.get(req.model)
+        log = recording.new_record(self.route, req.model, ctx, list(texts), "cmpl", served)
         try:
             if self.state.guard is not None:
                 # echo + logprobs carries the prompt's tokens: refused under redacting output rails like any logprobs
@@ -499,11 +475,12 @@ class ServingCompletion:
             run = await start_run(self.state, req, self.route, ctx, prompts, "prompt", logprobs=req.logprobs,
                                   prompt_logprobs=scored)
         except APIError as e:
-            write_log(self.state, log, ctx, e.status)
+            recording.finish(self.state, log, ctx, e.status)
             raise
         replies = Replies(self.state, len(run.gens), log) if self.state.guard is not None else None
         if req.stream:
-            return Stream(logged(self._stream(run, req, replies, log), self.state, log, ctx, run), run.close)
+            body = self._stream(run, req, replies, log)
+            return Stream(recording.recorded(body, self.state, log, ctx, run), run.close)
         echo = [texts[i // req.n] for i in range(len(run.gens))] if req.echo else None  # choice i is prompt i // n
         texts, pieces, finish = await collect_replies(run, replies, log, echo)
         choices = [p.CompletionChoice(index=i, text=text, finish_reason=finish[i],
@@ -511,8 +488,8 @@ class ServingCompletion:
                                       echo_logprobs(run.gens[i].prompt_logprobs or [], pieces[i], echo[i]) if echo
                                       else completion_logprobs(pieces[i]))
                    for i, text in enumerate(texts)]
-        return p.Completion(model=req.model, system_fingerprint=self.state.fingerprint, choices=choices,
-                            usage=run.usage())
+        return p.Completion(id=log["request_id"], model=req.model, system_fingerprint=self.state.fingerprint,
+                            choices=choices, usage=run.usage())
 
     async def _texts(self, model: str, prompts: list[str | list[int]], params: list[str]) -> list[str]:
         """The text of each prompt (token ids detokenized), after checking the ids against the model's vocabulary."""
@@ -528,7 +505,8 @@ class ServingCompletion:
         return [x if isinstance(x, str) else await slot.call(slot.engine.detokenize, x) for x in prompts]
 
     def _stream(self, run: Run, req: p.CompletionRequest, replies: Replies | None, log: dict) -> AsyncIterator[str]:
-        head = {"id": p.new_id("cmpl"), "created": p.now(), "model": req.model, "system_fingerprint": self.state.fingerprint}
+        head = {"id": log["request_id"], "created": p.now(), "model": req.model,
+                "system_fingerprint": self.state.fingerprint}
         offsets = [0] * len(run.gens)
         guarded = GuardedStream(run, replies, log)
 

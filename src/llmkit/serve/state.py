@@ -11,11 +11,11 @@ from llmkit.config import ServeConfig
 from llmkit.guard import Guard
 from llmkit.serve.auth import KeyStore
 from llmkit.serve.embed import Embedder
-from llmkit.serve.guarding import RequestLog
 from llmkit.serve.limits import RateLimiter, Slots
 from llmkit.serve.metrics import Metrics
 from llmkit.serve.models import ModelTable
 from llmkit.serve.rag import Collections
+from llmkit.serve.recording import Recorder
 
 
 @dataclass
@@ -29,7 +29,7 @@ class ServerState:
     slots: Slots | None = None
     rag: Collections | None = None  # the collections chat requests may name (`--rag`)
     guard: Guard | None = None  # the policy's rails on every request and reply (`--guard`)
-    request_log: RequestLog | None = None
+    recorder: Recorder | None = None  # the request log and the drift monitor (`--request-log`, `--drift-reference`)
     fingerprint: str | None = None  # system_fingerprint of responses: llmkit's version and the engine
     draining: bool = False  # set when shutdown began: new requests get 503, running ones finish
     inflight: int = 0
@@ -80,5 +80,5 @@ class ServerState:
             self.embedder.close()
         if self.rag is not None:
             self.rag.close()
-        if self.request_log is not None:
-            self.request_log.close()
+        if self.recorder is not None:
+            self.recorder.close()
