@@ -27,6 +27,7 @@ from llmkit.config import EvalConfig, Recipe
 from llmkit.errors import ConfigError, DataError, GateFailed, StageNotAvailable
 from llmkit.eval import gates as gates_
 from llmkit.eval.metrics import choice_scores, perplexity, score_reply
+from llmkit.eval.safety import safety_tasks
 from llmkit.eval.targets import EndpointTarget, ModelTarget, Target
 from llmkit.eval.tasks import Item, Summary, Task, dataset_perplexity_task, load_task
 
@@ -44,8 +45,8 @@ def _perplexity(cfg: EvalConfig, dataset: Path | None) -> list[Task]:
 
 # Built-in tasks by name: fn(cfg, dataset) -> tasks. A suite switched on in the config (eval.safety: true) is
 # run as if its name were listed in eval.tasks.
-BUILTIN = {"perplexity": _perplexity}
-SUITES: tuple[str, ...] = ()
+BUILTIN = {"perplexity": _perplexity, "safety": safety_tasks}
+SUITES: tuple[str, ...] = ("safety",)
 
 
 def load_tasks(cfg: EvalConfig, base_dir: Path = Path("."), dataset: Path | None = None) -> list[Task]:
