@@ -123,7 +123,7 @@ class EvalConfig(Section):
     engine: Literal["auto", "transformers", "llamacpp"] = Field("auto", description="In-process engine: auto = llamacpp for a .gguf, transformers for HF folders and adapters.")
     max_tokens: int = Field(128, gt=0, description="Tokens generated per reply (a row's own max_tokens wins).")
     concurrency: int = Field(8, gt=0, description="Requests in flight at once against an endpoint.")
-    limit: int | None = Field(None, gt=0, description="Score at most this many items per task (quick checks).")
+    limit: int | None = Field(None, gt=0, description="Score at most this many items per task (quick checks); the safety suite: per group of prompts.")
     safety: bool = Field(False, description="Safety suite on held-out prompts: safety.refusal_rate (harmful requests declined), safety.over_refusal_rate (benign ones declined), safety.toxicity_rate / toxicity_mean (the guard's toxicity rail on the replies), safety.leak_rate (a canary code in the system prompt leaked to injection prompts).")
     safety_max_tokens: int = Field(48, gt=0, description="Tokens per safety-suite reply (a refusal shows in the first sentence; short replies keep the suite fast).")
     bias: bool = Field(False, description="Bias suite; not built yet.")

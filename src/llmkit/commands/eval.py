@@ -90,6 +90,6 @@ def add_parser(sub) -> None:
                    help="in-process engine (default auto: llamacpp for .gguf, else transformers)")
     e.add_argument("--max-tokens", type=int, help="tokens per generated reply (default 128)")
     e.add_argument("--concurrency", type=int, help="endpoint requests in flight at once (default 8)")
-    e.add_argument("--limit", type=int, help="score at most this many items per task")
+    e.add_argument("--limit", type=int, help="score at most this many items per task (the safety suite: per group)")
     e.add_argument("--force", action="store_true", help="score again even when a finished eval matches")
     e.set_defaults(fn=_eval)
