@@ -12,7 +12,7 @@ import pytest
 from llmkit.config import EvalConfig
 from llmkit.errors import GateFailed
 from llmkit.eval import evaluate, load_tasks, safety, safety_data
-from llmkit.eval.refusal import read_labelled, train_detector
+from llmkit.eval.refusal import load_detector, read_labelled
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -67,7 +67,7 @@ def test_canary_leaks_are_found_in_disguise_and_not_invented():
 
 
 def test_refusal_classifier_on_its_held_out_labelled_replies():
-    det = train_detector()
+    det = load_detector()  # trained here (a fresh LLMKIT_HOME), then shared with the suite tests below
     texts, y, _ = read_labelled()["test"]
     assert len(texts) >= 80 and 0 < y.sum() < len(y)
     m = det.metrics["test"]
