@@ -117,7 +117,7 @@ def add_parser(sub) -> None:
                    help="in-process engine (default auto: llamacpp for .gguf, else transformers)")
     e.add_argument("--max-tokens", type=int, help="tokens per generated reply (default 128)")
     e.add_argument("--concurrency", type=int, help="endpoint requests in flight at once (default 8)")
-    e.add_argument("--limit", type=int, help="score at most this many items per task")
+    e.add_argument("--limit", type=int, help="score at most this many items per task (the safety suite: per group)")
     e.add_argument("--prompts", nargs="+", metavar="YAML", help="prompt template files (name, version, system, "
                    "template with {prompt}): run the tasks once per template on the same items and report each "
                    "metric's difference with its paired bootstrap CI; a winner only when the CI excludes 0")

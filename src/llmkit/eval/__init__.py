@@ -32,6 +32,7 @@ from llmkit.eval import gates as gates_
 from llmkit.eval import judge as judge_
 from llmkit.eval.metrics import choice_scores, perplexity, score_reply
 from llmkit.eval.rag_task import rag_task
+from llmkit.eval.safety import safety_tasks
 from llmkit.eval.targets import EndpointTarget, ModelTarget, Target
 from llmkit.eval.tasks import Item, Summary, Task, dataset_perplexity_task, load_task
 
@@ -49,8 +50,8 @@ def _perplexity(cfg: EvalConfig, dataset: Path | None) -> list[Task]:
 
 # Built-in tasks by name: fn(cfg, dataset) -> tasks. A suite switched on in the config (eval.safety: true) is
 # run as if its name were listed in eval.tasks.
-BUILTIN = {"perplexity": _perplexity, "rag": rag_task}
-SUITES: tuple[str, ...] = ()
+BUILTIN = {"perplexity": _perplexity, "rag": rag_task, "safety": safety_tasks}
+SUITES: tuple[str, ...] = ("safety",)
 
 
 def load_tasks(cfg: EvalConfig, base_dir: Path = Path("."), dataset: Path | None = None) -> list[Task]:
