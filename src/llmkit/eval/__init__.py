@@ -81,7 +81,7 @@ def _score(target: Target, task: Task, item: Item, max_tokens: int) -> dict:
         rec.update(reply=reply, scores=score_reply(reply, row))
     elif item.type == "choice":
         # lm-eval's multiple choice: each choice after its target delimiter, a space
-        lls = [target.loglikelihood(row["prompt"], " " + c)[0] for c in row["choices"]]
+        lls = [ll for ll, _ in _loglikelihoods(target, [(row["prompt"], " " + c) for c in row["choices"]])]
         rec.update(lls=lls, scores=choice_scores(lls, row["choices"], row["answer"]))
     else:
         if "messages" in row:
@@ -90,9 +90,16 @@ def _score(target: Target, task: Task, item: Item, max_tokens: int) -> dict:
             context, continuation = "", row["text"]
         else:
             context, continuation = row["prompt"], row["completion"]
-        ll, n = target.loglikelihood(context, continuation)
+        ((ll, n),) = _loglikelihoods(target, [(context, continuation)])
         rec.update(nll=-ll, tokens=n)
     return rec
+
+
+def _loglikelihoods(target: Target, requests: list[tuple[str, str]]) -> list[tuple[float, int]]:
+    """A target's batched scoring where it has one (ModelTarget: one pass over a shared prefix), else one request
+    at a time."""
+    many = getattr(target, "loglikelihood_many", None)
+    return many(requests) if many is not None else [target.loglikelihood(c, x) for c, x in requests]
 
 
 def aggregate(tasks: list[Task], records: list[dict]) -> tuple[dict[str, float], dict[str, list[dict]]]:
@@ -169,8 +176,8 @@ def _read_cache(cache: Path) -> dict:
     return done
 
 
-def _as_target(t: str | Path | Target | None, engine: str) -> Target | None:
-    return ModelTarget(str(t), engine) if isinstance(t, (str, Path)) else t
+def _as_target(t: str | Path | Target | None, cfg: EvalConfig) -> Target | None:
+    return ModelTarget(str(t), cfg.engine, generate_engine=cfg.generate_engine) if isinstance(t, (str, Path)) else t
 
 
 def evaluate(cfg: EvalConfig, target: str | Path | Target, out: Path, baseline: str | Path | Target | None = None,
@@ -187,7 +194,7 @@ def evaluate(cfg: EvalConfig, target: str | Path | Target, out: Path, baseline: 
         raise ConfigError(["eval.baseline: base means the recipe's base model; outside a recipe give the model"])
     if gates_.uses_baseline(cfg.gates) and baseline is None:
         raise ConfigError(["eval.gates: a gate compares with the baseline, but no baseline is given"])
-    targets = {"model": _as_target(target, cfg.engine), "baseline": _as_target(baseline, cfg.engine)}
+    targets = {"model": _as_target(target, cfg), "baseline": _as_target(baseline, cfg)}
     roles = [r for r in ROLES if targets[r] is not None]
     inputs = {role: targets[role].ref() for role in roles}
     inputs.update({f"task:{t.name}": artifacts.input_ref(t.source) for t in tasks})
