@@ -34,3 +34,15 @@ def test_batched_equals_one_at_a_time(target, requests):
     assert [n for _, n in batched] == [n for _, n in single]
     assert [ll for ll, _ in batched] == pytest.approx([ll for ll, _ in single], abs=1e-4)
     assert len({round(ll, 3) for ll, _ in single}) == len(single)  # different texts, different scores
+
+
+def test_more_rows_than_one_pass_holds(target, monkeypatch):
+    """Past MAX_BATCH_TOKENS the rows go in several passes, each on its own copy of the shared prefix's cache."""
+    from llmkit.eval import targets
+
+    monkeypatch.setattr(targets, "MAX_BATCH_TOKENS", 8)
+    requests = REQUESTS + [(REQUESTS[0][0], f" the {w} router") for w in ("red", "blue", "old", "new", "big")]
+    single = [target.loglikelihood(c, x) for c, x in requests]
+    batched = target.loglikelihood_many(requests)
+    assert [n for _, n in batched] == [n for _, n in single]
+    assert [ll for ll, _ in batched] == pytest.approx([ll for ll, _ in single], abs=1e-4)

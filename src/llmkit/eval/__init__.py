@@ -84,15 +84,40 @@ def _score(target: Target, task: Task, item: Item, max_tokens: int) -> dict:
         lls = [ll for ll, _ in _loglikelihoods(target, [(row["prompt"], " " + c) for c in row["choices"]])]
         rec.update(lls=lls, scores=choice_scores(lls, row["choices"], row["answer"]))
     else:
-        if "messages" in row:
-            context, continuation = target.chat_prompt(row["messages"][:-1]), row["messages"][-1]["content"]
-        elif "text" in row:
-            context, continuation = "", row["text"]
-        else:
-            context, continuation = row["prompt"], row["completion"]
-        ((ll, n),) = _loglikelihoods(target, [(context, continuation)])
+        ((ll, n),) = _loglikelihoods(target, [_perplexity_request(target, row)])
         rec.update(nll=-ll, tokens=n)
     return rec
+
+
+def _perplexity_request(target: Target, row: dict) -> tuple[str, str]:
+    if "messages" in row:
+        return target.chat_prompt(row["messages"][:-1]), row["messages"][-1]["content"]
+    if "text" in row:
+        return "", row["text"]
+    return row["prompt"], row["completion"]
+
+
+PPL_BATCH = 8  # perplexity rows scored in one call of a target's loglikelihood_many
+
+
+def _units(target: Target, todo: list[tuple[Task, Item]]) -> list[list[tuple[Task, Item]]]:
+    """The runner's units of work: one item each, except plain perplexity rows on a target that scores in batches,
+    PPL_BATCH of similar length together (one padded pass, the chat template's system prompt they share computed
+    once). Records are put back in task order at the end, so the order of work does not matter."""
+    if getattr(target, "loglikelihood_many", None) is None:
+        return [[x] for x in todo]
+    ppl = [x for x in todo if x[1].score is None and x[1].type == "perplexity"]
+    ppl.sort(key=lambda x: len(json.dumps(x[1].row)))  # similar lengths: little padding
+    rest = [[x] for x in todo if not (x[1].score is None and x[1].type == "perplexity")]
+    return rest + [ppl[i:i + PPL_BATCH] for i in range(0, len(ppl), PPL_BATCH)]
+
+
+def _score_unit(target: Target, unit: list[tuple[Task, Item]], max_tokens: int) -> list[dict]:
+    if len(unit) == 1:
+        task, item = unit[0]
+        return [_score(target, task, item, max_tokens)]
+    scores = target.loglikelihood_many([_perplexity_request(target, i.row) for _, i in unit])
+    return [{"task": t.name, "id": i.id, "type": i.type, "nll": -ll, "tokens": n} for (t, i), (ll, n) in zip(unit, scores)]
 
 
 def _loglikelihoods(target: Target, requests: list[tuple[str, str]]) -> list[tuple[float, int]]:
@@ -142,22 +167,23 @@ def _run(role: str, target: Target, tasks: list[Task], cfg: EvalConfig, cache: P
     pool = ThreadPoolExecutor(max(1, target.concurrency))
     with open(cache, "a", encoding="utf-8") as f, \
             tqdm(total=len(todo), desc=f"eval {role}", unit="item", disable=not progress) as bar:
-        def one(task: Task, item: Item) -> None:
+        def one(unit: list[tuple[Task, Item]]) -> None:
             if stop.is_set():
                 return
             try:
-                rec = {"target": role, **_score(target, task, item, cfg.max_tokens)}
+                recs = [{"target": role, **r} for r in _score_unit(target, unit, cfg.max_tokens)]
             except BaseException:
                 stop.set()  # queued items must not start after a failure
                 raise
             with lock:
-                f.write(json.dumps(rec) + "\n")
+                for rec in recs:
+                    f.write(json.dumps(rec) + "\n")
+                    done[(role, rec["task"], rec["id"])] = rec
                 f.flush()  # a killed eval keeps every finished item
-                done[(role, task.name, item.id)] = rec
-                bar.update(1)
+                bar.update(len(recs))
 
         try:
-            for fut in [pool.submit(one, t, i) for t, i in todo]:
+            for fut in [pool.submit(one, u) for u in _units(target, todo)]:
                 fut.result()
         finally:  # the first error (or Ctrl-C) stops the eval: nothing new starts; what finished stays cached
             stop.set()

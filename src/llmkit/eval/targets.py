@@ -186,36 +186,47 @@ def _common_prefix(seqs: list[list[int]]) -> int:
     return i
 
 
+MAX_BATCH_TOKENS = 1024  # rows x width of one padded pass: its fp32 logits are that x vocab x 4 bytes (200 MB here)
+
+
 def shared_prefix_loglikelihoods(lm, encoded: list[tuple[list[int], int]]) -> list[tuple[float, int]]:
     """(sum of logprobs of tokens[start:], count) for each (tokens, start), on a transformers causal LM.
 
     The tokens every sequence shares up to the first scored position run once (P tokens, logits of the last
-    one only); its KV cache is repeated for the B sequences, and their rests run as one right-padded batch
-    (B, W) on top of it. Right padding needs no attention mask: under the causal mask a real token never sees
-    the pads after it. The row at absolute position t scores token t + 1, so the prefix's last row scores
-    token P (when a sequence's first scored token is P)."""
+    one only); its KV cache is repeated for the sequences, and their rests run as right-padded batches (B, W) on
+    top of it. Right padding needs no attention mask: under the causal mask a real token never sees the pads
+    after it. The row at absolute position t scores token t + 1, so the prefix's last row scores token P (when a
+    sequence's first scored token is P)."""
+    import copy
+
     import torch
 
     seqs = [t for t, _ in encoded]
     p = min(_common_prefix(seqs), min(s for _, s in encoded))  # >= 1 unless the first tokens differ
+    results: list[tuple[float, int]] = []
     with torch.no_grad():  # (inference_mode refuses quanto's int4 unpacking; no_grad costs nothing here)
-        cache, last = None, None
+        prefix, last = None, None
         if p:
             out = lm(input_ids=torch.tensor([seqs[0][:p]]), use_cache=True, logits_to_keep=1)
-            cache, last = out.cache, out.logits[0, -1].float()  # (V,): scores token p
-            cache.batch_repeat_interleave(len(seqs))
-        rest = [t[p:] for t in seqs]
-        width = max(map(len, rest))
-        ids = torch.tensor([r + [r[-1]] * (width - len(r)) for r in rest])  # (B, W); the pads are never read
-        logits = lm(input_ids=ids, cache=cache, use_cache=cache is not None).logits.float()  # (B, W, V)
-    results = []
-    for b, (tokens, start) in enumerate(encoded):
-        rows = logits[b, max(start - 1 - p, 0):len(tokens) - 1 - p]  # the rows scoring tokens start .. len-1
-        if start == p:
-            rows = torch.cat([last[None], rows])
-        target = torch.tensor(tokens[start:])
-        lps = torch.log_softmax(rows, dim=-1).gather(1, target[:, None])
-        results.append((float(lps.sum()), len(tokens) - start))
+            prefix, last = out.cache, out.logits[0, -1].float()  # (V,): scores token p
+        width = max(len(t) for t in seqs) - p
+        step = max(1, MAX_BATCH_TOKENS // width)
+        for i in range(0, len(encoded), step):
+            part = encoded[i:i + step]
+            cache = None
+            if prefix is not None:
+                cache = copy.deepcopy(prefix) if i + step < len(encoded) else prefix
+                cache.batch_repeat_interleave(len(part))
+            rest = [t[p:] for t, _ in part]
+            w = max(map(len, rest))
+            ids = torch.tensor([r + [r[-1]] * (w - len(r)) for r in rest])  # (B, W); the pads are never read
+            logits = lm(input_ids=ids, cache=cache, use_cache=cache is not None).logits.float()  # (B, W, V)
+            for b, (tokens, start) in enumerate(part):
+                rows = logits[b, max(start - 1 - p, 0):len(tokens) - 1 - p]  # the rows scoring tokens start..
+                if start == p:
+                    rows = torch.cat([last[None], rows])
+                lps = torch.log_softmax(rows, dim=-1).gather(1, torch.tensor(tokens[start:])[:, None])
+                results.append((float(lps.sum()), len(tokens) - start))
     return results
 
 
