@@ -20,7 +20,7 @@ def _eval(args: argparse.Namespace) -> int:
     problems = []
     if args.tasks:
         cfg["tasks"] = args.tasks
-    for k in ("engine", "max_tokens", "concurrency", "limit", "prompts", "judge_endpoint", "judge_model",
+    for k in ("engine", "generate_engine", "max_tokens", "concurrency", "limit", "prompts", "judge_endpoint", "judge_model",
               "judge_api_key", "rag_index", "rag_questions", "rag_top_k"):
         if getattr(args, k) is not None:
             cfg[k] = getattr(args, k)
@@ -115,6 +115,9 @@ def add_parser(sub) -> None:
     e.add_argument("--out", help="output artifact folder (default with --recipe: the run's eval folder)")
     e.add_argument("--engine", choices=["auto", "transformers", "llamacpp"],
                    help="in-process engine (default auto: llamacpp for .gguf, else transformers)")
+    e.add_argument("--generate-engine", choices=["auto", "transformers", "llamacpp"],
+                   help="in-process engine for replies only (default auto: the same as --engine); llamacpp "
+                        "batches 8 replies, also for an adapter (as a llama.cpp LoRA on its base's GGUF)")
     e.add_argument("--max-tokens", type=int, help="tokens per generated reply (default 128)")
     e.add_argument("--concurrency", type=int, help="endpoint requests in flight at once (default 8)")
     e.add_argument("--limit", type=int, help="score at most this many items per task (the safety suite: per group)")

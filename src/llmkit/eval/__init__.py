@@ -87,18 +87,50 @@ def _score(target: Target, task: Task, item: Item, max_tokens: int) -> dict:
         rec.update(reply=reply, scores=score_reply(reply, row))
     elif item.type == "choice":
         # lm-eval's multiple choice: each choice after its target delimiter, a space
-        lls = [target.loglikelihood(row["prompt"], " " + c)[0] for c in row["choices"]]
+        lls = [ll for ll, _ in _loglikelihoods(target, [(row["prompt"], " " + c) for c in row["choices"]])]
         rec.update(lls=lls, scores=choice_scores(lls, row["choices"], row["answer"]))
     else:
-        if "messages" in row:
-            context, continuation = target.chat_prompt(row["messages"][:-1]), row["messages"][-1]["content"]
-        elif "text" in row:
-            context, continuation = "", row["text"]
-        else:
-            context, continuation = row["prompt"], row["completion"]
-        ll, n = target.loglikelihood(context, continuation)
+        ((ll, n),) = _loglikelihoods(target, [_perplexity_request(target, row)])
         rec.update(nll=-ll, tokens=n)
     return rec
+
+
+def _perplexity_request(target: Target, row: dict) -> tuple[str, str]:
+    if "messages" in row:
+        return target.chat_prompt(row["messages"][:-1]), row["messages"][-1]["content"]
+    if "text" in row:
+        return "", row["text"]
+    return row["prompt"], row["completion"]
+
+
+PPL_BATCH = 8  # perplexity rows scored in one call of a target's loglikelihood_many
+
+
+def _units(target: Target, todo: list[tuple[Task, Item]]) -> list[list[tuple[Task, Item]]]:
+    """The runner's units of work: one item each, except plain perplexity rows on a target that scores in batches,
+    PPL_BATCH of similar length together (one padded pass, the chat template's system prompt they share computed
+    once). Records are put back in task order at the end, so the order of work does not matter."""
+    if getattr(target, "loglikelihood_many", None) is None:
+        return [[x] for x in todo]
+    ppl = [x for x in todo if x[1].score is None and x[1].type == "perplexity"]
+    ppl.sort(key=lambda x: len(json.dumps(x[1].row)))  # similar lengths: little padding
+    rest = [[x] for x in todo if not (x[1].score is None and x[1].type == "perplexity")]
+    return rest + [ppl[i:i + PPL_BATCH] for i in range(0, len(ppl), PPL_BATCH)]
+
+
+def _score_unit(target: Target, unit: list[tuple[Task, Item]], max_tokens: int) -> list[dict]:
+    if len(unit) == 1:
+        task, item = unit[0]
+        return [_score(target, task, item, max_tokens)]
+    scores = target.loglikelihood_many([_perplexity_request(target, i.row) for _, i in unit])
+    return [{"task": t.name, "id": i.id, "type": i.type, "nll": -ll, "tokens": n} for (t, i), (ll, n) in zip(unit, scores)]
+
+
+def _loglikelihoods(target: Target, requests: list[tuple[str, str]]) -> list[tuple[float, int]]:
+    """A target's batched scoring where it has one (ModelTarget: one pass over a shared prefix), else one request
+    at a time."""
+    many = getattr(target, "loglikelihood_many", None)
+    return many(requests) if many is not None else [target.loglikelihood(c, x) for c, x in requests]
 
 
 def aggregate(tasks: list[Task], records: list[dict]) -> tuple[dict[str, float], dict[str, list[dict]]]:
@@ -141,22 +173,23 @@ def _run(role: str, target: Target, tasks: list[Task], cfg: EvalConfig, cache: P
     pool = ThreadPoolExecutor(max(1, target.concurrency))
     with open(cache, "a", encoding="utf-8") as f, \
             tqdm(total=len(todo), desc=f"eval {role}", unit="item", disable=not progress) as bar:
-        def one(task: Task, item: Item) -> None:
+        def one(unit: list[tuple[Task, Item]]) -> None:
             if stop.is_set():
                 return
             try:
-                rec = {"target": role, **_score(target, task, item, cfg.max_tokens)}
+                recs = [{"target": role, **r} for r in _score_unit(target, unit, cfg.max_tokens)]
             except BaseException:
                 stop.set()  # queued items must not start after a failure
                 raise
             with lock:
-                f.write(json.dumps(rec) + "\n")
+                for rec in recs:
+                    f.write(json.dumps(rec) + "\n")
+                    done[(role, rec["task"], rec["id"])] = rec
                 f.flush()  # a killed eval keeps every finished item
-                done[(role, task.name, item.id)] = rec
-                bar.update(1)
+                bar.update(len(recs))
 
         try:
-            for fut in [pool.submit(one, t, i) for t, i in todo]:
+            for fut in [pool.submit(one, u) for u in _units(target, todo)]:
                 fut.result()
         finally:  # the first error (or Ctrl-C) stops the eval: nothing new starts; what finished stays cached
             stop.set()
@@ -175,8 +208,8 @@ def _read_cache(cache: Path) -> dict:
     return done
 
 
-def _as_target(t: str | Path | Target | None, engine: str) -> Target | None:
-    return ModelTarget(str(t), engine) if isinstance(t, (str, Path)) else t
+def _as_target(t: str | Path | Target | None, cfg: EvalConfig) -> Target | None:
+    return ModelTarget(str(t), cfg.engine, generate_engine=cfg.generate_engine) if isinstance(t, (str, Path)) else t
 
 
 def evaluate(cfg: EvalConfig, target: str | Path | Target, out: Path, baseline: str | Path | Target | None = None,
@@ -193,7 +226,7 @@ def evaluate(cfg: EvalConfig, target: str | Path | Target, out: Path, baseline: 
         raise ConfigError(["eval.baseline: base means the recipe's base model; outside a recipe give the model"])
     if gates_.uses_baseline(cfg.gates) and baseline is None:
         raise ConfigError(["eval.gates: a gate compares with the baseline, but no baseline is given"])
-    targets = {"model": _as_target(target, cfg.engine), "baseline": _as_target(baseline, cfg.engine)}
+    targets = {"model": _as_target(target, cfg), "baseline": _as_target(baseline, cfg)}
     roles = [r for r in ROLES if targets[r] is not None]
     judge_.bind(tasks, cfg, targets["baseline"])  # judge and pairwise rows get their judge (checked up front)
     inputs = {role: targets[role].ref() for role in roles}

@@ -12,12 +12,16 @@ text offset: /v1/completions with echo, logprobs and max_tokens 0, as vLLM and `
 
 from __future__ import annotations
 
+import contextlib
+import json
+import threading
+from pathlib import Path
 from typing import Protocol
 
 from llmkit import artifacts
 from llmkit.engines import GenParams, load_engine
-from llmkit.errors import LlmkitError, MissingExtra
-from llmkit.models import resolve_model
+from llmkit.errors import LlmkitError, MissingExtra, UnsupportedModel
+from llmkit.models import ModelRef, resolve_model
 
 
 class Target(Protocol):
@@ -46,49 +50,184 @@ def _split(context: str, continuation: str) -> tuple[str, str]:
 
 
 class ModelTarget:
-    """A model loaded in this process: HF folders and PEFT adapters on transformers, GGUF on llama.cpp."""
+    """A model loaded in this process: HF folders and PEFT adapters on transformers, GGUF on llama.cpp.
 
-    concurrency = 1  # one engine; the transformers engine runs one request at a time anyway
+    On llama.cpp, `PARALLEL` sequences decode in one batch (engines/llamacpp.py), so the eval runs that many items
+    at once (`concurrency`); transformers runs one request at a time, so there it is 1. `generate_engine`
+    llamacpp moves only the replies to llama.cpp (a PEFT adapter as a llama.cpp LoRA on its base's GGUF, an HF
+    folder converted from a GGUF on that GGUF) while log-likelihoods stay on `engine`."""
 
-    def __init__(self, spec: str, engine: str = "auto", threads: int | None = None):
+    PARALLEL = 8  # llama.cpp sequences decoded together: 3.5-4x one sequence's tokens/s on 2 cores (FACTS.md)
+    N_CTX = 2048  # tokens per llama.cpp sequence (`llmkit serve`'s default): KV cache PARALLEL x N_CTX
+
+    def __init__(self, spec: str, engine: str = "auto", threads: int | None = None, generate_engine: str = "auto"):
         self.model = resolve_model(spec)
         self.name = spec
         self.engine_name = engine if engine != "auto" else ("llamacpp" if self.model.kind == "gguf" else "transformers")
+        self.generate_engine = self.engine_name if generate_engine == "auto" else generate_engine
+        self.concurrency = self.PARALLEL if self.generate_engine == "llamacpp" else 1
         self._threads = threads
-        self._engine = None
+        self._engines: dict[str, object] = {}
+        self._adapter: dict[str, str | None] = {}  # engine name -> the LoRA adapter name requests carry there
+        # one lock per engine: the eval's worker threads load it once, and on transformers take turns (its
+        # tokenizer and the forward passes of loglikelihood_many run in the caller's thread; HF's Rust tokenizer
+        # refuses two threads at once). llama.cpp's submit only queues: its scheduler thread batches.
+        self._locks = {"transformers": threading.RLock(), "llamacpp": threading.RLock()}
+
+    def _load(self, name: str):
+        """The engine `name`, loaded on first use: a resumed eval whose items are all cached never loads it."""
+        with self._locks[name]:
+            if name not in self._engines:
+                opts = {"n_threads": self._threads} if self._threads else {}
+                if name == "llamacpp":
+                    model, adapter = _on_gguf(self.model)
+                    engine = load_engine(name, model, parallel=self.PARALLEL, n_ctx=self.N_CTX, **opts)
+                    if adapter is not None:
+                        from llmkit.compress.lora_gguf import adapter_gguf
+
+                        engine.load_adapter("eval", adapter_gguf(adapter, base=model.path))
+                    self._adapter[name] = "eval" if adapter is not None else None
+                else:
+                    engine = load_engine(name, self.model, **opts)
+                    self._adapter[name] = None
+                self._engines[name] = engine
+            return self._engines[name]
 
     @property
     def engine(self):
-        """Loaded on first use: a resumed eval whose items are all cached never loads the model."""
-        if self._engine is None:
-            self._engine = load_engine(self.engine_name, self.model, **({"n_threads": self._threads} if self._threads else {}))
-        return self._engine
+        """The engine that scores (log-likelihoods, chat templates)."""
+        return self._load(self.engine_name)
+
+    def _turn(self, name: str):
+        """Held while using engine `name` from this thread: transformers one caller at a time, llama.cpp free."""
+        return self._locks[name] if name == "transformers" else contextlib.nullcontext()
 
     def ref(self) -> dict:
-        return {**artifacts.input_ref(self.model.path), "engine": self.engine_name}
+        ref = {**artifacts.input_ref(self.model.path), "engine": self.engine_name}
+        return ref if self.generate_engine == self.engine_name else {**ref, "generate_engine": self.generate_engine}
 
     def chat_prompt(self, messages: list[dict]) -> str:
-        return self.engine.format_chat(messages)
+        engine = self.engine
+        with self._turn(self.engine_name):
+            return engine.format_chat(messages)
 
     def generate(self, messages: list[dict], max_tokens: int) -> str:
-        gen = self.engine.submit(self.engine.format_chat(messages), GenParams(max_tokens=max_tokens, temperature=0.0))
-        return gen.text()
+        name = self.generate_engine
+        engine = self._load(name)
+        with self._turn(name):
+            gen = engine.submit(engine.format_chat(messages), GenParams(max_tokens=max_tokens, temperature=0.0),
+                                adapter=self._adapter[name])
+        return gen.text()  # waited for outside the turn: llama.cpp batches the requests of other threads meanwhile
 
-    def loglikelihood(self, context: str, continuation: str) -> tuple[float, int]:
+    def _encode(self, context: str, continuation: str) -> tuple[list[int], int]:
+        """(the whole text's tokens, the index of the first continuation token), lm-eval's split."""
         context, continuation = _split(context, continuation)
         whole = self.engine.tokenize(context + continuation)
         start = max(len(self.engine.tokenize(context)) if context else 0, 1)  # the first token has no logprob
         if start >= len(whole):
             raise LlmkitError(f"nothing to score: {continuation!r} adds no token to its context")
-        gen = self.engine.submit(whole, GenParams(max_tokens=0, prompt_logprobs=0))
-        gen.text()
+        return whole, start
+
+    def loglikelihood(self, context: str, continuation: str) -> tuple[float, int]:
+        engine = self.engine
+        with self._turn(self.engine_name):
+            whole, start = self._encode(context, continuation)
+            gen = engine.submit(whole, GenParams(max_tokens=0, prompt_logprobs=0), adapter=self._adapter[self.engine_name])
+            gen.text()
         lps = [p.logprob for p in gen.prompt_logprobs or []]
         return float(sum(lps[start:])), len(whole) - start
 
+    def loglikelihood_many(self, requests: list[tuple[str, str]]) -> list[tuple[float, int]]:
+        """`loglikelihood` of each (context, continuation), computed together: on transformers one forward pass
+        over the prefix the requests share (a choice item's question) and one padded pass over what follows it;
+        on llama.cpp all submitted at once, so the engine decodes them in one batch. Equal to asking one at a
+        time up to float rounding (tests/eval/test_batched_scores.py checks 1e-4)."""
+        engine = self.engine
+        with self._turn(self.engine_name):
+            encoded = [self._encode(c, x) for c, x in requests]
+            if self.engine_name == "transformers":
+                return shared_prefix_loglikelihoods(engine.lm, encoded)
+            gens = [engine.submit(whole, GenParams(max_tokens=0, prompt_logprobs=0), adapter=self._adapter[self.engine_name])
+                    for whole, _ in encoded]
+        out = []
+        for gen, (whole, start) in zip(gens, encoded):
+            gen.text()
+            lps = [p.logprob for p in gen.prompt_logprobs or []]
+            out.append((float(sum(lps[start:])), len(whole) - start))
+        return out
+
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
+        for name in list(self._engines):
+            self._engines.pop(name).close()
+
+
+def _on_gguf(model: ModelRef) -> tuple[ModelRef, Path | None]:
+    """What llama.cpp runs for `model`: (a GGUF, the PEFT adapter folder to apply as a LoRA on it, or None). A GGUF
+    is itself; an HF folder that llmkit converted from a GGUF is that GGUF (its llmkit_source.json names it); an
+    adapter runs on its base's GGUF, found the same way."""
+    adapter = model.path if model.kind == "adapter" else None
+    base = resolve_model(model.base) if model.kind == "adapter" else model
+    if base.kind == "gguf":
+        return base, adapter
+    source = base.path / "llmkit_source.json" if base.kind == "hf" else None
+    gguf = json.loads(source.read_text()).get("gguf") if source is not None and source.is_file() else None
+    if gguf and Path(gguf).is_file():
+        return resolve_model(gguf), adapter
+    what = f"{model.name} is an adapter on {base.name}, which" if adapter else f"{model.name}"
+    raise UnsupportedModel(f"the llamacpp engine runs GGUF files: {what} is not a GGUF nor converted from one; "
+                           "export it with `llmkit compress --quantize q8_0`, or use the transformers engine")
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    n = min(map(len, seqs))
+    i = 0
+    while i < n and all(s[i] == seqs[0][i] for s in seqs):
+        i += 1
+    return i
+
+
+MAX_BATCH_TOKENS = 1024  # rows x width of one padded pass: its fp32 logits are that x vocab x 4 bytes (200 MB here)
+
+
+def shared_prefix_loglikelihoods(lm, encoded: list[tuple[list[int], int]]) -> list[tuple[float, int]]:
+    """(sum of logprobs of tokens[start:], count) for each (tokens, start), on a transformers causal LM.
+
+    The tokens every sequence shares up to the first scored position run once (P tokens, logits of the last
+    one only); its KV cache is repeated for the sequences, and their rests run as right-padded batches (B, W) on
+    top of it. Right padding needs no attention mask: under the causal mask a real token never sees the pads
+    after it. The row at absolute position t scores token t + 1, so the prefix's last row scores token P (when a
+    sequence's first scored token is P)."""
+    import copy
+
+    import torch
+
+    seqs = [t for t, _ in encoded]
+    p = min(_common_prefix(seqs), min(s for _, s in encoded))  # >= 1 unless the first tokens differ
+    results: list[tuple[float, int]] = []
+    with torch.no_grad():  # (inference_mode refuses quanto's int4 unpacking; no_grad costs nothing here)
+        prefix, last = None, None
+        if p:
+            out = lm(input_ids=torch.tensor([seqs[0][:p]]), use_cache=True, logits_to_keep=1)
+            prefix, last = out.cache, out.logits[0, -1].float()  # (V,): scores token p
+        width = max(len(t) for t in seqs) - p
+        step = max(1, MAX_BATCH_TOKENS // width)
+        for i in range(0, len(encoded), step):
+            part = encoded[i:i + step]
+            cache = None
+            if prefix is not None:
+                cache = copy.deepcopy(prefix) if i + step < len(encoded) else prefix
+                cache.batch_repeat_interleave(len(part))
+            rest = [t[p:] for t, _ in part]
+            w = max(map(len, rest))
+            ids = torch.tensor([r + [r[-1]] * (w - len(r)) for r in rest])  # (B, W); the pads are never read
+            logits = lm(input_ids=ids, cache=cache, use_cache=cache is not None).logits.float()  # (B, W, V)
+            for b, (tokens, start) in enumerate(part):
+                rows = logits[b, max(start - 1 - p, 0):len(tokens) - 1 - p]  # the rows scoring tokens start..
+                if start == p:
+                    rows = torch.cat([last[None], rows])
+                lps = torch.log_softmax(rows, dim=-1).gather(1, torch.tensor(tokens[start:])[:, None])
+                results.append((float(lps.sum()), len(tokens) - start))
+    return results
 
 
 class EndpointTarget:
