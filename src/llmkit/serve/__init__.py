@@ -178,11 +178,26 @@ def serve(cfg: ServeConfig, models: list[str] | None = None, *, log_level: str =
 
     from llmkit.serve.app import Server, build_app
 
+    _console_log(log_level)
     state = load_state(cfg, models, policy=policy)
     app = build_app(state)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level,
                             timeout_graceful_shutdown=int(cfg.drain_timeout_s) + 1)
     Server(config, state).run()
+
+
+def _console_log(level: str) -> None:
+    """Print llmkit's own server lines (a registry version switch or failed load, the embedder loaded, a
+    requantization) beside uvicorn's, in its format. A host that set up the `llmkit` logger keeps its own."""
+    lg = logging.getLogger("llmkit")
+    if lg.handlers:
+        return
+    from uvicorn.logging import DefaultFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))
+    lg.addHandler(handler)
+    lg.setLevel(level.upper())
 
 
 __all__ = ["ServerState", "load_state", "serve", "split_spec"]
