@@ -206,7 +206,7 @@ class ServeConfig(Section):
     port: int = Field(8000, gt=0, lt=65536)
     api_keys_file: str | None = Field(None, description="One key per line: plaintext `sk-...` or `sha256:<hex>` (`llmkit keys hash`); `#` comments. Also $LLMKIT_API_KEYS (comma-separated).")
     allow_public_without_keys: bool = Field(False, description="Bind a non-loopback host with no API keys (anyone who can reach it may use it).")
-    models: list[str] = Field(default_factory=list, description="Models to serve (registry name, folder, .gguf, hub id or PEFT adapter folder; `NAME=SPEC` sets the id clients use); default: the recipe's.")
+    models: list[str] = Field(default_factory=list, description="Models to serve (registry name, folder, .gguf, hub id, PEFT adapter folder, or `registry:NAME@ALIAS` / `registry:NAME/VERSION` from the MLflow model registry; `NAME=SPEC` sets the id clients use); default: the recipe's.")
     rag: list[str] = Field(default_factory=list, description="Rag index folders (`llmkit rag index`, a recipe's rag stage) or folders of them; a chat request with `\"rag\": {\"collection\": NAME}` is answered from NAME's chunks, with citations.")
     guard: str | None = Field(None, description="A guard policy YAML (`llmkit guard --help`) applied to every request and reply, or `default` for the built-in one (input: pii, secrets, injection, toxicity; output: pii, secrets, toxicity); null: no rails. `serve --recipe` uses the recipe's `guard:` section.")
     request_log: str | None = Field(None, description="Log every generation request here (time, model, route, status, latency, time to first token, tokens, guard hits, RAG sources, texts after PII/secret redaction) and the feedback on it: SQLite in WAL mode for .db/.sqlite/.sqlite3, else JSON lines. `llmkit monitor FILE` summarizes it.")
@@ -228,6 +228,7 @@ class ServeConfig(Section):
     max_queue: int = Field(64, ge=0, description="Requests waiting for a generation slot; beyond it new ones get 503.")
     weights: Literal["auto", "as-is"] = Field("auto", description="llamacpp: `auto` serves a Q4_1 GGUF as Q8_0, requantized once and cached (+0.3% perplexity; llama.cpp has no batched CPU kernel for Q4_1, so batches of 8 decode ~1.4× faster); `as-is` serves the file unchanged.")
     max_adapters: int = Field(4, gt=0, description="LoRA adapters loaded at once; the least recently used is unloaded beyond it.")
+    registry_poll_s: float = Field(10.0, ge=0, description="A model served as `registry:NAME@ALIAS` follows its alias: every this many seconds the server asks MLflow where it points, loads a new version beside the old one and switches between requests (no request fails); 0: serve the version found at start.")
     drain_timeout_s: float = Field(30.0, ge=0, description="On shutdown, how long in-flight requests may finish (new ones get 503).")
 
 

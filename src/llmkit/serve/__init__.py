@@ -2,8 +2,9 @@
 
     serve(ServeConfig(engine="transformers"), ["smollm2-135m-instruct", "support=runs/support/train"])
 
-Each model is a registry name, a folder, a .gguf, a hub id or a PEFT adapter folder; `NAME=SPEC` sets the id
-clients send as `model` (default: the spec as given). An adapter is served by the engine of the base it names
+Each model is a registry name, a folder, a .gguf, a hub id, a PEFT adapter folder or a model registry version
+(`registry:NAME@ALIAS`, followed when the alias moves: serve/follow.py; `registry:NAME/VERSION`); `NAME=SPEC`
+sets the id clients send as `model` (default: the spec as given; NAME for a registry spec). An adapter is served by the engine of the base it names
 (loaded too when it is not given), loaded on first use. The embedder (`cfg.embedder`) serves /v1/embeddings.
 
 `load_state` does everything but listening, so that tests and other hosts can run `build_app(state)` under their
@@ -89,7 +90,19 @@ def load_state(cfg: ServeConfig, models: list[str] | None = None, keys: KeyStore
         policy = load_policy(cfg.guard)  # a bad policy fails before any model loads
     guard = Guard(policy, progress=log.info) if policy is not None and not policy.empty() else None
     specs = [split_spec(s) for s in (models or cfg.models or [DEFAULT_MODEL])]
-    refs = [(name, resolve_model(spec)) for name, spec in specs]
+    refs, pinned = [], {}  # pinned: served id -> (registry name, alias or None, version)
+    for name, spec in specs:
+        if spec.startswith("registry:"):
+            from llmkit.serve.follow import parse, pin
+
+            reg, alias, v = parse(spec)
+            v, path = pin(reg, alias, v)
+            name = name or reg
+            pinned[name] = (reg, alias, v)
+            log.info("model %s: %s is version %d (%s)", name, spec, v, path)
+            refs.append((name, resolve_model(str(path))))
+        else:
+            refs.append((name, resolve_model(spec)))
     bases = [(name, ref) for name, ref in refs if ref.kind != "adapter"]
     adapters = [(name, ref) for name, ref in refs if ref.kind == "adapter"]
     plan: list[tuple[str, ModelRef, int]] = []  # adapter id, ref, index of its base in `bases`
@@ -108,17 +121,33 @@ def load_state(cfg: ServeConfig, models: list[str] | None = None, keys: KeyStore
     opts: dict = {"n_threads": cfg.threads} if cfg.threads else {}
     if cfg.engine == "llamacpp":
         opts.update(n_ctx=cfg.n_ctx, parallel=cfg.max_inflight)
+    def load(ref: ModelRef):
+        engine = load_engine(cfg.engine, serving_weights(ref, cfg), **opts)
+        if not hasattr(engine, "submit"):  # an engine of the Protocol's older, one-call-at-a-time shape
+            engine.close()
+            raise UnsupportedModel(f"engine {cfg.engine} cannot serve requests in this build (it has no "
+                                   "submit()); serve with --engine transformers")
+        return engine, getattr(engine, "n_ctx", None) or cfg.n_ctx
+
     table = ModelTable(cfg.max_adapters)
+    followers = []
     try:
         for i, (_name, ref) in enumerate(bases):
-            engine = load_engine(cfg.engine, serving_weights(ref, cfg), **opts)
-            if not hasattr(engine, "submit"):  # an engine of the Protocol's older, one-call-at-a-time shape
-                engine.close()
-                raise UnsupportedModel(f"engine {cfg.engine} cannot serve requests in this build (it has no "
-                                       "submit()); serve with --engine transformers")
-            table.add_base(ids[i], engine, getattr(engine, "n_ctx", None) or cfg.n_ctx)
+            served = table.add_base(ids[i], *load(ref))
+            if ids[i] in pinned:
+                reg, alias, served.version = pinned[ids[i]]
+                if alias is not None:
+                    from llmkit.serve.follow import Follower
+
+                    followers.append(Follower(ids[i], reg, alias, served.version,
+                                              lambda path: load(resolve_model(str(path)))))
         for name, ref, base in plan:
             table.add_adapter(name, ref, ids[base])
+            if name in pinned:
+                table.entries[name].version = pinned[name][2]
+                if pinned[name][1] is not None:  # swapping adapters is not built: that version stays
+                    log.warning("model %s: an adapter from the registry is served as version %d and does not "
+                                "follow @%s", name, pinned[name][2], pinned[name][1])
     except BaseException:
         table.close()
         raise
@@ -136,8 +165,10 @@ def load_state(cfg: ServeConfig, models: list[str] | None = None, keys: KeyStore
             collections.close()
         raise
     embedder = Embedder(cfg.embedder) if cfg.embedder else None
+    for f in followers:
+        metrics.registry_version.labels(f.id).set(f.version)
     return ServerState(cfg, table, embedder, keys, metrics=metrics, rag=collections, guard=guard, recorder=recorder,
-                       fingerprint=f"llmkit-{__version__}-{cfg.engine}")
+                       fingerprint=f"llmkit-{__version__}-{cfg.engine}", followers=followers)
 
 
 def serve(cfg: ServeConfig, models: list[str] | None = None, *, log_level: str = "info",
@@ -147,11 +178,26 @@ def serve(cfg: ServeConfig, models: list[str] | None = None, *, log_level: str =
 
     from llmkit.serve.app import Server, build_app
 
+    _console_log(log_level)
     state = load_state(cfg, models, policy=policy)
     app = build_app(state)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level,
                             timeout_graceful_shutdown=int(cfg.drain_timeout_s) + 1)
     Server(config, state).run()
+
+
+def _console_log(level: str) -> None:
+    """Print llmkit's own server lines (a registry version switch or failed load, the embedder loaded, a
+    requantization) beside uvicorn's, in its format. A host that set up the `llmkit` logger keeps its own."""
+    lg = logging.getLogger("llmkit")
+    if lg.handlers:
+        return
+    from uvicorn.logging import DefaultFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))
+    lg.addHandler(handler)
+    lg.setLevel(level.upper())
 
 
 __all__ = ["ServerState", "load_state", "serve", "split_spec"]

@@ -142,6 +142,8 @@ async def health(request: Request) -> JSONResponse:
     state = _state(request)
     body = {"status": "draining" if state.draining else "ok", "models": list(state.models.entries),
             "embedder": state.embedder.status() if state.embedder else None, "inflight": state.inflight}
+    if state.followers:  # serving from the registry: the versions served, and a version that failed to load
+        body["registry"] = {f.id: f.status() for f in state.followers}
     return JSONResponse(body, status_code=503 if state.draining else 200)
 
 
@@ -197,8 +199,10 @@ async def feedback(req: p.FeedbackRequest, request: Request, client: Client) -> 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
+    app.state.llmkit.start_following()
     yield
     state: ServerState = app.state.llmkit
+    await state.stop_following()  # no new version is swapped in while the engines close
     await state.drain()  # usually done already by Server.begin_drain; a no-op then
     await asyncio.get_running_loop().run_in_executor(None, state.close)
 

@@ -43,6 +43,13 @@ class Metrics:
         self.drift_samples = Gauge("llmkit_drift_samples", "Recent prompts in the last drift test", registry=r)
         self.drift_prompts = Gauge("llmkit_drift_prompts", "Prompts the drift monitor had seen in all at its last test",
                                    registry=r)
+        # serving from the registry (serve/follow.py): the version served, switches to a new one, failed loads
+        self.registry_version = Gauge("llmkit_registry_version", "Registry version served, by model id",
+                                      ["model"], registry=r)
+        self.registry_switches = Counter("llmkit_registry_switches", "Switches to a new registry version after its "
+                                         "alias moved", ["model"], registry=r)
+        self.registry_load_failures = Counter("llmkit_registry_load_failures", "New registry versions that failed "
+                                              "to load (the old one kept serving)", ["model"], registry=r)
         self.feedback = Counter("llmkit_feedback", "Ratings sent to /v1/feedback", ["rating"], registry=r)
 
     def exposition(self) -> bytes:

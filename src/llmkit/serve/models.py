@@ -9,11 +9,17 @@ limit for a while instead and trims when that request ends.
 Every call into an engine from the server (chat template, tokenizer, submit, adapter loading) runs on that
 engine's own single thread (`EngineSlot.call`): the event loop never blocks on it, and the engine never sees two
 server threads at once.
+
+A base model can be replaced while it serves (`swap`: a registry model whose alias moved, serve/follow.py). A
+request pins the engine it started on (`lease`) until it ends, so the swap only changes what new requests get:
+running ones finish on the old engine, which is closed (in a thread of its own) once its last lease is released.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -43,11 +49,17 @@ class EngineSlot:
     engine: Engine
     n_ctx: int
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="llmkit-engine"))
+    users: int = 0  # requests holding a lease on this engine
+    retired: bool = False  # swapped out: closed when the last lease is released
+    closed: bool = False
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, lambda: fn(*args, **kw))
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         self.pool.shutdown(wait=True)
         self.engine.close()
 
@@ -60,6 +72,21 @@ class Served:
     adapter: str | None = None  # the adapter's name inside the engine; None for a base model
     parent: str | None = None  # an adapter's base model id
     created: int = field(default_factory=lambda: int(time.time()))
+    version: int | None = None  # the registry version served (registry: specs), else None
+
+
+class Lease:
+    """One request's hold on the engine it started on; `release` is idempotent (every path of a request may call
+    it, the first one counts)."""
+
+    def __init__(self, table: ModelTable, served: Served):
+        self.table, self.served, self.done = table, served, False
+        served.slot.users += 1
+
+    def release(self) -> None:
+        if not self.done:
+            self.done = True
+            self.table._unpin(self.served.slot)
 
 
 class ModelTable:
@@ -71,6 +98,8 @@ class ModelTable:
         self._users: dict[str, int] = {}
         self._lock = asyncio.Lock()
         self._pending: asyncio.Task | None = None  # a trim scheduled by release (kept so it is not collected)
+        self._retired: list[EngineSlot] = []  # swapped-out engines, closed or closing
+        self._closers: list[threading.Thread] = []
 
     def add_base(self, id: str, engine: Engine, n_ctx: int) -> Served:
         self._check_new(id)
@@ -97,21 +126,55 @@ class ModelTable:
         raise APIError(404, f"the model '{id}' does not exist; this server serves: {known}", param="model",
                        code="model_not_found")
 
-    async def acquire(self, id: str) -> Served:
-        """The served model, with its adapter loaded and marked in use until `release`."""
-        served = self.get(id)
+    def lease(self, id: str) -> Lease:
+        """The served model `id` now, pinned to its engine until the lease is released (a swap does not close it)."""
+        return Lease(self, self.get(id))
+
+    def _unpin(self, slot: EngineSlot) -> None:
+        slot.users -= 1
+        if slot.retired and slot.users == 0:
+            self._close_later(slot)
+
+    def _close_later(self, slot: EngineSlot) -> None:
+        """Close a retired engine in a thread: freeing a model's memory must not hold the event loop."""
+        t = threading.Thread(target=slot.close, name="llmkit-engine-close", daemon=True)
+        self._closers.append(t)
+        t.start()
+
+    def swap(self, id: str, engine: Engine, n_ctx: int, version: int | None = None) -> Served:
+        """Serve base model `id` from `engine` from now on (call it on the event loop: the switch is one
+        assignment between requests); returns what was served. The old engine is closed when its last request
+        ends. Adapters on `id` move to the new engine and are loaded into it again on first use."""
+        old = self.entries[id]
+        new = Served(id, EngineSlot(engine, n_ctx), engine.model, created=old.created, version=version)
+        self.entries[id] = new
+        for key, s in list(self.entries.items()):
+            if s.parent == id:
+                self.entries[key] = dataclasses.replace(s, slot=new.slot)
+                self._loaded.pop(key, None)
+        old.slot.retired = True
+        self._retired.append(old.slot)
+        if old.slot.users == 0:
+            self._close_later(old.slot)
+        return old
+
+    async def acquire(self, id: str | Served) -> Served:
+        """The served model (by id, or as leased), with its adapter loaded and marked in use until `release`."""
+        served = self.get(id) if isinstance(id, str) else id
+        key = served.id
         if served.adapter is None:
             return served
         engine = served.slot.engine
         if not hasattr(engine, "load_adapter"):
-            raise APIError(400, f"engine {engine.name} does not serve adapters (model '{id}'); merge it with "
+            raise APIError(400, f"engine {engine.name} does not serve adapters (model '{key}'); merge it with "
                                 "`llmkit compress` or serve it alone", param="model", code="model_not_supported")
         async with self._lock:  # one load at a time; a second request for the same adapter waits for the first
-            if id not in self._loaded:
+            loaded = self._loaded.get(key)
+            if loaded is None or loaded.slot is not served.slot:  # not loaded, or loaded in an engine swapped out
                 await served.slot.call(engine.load_adapter, served.adapter, adapter_source(engine, served.ref))
-                self._loaded[id] = served
-            self._loaded.move_to_end(id)
-            self._users[id] = self._users.get(id, 0) + 1
+                self._loaded[key] = served
+            self._loaded.move_to_end(key)
+            self._users[key] = self._users.get(key, 0) + 1
             await self._trim()
         return served
 
@@ -143,5 +206,7 @@ class ModelTable:
         return list(seen.values())
 
     def close(self) -> None:
-        for slot in self.slots():
-            slot.close()
+        for slot in self.slots() + self._retired:
+            slot.close()  # idempotent: a retired one may be closed (or closing) already
+        for t in self._closers:
+            t.join()

@@ -325,6 +325,7 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "llmkit"
     parent: str | None = None  # an adapter's base model id (vLLM sets it too); null for the base models
+    llmkit_version: int | None = None  # the registry version served (`registry:NAME@ALIAS`); null for the others
 
 
 class ModelList(BaseModel):

@@ -32,7 +32,7 @@ from llmkit.serve import protocol as p
 from llmkit.serve import rag, recording
 from llmkit.serve.errors import APIError, bug
 from llmkit.serve.guarding import GuardedStream, Replies, check_input, refuse_logprobs
-from llmkit.serve.models import Served
+from llmkit.serve.models import Lease, Served
 from llmkit.serve.state import ServerState
 
 log_ = logging.getLogger("llmkit.serve")
@@ -66,6 +66,14 @@ class ClientGone(APIError):
 def refuse_unsupported(req: p.Sampling) -> None:
     for param, why in req.unsupported():
         raise APIError(400, why, param=param, code="unsupported_parameter")
+
+
+def fingerprint(state: ServerState, served: Served) -> str | None:
+    """system_fingerprint: llmkit's version and engine, and the registry version that answered (it changes when
+    the server follows its alias to a new version, as OpenAI's changes with the backend)."""
+    if served.version is None or state.fingerprint is None:
+        return state.fingerprint
+    return f"{state.fingerprint}-v{served.version}"
 
 
 def sse(obj: BaseModel | dict) -> str:
@@ -227,10 +235,12 @@ def gen_params(req: p.Sampling, max_tokens: int, i: int, logprobs: int | None = 
 
 
 async def start_run(state: ServerState, req: p.Sampling, route: str, ctx: Context, prompts: list[str | list[int]],
-                    param: str, **extra) -> Run:
-    """Admit and submit `req.n` generations of each prompt (choice index = prompt index * n + choice)."""
-    served = await state.models.acquire(req.model)
+                    param: str, lease: Lease, **extra) -> Run:
+    """Admit and submit `req.n` generations of each prompt (choice index = prompt index * n + choice) to the
+    engine the request leased; the run releases the lease when it closes."""
+    served = await state.models.acquire(lease.served)
     run = Run(state, served, route, ctx)
+    run._cleanups.append(lease.release)
     try:
         prepared = await run.prepare(prompts, req.max_new_tokens(), param)
         jobs = [Job(prompt, n, gen_params(req, max_tokens, i, **extra))
@@ -362,7 +372,8 @@ class ServingChat:
 
     async def create(self, req: p.ChatCompletionRequest, ctx: Context) -> p.ChatCompletion | Stream:
         refuse_unsupported(req)
-        served = self.state.models.get(req.model)
+        lease = self.state.models.lease(req.model)  # the engine this request runs on, whatever swaps meanwhile
+        served = lease.served
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
         log = recording.new_record(self.route, req.model, ctx,
                                    [m["content"] for m in messages if m["role"] == "user"], "chatcmpl", served)
@@ -372,13 +383,16 @@ class ServingChat:
                 users = [(f"messages[{i}].content", m["content"]) for i, m in enumerate(messages) if m["role"] == "user"]
                 clean = iter(await check_input(self.state, users, log))
                 messages = [{**m, "content": next(clean)} if m["role"] == "user" else m for m in messages]
-            return await self._create(req, ctx, served, messages, log)
-        except APIError as e:
-            recording.finish(self.state, log, ctx, e.status)
+            return await self._create(req, ctx, lease, messages, log)
+        except BaseException as e:  # a run that started released the lease when it closed; else it is released here
+            lease.release()
+            if isinstance(e, APIError):
+                recording.finish(self.state, log, ctx, e.status)
             raise
 
-    async def _create(self, req: p.ChatCompletionRequest, ctx: Context, served: Served, messages: list[dict],
+    async def _create(self, req: p.ChatCompletionRequest, ctx: Context, lease: Lease, messages: list[dict],
                       log: dict) -> p.ChatCompletion | Stream:
+        served = lease.served
         hits = None
         if req.rag is not None:
             if self.state.rag is None:
@@ -393,7 +407,7 @@ class ServingChat:
             prompt = await served.slot.call(served.slot.engine.format_chat, messages)
         rf = req.response_format.model_dump(by_alias=True, exclude_none=True) if req.response_format else None
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        run = await start_run(self.state, req, self.route, ctx, [prompt], "messages", logprobs=logprobs,
+        run = await start_run(self.state, req, self.route, ctx, [prompt], "messages", lease, logprobs=logprobs,
                               response_format=rf)
         replies = Replies(self.state, len(run.gens), log) if self.state.guard is not None else None
         if req.stream:
@@ -403,10 +417,11 @@ class ServingChat:
         choices = [p.ChatChoice(index=i, message=p.AssistantMessage(content=text), finish_reason=finish[i],
                                 logprobs=chat_logprobs(pieces[i]) if req.logprobs else None)
                    for i, text in enumerate(texts)]
+        fp = fingerprint(self.state, run.served)
         if hits is not None:
-            return p.RagChatCompletion(id=log["request_id"], model=req.model, system_fingerprint=self.state.fingerprint,
+            return p.RagChatCompletion(id=log["request_id"], model=req.model, system_fingerprint=fp,
                                        choices=choices, usage=run.usage(), citations=rag.citations(hits, texts))
-        return p.ChatCompletion(id=log["request_id"], model=req.model, system_fingerprint=self.state.fingerprint,
+        return p.ChatCompletion(id=log["request_id"], model=req.model, system_fingerprint=fp,
                                 choices=choices, usage=run.usage())
 
     @staticmethod
@@ -424,7 +439,7 @@ class ServingChat:
     def _stream(self, run: Run, req: p.ChatCompletionRequest, hits: list | None, replies: Replies | None,
                 log: dict) -> AsyncIterator[str]:
         head = {"id": log["request_id"], "created": p.now(), "model": req.model,
-                "system_fingerprint": self.state.fingerprint}
+                "system_fingerprint": fingerprint(self.state, run.served)}
         # the first chunk of each choice carries the role and no text, as OpenAI's do
         first = [p.ChatCompletionChunk(**head, choices=[p.ChatChunkChoice(index=i, delta=p.Delta(role="assistant",
                                                                                                    content=""))])
@@ -460,8 +475,13 @@ class ServingCompletion:
         refuse_unsupported(req)
         prompts = req.prompts()
         params = ["prompt"] if len(prompts) == 1 else [f"prompt[{i}]" for i in range(len(prompts))]
-        texts = await self._texts(req.model, prompts, params)
-        served = self.state.models.get(req.model)
+        lease = self.state.models.lease(req.model)  # the engine this request runs on, whatever swaps meanwhile
+        served = lease.served
+        try:
+            texts = await self._texts(served, prompts, params)
+        except BaseException:
+            lease.release()
+            raise
         log = recording.new_record(self.route, req.model, ctx, list(texts), "cmpl", served)
         try:
             if self.state.guard is not None:
@@ -472,10 +492,12 @@ class ServingCompletion:
                 prompts = [x if c == t else c for x, t, c in zip(prompts, texts, checked)]
                 texts = checked
             scored = req.logprobs if req.echo else None  # the prompt's logprobs: only for echo with logprobs
-            run = await start_run(self.state, req, self.route, ctx, prompts, "prompt", logprobs=req.logprobs,
+            run = await start_run(self.state, req, self.route, ctx, prompts, "prompt", lease, logprobs=req.logprobs,
                                   prompt_logprobs=scored)
-        except APIError as e:
-            recording.finish(self.state, log, ctx, e.status)
+        except BaseException as e:  # a run that started released the lease when it closed; else it is released here
+            lease.release()
+            if isinstance(e, APIError):
+                recording.finish(self.state, log, ctx, e.status)
             raise
         replies = Replies(self.state, len(run.gens), log) if self.state.guard is not None else None
         if req.stream:
@@ -488,14 +510,14 @@ class ServingCompletion:
                                       echo_logprobs(run.gens[i].prompt_logprobs or [], pieces[i], echo[i]) if echo
                                       else completion_logprobs(pieces[i]))
                    for i, text in enumerate(texts)]
-        return p.Completion(id=log["request_id"], model=req.model, system_fingerprint=self.state.fingerprint,
-                            choices=choices, usage=run.usage())
+        return p.Completion(id=log["request_id"], model=req.model,
+                            system_fingerprint=fingerprint(self.state, run.served), choices=choices, usage=run.usage())
 
-    async def _texts(self, model: str, prompts: list[str | list[int]], params: list[str]) -> list[str]:
+    async def _texts(self, served: Served, prompts: list[str | list[int]], params: list[str]) -> list[str]:
         """The text of each prompt (token ids detokenized), after checking the ids against the model's vocabulary."""
         if all(isinstance(x, str) for x in prompts):
             return list(prompts)
-        slot = self.state.models.get(model).slot
+        model, slot = served.id, served.slot
         n = slot.engine.n_vocab
         for param, x in zip(params, prompts):
             bad = [t for t in x if t >= n] if isinstance(x, list) else []
@@ -506,7 +528,7 @@ class ServingCompletion:
 
     def _stream(self, run: Run, req: p.CompletionRequest, replies: Replies | None, log: dict) -> AsyncIterator[str]:
         head = {"id": log["request_id"], "created": p.now(), "model": req.model,
-                "system_fingerprint": self.state.fingerprint}
+                "system_fingerprint": fingerprint(self.state, run.served)}
         offsets = [0] * len(run.gens)
         guarded = GuardedStream(run, replies, log)
 
@@ -566,7 +588,8 @@ class ServingModels:
         self.state = state
 
     def cards(self) -> list[p.ModelCard]:
-        cards = [p.ModelCard(id=s.id, created=s.created, parent=s.parent) for s in self.state.models.entries.values()]
+        cards = [p.ModelCard(id=s.id, created=s.created, parent=s.parent, llmkit_version=s.version)
+                 for s in self.state.models.entries.values()]
         if self.state.embedder is not None:
             cards.append(p.ModelCard(id=self.state.embedder.id, created=min((c.created for c in cards), default=p.now())))
         return cards

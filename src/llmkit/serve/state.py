@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmkit.config import ServeConfig
 from llmkit.guard import Guard
@@ -34,7 +35,9 @@ class ServerState:
     draining: bool = False  # set when shutdown began: new requests get 503, running ones finish
     inflight: int = 0
     closed: bool = False
+    followers: list[Any] = field(default_factory=list)  # serve.follow.Follower: models that follow a registry alias
     _idle: asyncio.Event | None = None
+    _follow: asyncio.Task | None = None
 
     def __post_init__(self) -> None:
         if self.limiter is None:
@@ -44,6 +47,22 @@ class ServerState:
             self.slots = Slots(self.cfg.max_inflight, self.cfg.max_queue)
         if self.embedder is not None:
             self.models.embedder_id = self.embedder.id
+
+    def start_following(self) -> None:
+        """Start polling the registry for the followers' aliases (on the server's event loop)."""
+        from llmkit.serve.follow import follow
+
+        if self.followers and self.cfg.registry_poll_s > 0 and self._follow is None:
+            self._follow = asyncio.get_running_loop().create_task(follow(self, self.cfg.registry_poll_s))
+
+    async def stop_following(self) -> None:
+        if self._follow is not None:
+            self._follow.cancel()
+            try:
+                await self._follow
+            except asyncio.CancelledError:
+                pass
+            self._follow = None
 
     def enter(self) -> None:
         self.inflight += 1
