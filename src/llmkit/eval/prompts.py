@@ -239,7 +239,7 @@ def compare_prompts(cfg: EvalConfig, target, out: Path, templates: list[str | Pa
     tasks = load_tasks(cfg, base_dir, dataset)
     judge_.bind(tasks, cfg, None)
     owned = isinstance(target, (str, Path))
-    tgt = _as_target(target, cfg.engine)
+    tgt = _as_target(target, cfg)
     inputs = {"model": tgt.ref(), **{f"task:{t.name}": artifacts.input_ref(t.source) for t in tasks},
               **{f"task:{t.name}:{p}": artifacts.input_ref(p) for t in tasks for p in t.inputs}}
     config = {"eval": cfg.model_dump(), "model": tgt.name}
