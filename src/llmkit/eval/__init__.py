@@ -26,6 +26,7 @@ from llmkit import artifacts
 from llmkit.config import EvalConfig, Recipe
 from llmkit.errors import ConfigError, DataError, GateFailed, StageNotAvailable
 from llmkit.eval import gates as gates_
+from llmkit.eval.bias import bias_tasks
 from llmkit.eval.metrics import choice_scores, perplexity, score_reply
 from llmkit.eval.targets import EndpointTarget, ModelTarget, Target
 from llmkit.eval.tasks import Item, Summary, Task, dataset_perplexity_task, load_task
@@ -44,8 +45,9 @@ def _perplexity(cfg: EvalConfig, dataset: Path | None) -> list[Task]:
 
 # Built-in tasks by name: fn(cfg, dataset) -> tasks. A suite switched on in the config (eval.safety: true) is
 # run as if its name were listed in eval.tasks.
-BUILTIN = {"perplexity": _perplexity}
+BUILTIN = {"perplexity": _perplexity, "bias": bias_tasks}
 SUITES: tuple[str, ...] = ()
+SUITES += ("bias",)
 
 
 def load_tasks(cfg: EvalConfig, base_dir: Path = Path("."), dataset: Path | None = None) -> list[Task]:
