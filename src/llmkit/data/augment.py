@@ -65,8 +65,10 @@ class Counterfactual:
         alt = lambda ws: "|".join(re.escape(w) for w in sorted(ws, key=len, reverse=True))  # noqa: E731
         nouns = alt(w.lower() for w in doc["person_nouns"])
         # (?<![\w-]) ... (?![\w-]): whole words, and "middle-aged" is one word, "man" in "manager" none
+        # an article before the word is matched too, so that "an old man" becomes "a teenage woman"
         self.pattern = re.compile(
-            rf"(?<![\w-])(?:(?P<free>{alt(free)})|(?P<guarded>{alt(guarded)})(?=\s+(?:{nouns})(?![\w-])))(?![\w-])",
+            rf"(?:(?<![\w-])(?P<art>an?)(?P<sp>\s+))?(?<![\w-])"
+            rf"(?:(?P<free>{alt(free)})|(?P<guarded>{alt(guarded)})(?=\s+(?:{nouns})(?![\w-])))(?![\w-])",
             re.IGNORECASE)
         self._nlp = None
 
@@ -92,7 +94,8 @@ class Counterfactual:
 
         def one(m: re.Match) -> str:
             nonlocal tags, n
-            src = m.group(0)
+            w = "free" if m.group("free") is not None else "guarded"
+            src, start = m.group(w), m.start(w)
             low = src.lower()
             if low in _AMBIGUOUS:
                 if low == "his":  # "his book" -> "her book"; "it is his." -> "it is hers."
@@ -100,11 +103,17 @@ class Counterfactual:
                 else:  # "her book" (PRP$) -> "his book"; "gave her flowers", "saw her" (PRP) -> "him"
                     if tags is None:
                         tags = self._tags(text)
-                    out = "his" if tags.get(m.start(), "PRP$") == "PRP$" else "him"
+                    out = "his" if tags.get(start, "PRP$") == "PRP$" else "him"
             else:
                 out = self.map[low]
             n += 1
-            return _case_like(src, self.canon.get(low, low), out)
+            out = _case_like(src, self.canon.get(low, low), out)
+            art = m.group("art")
+            if art is None:
+                return out
+            # "a" / "an" by the new word's first letter: right for every word of the list (no "an hour", "a unit")
+            new = "an" if out[:1].lower() in "aeiou" else "a"
+            return _case_like(art, art.lower(), new) + m.group("sp") + out
 
         return self.pattern.sub(one, text), n
 

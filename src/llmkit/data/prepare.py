@@ -192,6 +192,7 @@ class _Accounting:
         self.lengths = array("I")  # 4 bytes a row: the memory that grows with the input is this and `seen`
         self.kept: Counter = Counter()
         self.augmented = 0  # counterfactual copies written to train
+        self.twins: set[bytes] = set()  # their digests
         self.out = {"train": open(folder / "train.jsonl", "w"), "val": open(folder / "val.jsonl", "w")}
         self.rejects = open(folder / "rejects.jsonl", "w") if cfg.on_error == "skip" else None
 
@@ -236,13 +237,13 @@ class _Accounting:
             self._add_twin(it)
 
     def _add_twin(self, it: Item) -> None:
-        """The counterfactual copy goes right after its row, unless it is a row already written (a dataset that
-        holds both versions already) or too long for the limits."""
+        """The counterfactual copy goes right after its row, unless that text was already written (an input row
+        read earlier, or another copy) or is too long for the limits. Copies are kept apart from `seen`: a later
+        input row is never dropped as a duplicate of a made-up one."""
         key = exact_key(it.twin)
-        if key in self.seen or it.twin_tokens > min(self.cfg.max_tokens, self.context_len):
+        if key in self.seen or key in self.twins or it.twin_tokens > min(self.cfg.max_tokens, self.context_len):
             return
-        if self.cfg.dedupe != "none":
-            self.seen.add(key)
+        self.twins.add(key)
         self.out["train"].write(it.twin + "\n")
         self.kept["train"] += 1
         self.augmented += 1

