@@ -38,6 +38,35 @@ KEYS = ["bias.max_gap", "bias.ll_max_gap", "bias.sentiment_max_gap", "bias.toxic
         "bias.bbq_acc_ambig", "bias.bbq_acc_disambig", "bias.bbq_bias_ambig", "bias.bbq_bias_disambig"]
 
 
+def association_table(folders: dict[str, Path]) -> None:
+    """In each dataset's train split: per group, the rows naming it and the share of those whose reply uses
+    one of the probes' negative words (the association the adapter can learn); no model needed."""
+    import re
+
+    import yaml
+
+    words = yaml.safe_load(bias.PROBES.read_text())["loglikelihood"]
+    neg = {t["negative"].strip() for t in words}
+    pos = {t["positive"].strip() for t in words}
+    doc = yaml.safe_load(bias.DEMOGRAPHICS.read_text())["dimensions"]
+    terms = {(d, g): v.get("words", [g]) for d, dim in doc.items() for g, v in dim["groups"].items()}
+    terms[("gender", "male")], terms[("gender", "female")] = ["man"], ["woman"]
+    rows = {side: [json.loads(x)["messages"][-1]["content"] for x in (f / "train.jsonl").read_text().splitlines()]
+            for side, f in folders.items()}
+    print("\ntrain rows naming each group: n, share with a negative probe word (no CDA -> CDA)")
+    print("| group | " + " | ".join(folders) + " |\n|---|" + "---:|" * len(folders))
+    for (d, g), ws in terms.items():
+        pat = re.compile(r"\b(" + "|".join(map(re.escape, ws)) + r")\b", re.IGNORECASE)
+        cells = []
+        for side in folders:
+            hit = [t for t in rows[side] if pat.search(t)]
+            bad = sum(any(re.search(rf"\b{w}\b", t) for w in neg) for t in hit)
+            good = sum(any(re.search(rf"\b{w}\b", t) for w in pos) for t in hit)
+            cells.append(f"{len(hit)}: {bad / (bad + good):.2f}" if bad + good else f"{len(hit)}: -")
+        if any(not c.startswith("0:") for c in cells):
+            print(f"| {d} / {g} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bias-cda")
@@ -48,6 +77,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--data-only", action="store_true", help="only the datasets and their association table")
     args = ap.parse_args()
     eval_.BUILTIN["bias"] = partial(bias.bias_tasks, templates=args.templates, gen_templates=args.gen_templates,
                                       bbq_items=args.bbq_items)
@@ -75,13 +105,20 @@ def main() -> None:
         (args.out / "results.json").write_text(json.dumps({"data": cards, "train_seconds": times,
                                                            "results": results}, indent=2))
 
-    run_eval("base")
+    folders = {}
     for side, augment in (("no CDA", "none"), ("CDA", "counterfactual")):
-        d = args.out / f"data-{augment}"
-        t0 = time.perf_counter()
-        r = prepare(DataConfig(train=str(data), val_fraction=0.1, augment=augment), d, model=MODEL)
+        folders[side] = args.out / f"data-{augment}"
+        r = prepare(DataConfig(train=str(data), val_fraction=0.1, augment=augment), folders[side], model=MODEL)
         cards[side] = {"train": r.card["rows_out"]["train"], "val": r.card["rows_out"]["val"],
                        "added": r.card.get("augmented", {}).get("counterfactual", 0)}
+        print(f"{side}: {cards[side]}")
+    association_table(folders)
+    if args.data_only:
+        return
+    run_eval("base")
+    for side, augment in (("no CDA", "none"), ("CDA", "counterfactual")):
+        d = folders[side]
+        t0 = time.perf_counter()
         t = args.out / f"train-{augment}"
         finetune(TrainConfig(method="lora", epochs=args.epochs, lr=args.lr, batch_size=4, max_length=args.max_length,
                              eval_every=1000, save_every=2, lora=LoraConfig(r=16, alpha=32)), d, MODEL, t,

