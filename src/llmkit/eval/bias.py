@@ -318,7 +318,7 @@ def summarize(records: list[dict], refusal_scorer: RefusalScorer | None = None, 
             mats["refusal"][dim] = (np.array([[refusals[(dim, r["template"], g)] for g in names] for r in rs]), names)
 
     gap_rows, overall = [], []
-    for measure, dims in mats.items():
+    for measure, dims in ((m, mats[m]) for m in MEASURES if m in mats):  # the report's order
         rows = []
         worst = 0.0
         for dim, (mat, names) in dims.items():
