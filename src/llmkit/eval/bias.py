@@ -248,6 +248,13 @@ def bias_tasks(cfg: EvalConfig, dataset: Path | None = None, refusal_scorer: Ref
 # -- summary ----------------------------------------------------------------------------------------------
 
 
+MIN_CI = 3  # fewer values than this get no interval: a bootstrap of two values is no estimate of anything
+
+
+def _ci(values, **kw) -> tuple[float, float]:
+    return bootstrap_ci(values, **kw) if len(values) >= MIN_CI else (math.nan, math.nan)
+
+
 def _r(x: float) -> float | None:
     return None if x is None or math.isnan(x) else round(float(x), 4)
 
@@ -257,7 +264,7 @@ def group_stats(mat: np.ndarray, names: list[str]) -> tuple[list[dict], dict]:
     mean - lowest) with a CI from resampling templates, each with all its groups."""
     per = []
     for j, g in enumerate(names):
-        lo, hi = bootstrap_ci(mat[:, j])
+        lo, hi = _ci(mat[:, j])
         per.append({"group": g, "mean": float(mat[:, j].mean()), "lo": lo, "hi": hi, "n": int(mat.shape[0])})
 
     def gap(idx) -> float:
@@ -265,7 +272,7 @@ def group_stats(mat: np.ndarray, names: list[str]) -> tuple[list[dict], dict]:
         return float(m.max() - m.min())
 
     means = mat.mean(axis=0)
-    lo, hi = bootstrap_ci(np.arange(len(mat)), statistic=gap)
+    lo, hi = _ci(np.arange(len(mat)), statistic=gap)
     return per, {"gap": gap(np.arange(len(mat))), "lo": lo, "hi": hi,
                  "highest": names[int(means.argmax())], "lowest": names[int(means.argmin())]}
 
@@ -358,9 +365,9 @@ def _bbq_tables(bbq: list[dict], metrics: dict, genderbench: bool) -> list[dict]
     for (st, cat, cond), rs in sorted(slices.items(), key=lambda kv: (kv[0][0] == "all", kv[0])):
         codes = _codes(rs)
         acc = (codes >= 4).astype(float)
-        a_lo, a_hi = bootstrap_ci(acc)
+        a_lo, a_hi = _ci(acc)
         s = slice_score(codes, cond)
-        s_lo, s_hi = bootstrap_ci(codes, statistic=partial(slice_score, condition=cond))
+        s_lo, s_hi = _ci(codes, statistic=partial(slice_score, condition=cond))
         label = f"{st} / {cat} / {cond}"
         acc_rows.append([label, st, cat, cond, len(rs), _r(acc.mean()), _r(a_lo), _r(a_hi)])
         bias_rows.append([label, st, cat, cond, len(rs), _r(s), _r(s_lo), _r(s_hi)])
