@@ -97,8 +97,11 @@ def main() -> None:
 
     def run_eval(side: str) -> None:
         t0 = time.perf_counter()
+        # the sizes name the folder: they are not part of the eval config, so a finished eval of other sizes
+        # must not be taken for this one
+        size = f"l{args.limit}-t{args.templates}-g{args.gen_templates}-b{args.bbq_items}"
         r = evaluate(EvalConfig(tasks=[], bias=True, limit=args.limit, engine="transformers"), models[side],
-                     args.out / f"eval-{side.replace(' ', '-')}")
+                     args.out / f"eval-{side.replace(' ', '-')}-{size}")
         results[side] = {"metrics": r["metrics"]["model"], "tables": r["metrics"]["tables"]["model"]["bias"],
                          "seconds": round(time.perf_counter() - t0, 1)}
         print(f"{side}: bias suite {results[side]['seconds']} s", flush=True)
