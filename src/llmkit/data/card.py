@@ -42,7 +42,9 @@ def plot_lengths(lengths: np.ndarray, max_tokens: int, path: Path) -> None:
 def summary(card: dict) -> str:
     """The one-line result the CLI and `llmkit run` print."""
     dropped = ", ".join(f"{k} {v}" for k, v in card["dropped"].items() if v) or "none"
-    return f"{card['rows_in']} rows in → train {card['rows_out']['train']}, val {card['rows_out']['val']}; dropped: {dropped}"
+    added = "".join(f"; added: {k} {v}" for k, v in card.get("augmented", {}).items())
+    return (f"{card['rows_in']} rows in → train {card['rows_out']['train']}, val {card['rows_out']['val']}; "
+            f"dropped: {dropped}{added}")
 
 
 def write_card(card: dict, folder: Path) -> None:
@@ -61,6 +63,7 @@ def to_markdown(card: dict) -> str:
         f"| kept for val | {card['rows_out']['val']} |",
     ]
     lines += [f"| dropped: {reason} | {n} |" for reason, n in card["dropped"].items() if n]
+    lines += [f"| added: {k} copies (in train) | {n} |" for k, n in card.get("augmented", {}).items()]
     if card.get("invalid_reasons"):
         lines += ["", "Invalid rows by reason:", ""] + [f"- {r}: {n}" for r, n in card["invalid_reasons"].items()]
     if card.get("pii_found"):

@@ -20,4 +20,6 @@ class Item:
     category: str | None = None  # short reason, for the data card's counts
     raw: dict | None = None  # the input row, for rejects.jsonl
     pii: dict = field(default_factory=dict)
+    twins: list[str] = field(default_factory=list)  # counterfactual copies of `row` (data.augment: counterfactual)
+    twin_tokens: list[int] = field(default_factory=list)
     drop: bool = False  # a finding whose rule is to drop the row (data.pii: drop, or a guard rail's block)

@@ -83,6 +83,7 @@ class RowTransform:
     def __init__(self, cfg: DataConfig, tokenizer_dir: str, guard: dict | None = None):
         self.cfg, self.tokenizer_dir, self.guard = cfg, tokenizer_dir, guard
         self._tok = self._render = self._scrubber = None
+        self._cda = None
 
     def __getstate__(self) -> dict:
         return {"cfg": self.cfg, "tokenizer_dir": self.tokenizer_dir, "guard": self.guard}
@@ -103,6 +104,10 @@ class RowTransform:
             from llmkit.guard.pii import PiiScrubber
 
             self._scrubber = PiiScrubber(self.cfg.pii_mode)
+        if self.cfg.augment == "counterfactual":
+            from llmkit.data.augment import Counterfactual
+
+            self._cda = Counterfactual()
 
     def token_lengths(self, rows: list[dict]) -> list[int]:
         """Tokens each row will take in training: chat template applied for conversations."""
@@ -124,7 +129,7 @@ class RowTransform:
     def __call__(self, raws: list[RawRow], fmt: str) -> list[Item]:
         if self._tok is None:
             self._setup()
-        items, rows = [], []
+        items, rows, twins = [], [], []
         for raw in raws:
             it = Item(raw.file, raw.line, raw=raw.data)
             items.append(it)
@@ -152,9 +157,16 @@ class RowTransform:
             it.key = exact_key(it.row)
             it.ask = asks(row) if self.cfg.dedupe == "near" else ""
             rows.append(row)
+            if self._cda is not None:  # after scrubbing: a copy never brings back what was redacted
+                for swapped in self._cda.variants(texts(row)):
+                    twin = with_texts(row, swapped)
+                    it.twins.append(json.dumps(twin, ensure_ascii=False))
+                    twins.append((it, twin))
         valid = [it for it in items if it.row is not None]
         for it, n in zip(valid, self.token_lengths(rows)):
             it.tokens = n
+        for (it, _), n in zip(twins, self.token_lengths([t for _, t in twins])):
+            it.twin_tokens.append(n)
         return items
 
 
@@ -178,6 +190,8 @@ class _Accounting:
         self.near = NearDedupe(cfg.near_threshold, ngram=cfg.near_ngram) if cfg.dedupe == "near" else None
         self.lengths = array("I")  # 4 bytes a row: the memory that grows with the input is this and `seen`
         self.kept: Counter = Counter()
+        self.augmented = 0  # counterfactual copies written to train
+        self.twins: set[bytes] = set()  # their digests
         self.out = {"train": open(folder / "train.jsonl", "w"), "val": open(folder / "val.jsonl", "w")}
         self.rejects = open(folder / "rejects.jsonl", "w") if cfg.on_error == "skip" else None
 
@@ -218,6 +232,22 @@ class _Accounting:
         self.out[side].write(it.row + "\n")
         self.kept[side] += 1
         self.lengths.append(it.tokens)
+        if side == "train":  # val stays the held-out rows as they are
+            for twin, tokens in zip(it.twins, it.twin_tokens):
+                self._add_twin(twin, tokens)
+
+    def _add_twin(self, twin: str, tokens: int) -> None:
+        """A counterfactual copy goes right after its row, unless that text was already written (an input row
+        read earlier, or another copy) or is too long for the limits. Copies are kept apart from `seen`: a later
+        input row is never dropped as a duplicate of a made-up one."""
+        key = exact_key(twin)
+        if key in self.seen or key in self.twins or tokens > min(self.cfg.max_tokens, self.context_len):
+            return
+        self.twins.add(key)
+        self.out["train"].write(twin + "\n")
+        self.kept["train"] += 1
+        self.augmented += 1
+        self.lengths.append(tokens)
 
     def close(self) -> None:
         for f in [*self.out.values(), self.rejects]:
@@ -344,7 +374,9 @@ def prepare(cfg: DataConfig, out: Path, *, base_dir: Path = Path("."), model: st
     ref = resolve_model(model)
     inputs["model"] = artifacts.input_ref(model_artifact if model_artifact else ref.path)
     # the backend changes where the work runs, not what comes out: it is not part of the fingerprint
-    config = {"data": cfg.model_dump(exclude={"train", "val", "backend", "ray_address", "workers"}), "model": model}
+    # augment: none is left out of the fingerprint, so datasets made before the option existed stay finished
+    skip = {"train", "val", "backend", "ray_address", "workers"} | ({"augment"} if cfg.augment == "none" else set())
+    config = {"data": cfg.model_dump(exclude=skip), "model": model}
     if guard:
         config["guard"] = guard
     fp = artifacts.fingerprint("dataset", config, inputs)
@@ -403,6 +435,7 @@ def prepare(cfg: DataConfig, out: Path, *, base_dir: Path = Path("."), model: st
             "rows_out": {"train": acc.kept["train"], "val": acc.kept["val"]},
             "dropped": {k: acc.dropped[k] for k in ("invalid", "exact_duplicate", "near_duplicate", "pii",
                                                     "over_max_tokens")},
+            "augmented": {"counterfactual": acc.augmented} if cfg.augment == "counterfactual" else {},
             "invalid_reasons": dict(acc.invalid), "pii": "guard policy" if guard else cfg.pii, "pii_found": dict(acc.pii),
             "tokens": cards.length_stats(lengths),
             "inputs": {Path(v["path"]).name: v["sha256"] for k, v in inputs.items() if k != "model"}, "outputs": outputs,

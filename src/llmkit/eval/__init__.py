@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from llmkit import artifacts
@@ -30,8 +31,10 @@ from llmkit.errors import ConfigError, DataError, GateFailed, StageNotAvailable
 from llmkit.eval import card, interpret, report
 from llmkit.eval import gates as gates_
 from llmkit.eval import judge as judge_
+from llmkit.eval.bias import bias_tasks
 from llmkit.eval.metrics import choice_scores, perplexity, score_reply
 from llmkit.eval.rag_task import rag_task
+from llmkit.eval.refusal import load_detector
 from llmkit.eval.safety import safety_tasks
 from llmkit.eval.targets import EndpointTarget, ModelTarget, Target
 from llmkit.eval.tasks import Item, Summary, Task, dataset_perplexity_task, load_task
@@ -48,10 +51,18 @@ def _perplexity(cfg: EvalConfig, dataset: Path | None) -> list[Task]:
     return [dataset_perplexity_task(dataset, cfg.limit)]
 
 
+def _refused(replies: list[str]) -> list[float]:
+    """1.0 for each reply the safety suite's refusal classifier calls a refusal (the bias suite's refusal rate
+    per group is read from the same classifier, at the same threshold)."""
+    det = load_detector()
+    return [float(p >= det.threshold) for p in det.proba(replies)]
+
+
 # Built-in tasks by name: fn(cfg, dataset) -> tasks. A suite switched on in the config (eval.safety: true) is
 # run as if its name were listed in eval.tasks.
-BUILTIN = {"perplexity": _perplexity, "rag": rag_task, "safety": safety_tasks}
-SUITES: tuple[str, ...] = ("safety",)
+BUILTIN = {"perplexity": _perplexity, "rag": rag_task, "safety": safety_tasks,
+           "bias": partial(bias_tasks, refusal_scorer=_refused)}
+SUITES: tuple[str, ...] = ("safety", "bias")
 
 
 def load_tasks(cfg: EvalConfig, base_dir: Path = Path("."), dataset: Path | None = None) -> list[Task]:
