@@ -102,7 +102,7 @@ def add_parser(sub) -> None:
     e.add_argument("--endpoint-model", metavar="ID", help="the endpoint's model id (default: the first it lists)")
     e.add_argument("--api-key", help="the endpoint's API key")
     e.add_argument("--tasks", nargs="+", metavar="TASK", help="task files (.jsonl, task .yaml, NAME=path) or "
-                                                              "`perplexity` (default: the recipe's, else perplexity)")
+                   "built-ins: `perplexity`, `safety`, `bias`, `rag` (default: the recipe's, else perplexity)")
     e.add_argument("--baseline", help="also score this model: registry name, folder, adapter, .gguf, or `base` (the "
                                       "recipe's base model)")
     e.add_argument("--gate", action="append", metavar="METRIC=EXPR",
