@@ -28,9 +28,8 @@ KEY = "sk-llmkit-dashboard-demo"
 POLICY = """input:
   pii: {action: redact}
   secrets: {action: redact}
-  injection: {action: block}
+  injection: {action: flag}   # counted in the charts, not refused: the demo's questions all get answers
 output:
-  toxicity: {action: block}
   length: {max_chars: 8000}
 """
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -45,7 +44,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", default=str(ROOT / "runs"))
     ap.add_argument("--out", default=str(ROOT / "docs" / "dashboard.png"))
-    ap.add_argument("--per-phase", type=int, default=36)
+    ap.add_argument("--per-phase", type=int, default=30)
     args = ap.parse_args()
     from llmkit.config import RagConfig
     from llmkit.rag import index
@@ -115,7 +114,10 @@ def shoot(url: str, out: Path) -> None:
         page.wait_for_selector(".msg.bot .bubble:not(.streaming)", timeout=120_000)
         page.wait_for_timeout(1500)  # the charts' refresh after the reply
         page.evaluate("window.scrollTo(0, 0)")
-        page.hover(".msg.bot .tok[data-lp]:nth-of-type(6)")
+        print("reply:", page.inner_text(".msg.bot"))
+        tokens = page.query_selector_all(".msg.bot .tok[data-lp]")
+        if tokens:
+            tokens[min(5, len(tokens) - 1)].hover()  # its probability and the alternatives, as a user sees them
         png = page.screenshot(full_page=True)
         ctx.close()
     img = Image.open(io.BytesIO(png)).convert("RGB")

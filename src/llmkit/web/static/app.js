@@ -447,8 +447,32 @@ async function showGraph(name, row) {
   drawGraph($("#graph"), g);
 }
 
+// A stage with many raw inputs (a RAG index of 40 files) would make the graph a tall column of file boxes:
+// past MAX_INPUTS they become one node that lists them on hover.
+const MAX_INPUTS = 3;
+
+function collapseInputs(g) {
+  const kind = Object.fromEntries(g.nodes.map((n) => [n.id, n.kind]));
+  const nodes = [...g.nodes], edges = [];
+  const drop = new Set();
+  const into = {};
+  for (const e of g.edges) (into[e.to] ||= []).push(e);
+  for (const [to, es] of Object.entries(into)) {
+    const raw = es.filter((e) => kind[e.from] === "input");
+    if (raw.length <= MAX_INPUTS) { edges.push(...es); continue; }
+    edges.push(...es.filter((e) => kind[e.from] !== "input"));
+    raw.forEach((e) => drop.add(e.from));
+    const id = `inputs:${to}`;
+    nodes.push({ id, kind: "input", label: `${raw.length} files`, detail: raw.map((e) => e.name || e.from).join("\n") });
+    edges.push({ from: id, to, name: `${raw.length} files` });
+  }
+  const used = new Set(edges.flatMap((e) => [e.from, e.to]));
+  return { nodes: nodes.filter((n) => !drop.has(n.id) || used.has(n.id) && edges.some((e) => e.from === n.id)), edges };
+}
+
 function drawGraph(el, g) {
   if (!g.nodes.length) { noData(el, "no manifests"); return; }
+  g = collapseInputs(g);
   const byId = Object.fromEntries(g.nodes.map((n) => [n.id, n]));
   const parents = {};
   for (const e of g.edges) (parents[e.to] ||= []).push(e.from);
@@ -462,7 +486,7 @@ function drawGraph(el, g) {
   g.nodes.forEach((n) => d(n.id));
   const cols = [];
   for (const n of g.nodes) (cols[depth[n.id]] ||= []).push(n);
-  const NW = 168, NH = 42, GX = 58, GY = 14;
+  const NW = 176, NH = 42, GX = 64, GY = 12;
   const W = cols.length * (NW + GX) - GX + 16, H = Math.max(...cols.map((c) => c.length)) * (NH + GY) - GY + 16;
   const pos = {};
   cols.forEach((c, i) => c.forEach((n, j) => { pos[n.id] = { x: 8 + i * (NW + GX), y: 8 + j * (NH + GY) + (H - 16 - (c.length * (NH + GY) - GY)) / 2 }; }));
@@ -476,7 +500,7 @@ function drawGraph(el, g) {
   }
   for (const n of g.nodes) {
     const p = pos[n.id], color = KIND_COLORS[n.kind] || "var(--c5)";
-    const label = n.label.length > 26 ? "…" + n.label.slice(-25) : n.label;
+    const label = n.label.length > 25 ? "…" + n.label.slice(-24) : n.label;
     svg.append(s("g", { class: "node", transform: `translate(${p.x},${p.y})` },
       s("title", {}, n.detail || n.id),
       s("rect", { width: NW, height: NH, fill: n.kind === "input" ? "#f7f8fa" : "#fff", stroke: color, "stroke-dasharray": n.inside === false ? "4 3" : null }),
