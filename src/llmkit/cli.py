@@ -17,6 +17,7 @@ from llmkit import __version__
 from llmkit.commands import (
     chat,
     compress,
+    dashboard,
     data,
     guard,
     keys,
@@ -35,7 +36,7 @@ from llmkit.commands import eval as eval_
 from llmkit.errors import LlmkitError
 
 # in the order `llmkit --help` lists them
-GROUPS = (models, chat, recipe, data, train, compress, eval_, serve, rag, guard, keys, lineage, track, registry, monitor)
+GROUPS = (models, chat, recipe, data, train, compress, eval_, serve, rag, guard, keys, lineage, track, registry, monitor, dashboard)
 
 
 def build_parser() -> argparse.ArgumentParser:

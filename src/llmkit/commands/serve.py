@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from llmkit.commands import validated
 
@@ -32,7 +33,23 @@ def _serve(args: argparse.Namespace) -> int:
     if given.get("embedder", "").lower() in ("none", "null"):
         given["embedder"] = None
     cfg = validated(ServeConfig, {**base.model_dump(), **given})
-    serve(cfg, cfg.models or models or None, log_level=args.log_level, policy=policy)
+    runs = args.runs or (str(recipe.run_dir.parent) if args.recipe else None)
+    if runs is None and Path("runs").is_dir():
+        runs = "runs"
+    extend = None
+    if not args.no_ui:
+        from llmkit.web import mount
+
+        registry_uri = None
+        if args.recipe:
+            from llmkit.track import recipe_uri
+
+            registry_uri = recipe_uri(recipe)  # the recipe's own tracking database, as `llmkit register` uses
+
+        def extend(app, state):  # serve/ builds the app, the edge mounts web/ on it (serve/ never imports web/)
+            mount(app, state, runs=runs, registry_uri=registry_uri)
+
+    serve(cfg, cfg.models or models or None, log_level=args.log_level, policy=policy, extend=extend)
     return 0
 
 
@@ -81,7 +98,7 @@ def add_parser(sub) -> None:
     sv = sub.add_parser("serve", help="serve models over OpenAI's HTTP API (chat, completions, embeddings)",
                         description="An OpenAI-compatible server: /v1/chat/completions, /v1/completions, "
                                     "/v1/embeddings, /v1/models, /v1/feedback, plus /health, /metrics (Prometheus) "
-                                    "and /docs. "
+                                    "and /docs; the dashboard and chat playground page at /ui (same API keys). "
                                     "Any OpenAI client works: base_url http://HOST:PORT/v1. Each --model is a "
                                     "registry name, folder, .gguf, hub id or PEFT adapter folder; NAME=SPEC sets the "
                                     "id clients send. --model registry:NAME@production serves that MLflow registry "
@@ -99,6 +116,10 @@ def add_parser(sub) -> None:
     from llmkit.config import ServeConfig
 
     _add_config_flags(sv, ServeConfig, {"models": ["--model"], "api_keys_file": ["--api-keys"]})
+    sv.add_argument("--runs", metavar="DIR",
+                    help="the runs folder the dashboard page (/ui) shows: runs, lineage, eval reports (default: the "
+                         "recipe's runs folder with --recipe, else ./runs when it exists)")
+    sv.add_argument("--no-ui", action="store_true", help="do not serve the dashboard and playground page at /ui")
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                     help="uvicorn's log level (default info)")
     sv.set_defaults(fn=_serve)

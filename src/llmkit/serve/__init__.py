@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llmkit import __version__
 from llmkit.config import ServeConfig
@@ -29,6 +31,9 @@ from llmkit.serve.models import ModelTable
 from llmkit.serve.rag import Collections
 from llmkit.serve.recording import Recorder
 from llmkit.serve.state import ServerState
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = logging.getLogger("llmkit.serve")
 
@@ -172,8 +177,9 @@ def load_state(cfg: ServeConfig, models: list[str] | None = None, keys: KeyStore
 
 
 def serve(cfg: ServeConfig, models: list[str] | None = None, *, log_level: str = "info",
-          policy: Policy | None = None) -> None:
-    """Load the models and serve them on cfg.host:cfg.port until SIGINT/SIGTERM (then drain and stop)."""
+          policy: Policy | None = None, extend: Callable[[FastAPI, ServerState], object] | None = None) -> None:
+    """Load the models and serve them on cfg.host:cfg.port until SIGINT/SIGTERM (then drain and stop).
+    `extend(app, state)` adds routes before it listens (the serve command mounts the dashboard page with it)."""
     import uvicorn
 
     from llmkit.serve.app import Server, build_app
@@ -181,6 +187,8 @@ def serve(cfg: ServeConfig, models: list[str] | None = None, *, log_level: str =
     _console_log(log_level)
     state = load_state(cfg, models, policy=policy)
     app = build_app(state)
+    if extend is not None:
+        extend(app, state)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level,
                             timeout_graceful_shutdown=int(cfg.drain_timeout_s) + 1)
     Server(config, state).run()
