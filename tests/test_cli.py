@@ -10,8 +10,8 @@ def test_every_command_has_help(capsys):
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) == {"models", "chat", "validate", "run", "lineage", "data", "train", "compress", "eval", "serve", "keys",
-                                  "rag", "guard"}
-    for name in [*sub.choices, "rag index", "rag query", "rag eval", "guard check", "guard train"]:
+                                  "rag", "guard", "monitor", "track", "register", "promote", "dashboard"}
+    for name in [*sub.choices, "rag index", "rag query", "rag eval", "guard check", "guard train", "track sync"]:
         with pytest.raises(SystemExit) as e:
             main([*name.split(), "--help"])
         assert e.value.code == 0

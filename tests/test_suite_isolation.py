@@ -35,3 +35,13 @@ def test_a_native_crash_fails_one_test_and_the_suite_goes_on(tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     assert "crashed while running 'test_crash.py::test_segfault'" in r.stdout, r.stdout
     assert re.search(r"^1 failed, 3 passed", r.stdout, re.M), r.stdout
+
+
+def test_test_file_names_are_unique():
+    """tests/ folders are not packages: pytest imports each file by its basename, so two test_x.py in two
+    folders make one of them an 'import file mismatch' error at collection (seen when helpers merged)."""
+    from collections import Counter
+    from pathlib import Path
+
+    names = Counter(p.name for p in Path(__file__).parent.rglob("test_*.py"))
+    assert [n for n, c in names.items() if c > 1] == []
