@@ -9,8 +9,13 @@ def quiet_known_noise() -> None:
     """Silence library chatter we know to be harmless, so a normal run shows llmkit's progress and results
     (`--debug` keeps it all). Each entry names why it is harmless; errors are never silenced."""
     import logging
+    import os
     import warnings
 
+    # transformers 5 draws a "Loading weights" bar at every model load (under a second for our models) and only
+    # huggingface_hub's switch turns it off; offline that switch can hide no download bar, so it is set then
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # bitsandbytes 0.50, imported by peft at every LoRA/chat start, tries on AVX512-BF16 CPUs to fetch an optional
     # CPU kernel from the hub through the `kernels` package, and logs a warning when it can't; its built-in CPU
     # ops are what runs then (and what our QLoRA tests use)
