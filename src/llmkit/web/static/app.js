@@ -430,7 +430,7 @@ async function loadRuns() {
       const ms = Object.entries(st.metrics || {}).slice(0, 4).map(([k, v]) => `${k} ${fmt.metric(v)}`).join(" · ");
       const rel = st.report;
       t.append(h("tr", {}, h("td", {}, st.stage), h("td", {}, st.kind || h("span", { class: "err" }, "unreadable")),
-        h("td", { class: "mono" }, st.fingerprint || ""), h("td", {}, st.seconds != null ? `${fmt.metric(st.seconds)} s` : ""),
+        h("td", { class: "mono" }, st.fingerprint || ""), h("td", { class: "mono" }, (st.finished_at || "").replace("T", " ").slice(0, 19)),
         h("td", { class: "metrics" }, st.error || ms,
           st.passed == null ? null : h("span", { class: "pill " + (st.passed ? "ok" : "bad"), style: "margin-left:6px" }, st.passed ? "gates pass" : "gates fail")),
         h("td", {}, rel ? h("a", { href: "/ui/files/" + rel, target: "_blank", onclick: (e) => openFile(e, rel) }, "report") : "")));
