@@ -97,13 +97,17 @@ def _score(target: Target, task: Task, item: Item, max_tokens: int) -> dict:
         reply = target.generate(messages, row.get("max_tokens", max_tokens))
         rec.update(reply=reply, scores=score_reply(reply, row))
     elif item.type == "choice":
-        # lm-eval's multiple choice: each choice after its target delimiter, a space
-        lls = [ll for ll, _ in _loglikelihoods(target, [(row["prompt"], " " + c) for c in row["choices"]])]
+        lls = [ll for ll, _ in _loglikelihoods(target, _choice_requests(row))]
         rec.update(lls=lls, scores=choice_scores(lls, row["choices"], row["answer"]))
     else:
         ((ll, n),) = _loglikelihoods(target, [_perplexity_request(target, row)])
         rec.update(nll=-ll, tokens=n)
     return rec
+
+
+def _choice_requests(row: dict) -> list[tuple[str, str]]:
+    """lm-eval's multiple choice: each choice after its target delimiter, a space."""
+    return [(row["prompt"], " " + c) for c in row["choices"]]
 
 
 def _perplexity_request(target: Target, row: dict) -> tuple[str, str]:
@@ -115,24 +119,35 @@ def _perplexity_request(target: Target, row: dict) -> tuple[str, str]:
 
 
 PPL_BATCH = 8  # perplexity rows scored in one call of a target's loglikelihood_many
+CHOICE_BATCH = 16  # multiple-choice items scored in one call (their questions packed into few rows)
 
 
 def _units(target: Target, todo: list[tuple[Task, Item]]) -> list[list[tuple[Task, Item]]]:
-    """The runner's units of work: one item each, except plain perplexity rows on a target that scores in batches,
-    PPL_BATCH of similar length together (one padded pass, the chat template's system prompt they share computed
-    once). Records are put back in task order at the end, so the order of work does not matter."""
+    """The runner's units of work: one item each, except plain perplexity rows and multiple-choice items on a
+    target that scores in batches: PPL_BATCH / CHOICE_BATCH of them in one call (eval/packing.py: few large
+    forward passes, each shared prefix once). Records are put back in task order at the end, so the order of
+    work does not matter. A unit is cached when it finishes: a killed eval loses at most one unit."""
     if getattr(target, "loglikelihood_many", None) is None:
         return [[x] for x in todo]
-    ppl = [x for x in todo if x[1].score is None and x[1].type == "perplexity"]
-    ppl.sort(key=lambda x: len(json.dumps(x[1].row)))  # similar lengths: little padding
-    rest = [[x] for x in todo if not (x[1].score is None and x[1].type == "perplexity")]
-    return rest + [ppl[i:i + PPL_BATCH] for i in range(0, len(ppl), PPL_BATCH)]
+    plain = {kind: [x for x in todo if x[1].score is None and x[1].type == kind] for kind in ("perplexity", "choice")}
+    plain["perplexity"].sort(key=lambda x: len(json.dumps(x[1].row)))  # similar lengths: little padding
+    rest = [[x] for x in todo if not (x[1].score is None and x[1].type in plain)]
+    return rest + [group[i:i + size] for kind, size in (("perplexity", PPL_BATCH), ("choice", CHOICE_BATCH))
+                   for group in [plain[kind]] for i in range(0, len(group), size)]
 
 
 def _score_unit(target: Target, unit: list[tuple[Task, Item]], max_tokens: int) -> list[dict]:
     if len(unit) == 1:
         task, item = unit[0]
         return [_score(target, task, item, max_tokens)]
+    if unit[0][1].type == "choice":  # every choice of every item in one call, then split back per item
+        requests = [r for _, i in unit for r in _choice_requests(i.row)]
+        lls, at, recs = [ll for ll, _ in target.loglikelihood_many(requests)], 0, []
+        for t, i in unit:
+            mine, at = lls[at:at + len(i.row["choices"])], at + len(i.row["choices"])
+            recs.append({"task": t.name, "id": i.id, "type": i.type, "lls": mine,
+                         "scores": choice_scores(mine, i.row["choices"], i.row["answer"])})
+        return recs
     scores = target.loglikelihood_many([_perplexity_request(target, i.row) for _, i in unit])
     return [{"task": t.name, "id": i.id, "type": i.type, "nll": -ll, "tokens": n} for (t, i), (ll, n) in zip(unit, scores)]
 

@@ -21,6 +21,7 @@ from typing import Protocol
 from llmkit import artifacts
 from llmkit.engines import GenParams, load_engine
 from llmkit.errors import LlmkitError, MissingExtra, UnsupportedModel
+from llmkit.eval.packing import packed_loglikelihoods
 from llmkit.models import ModelRef, resolve_model
 
 
@@ -138,15 +139,15 @@ class ModelTarget:
         return float(sum(lps[start:])), len(whole) - start
 
     def loglikelihood_many(self, requests: list[tuple[str, str]]) -> list[tuple[float, int]]:
-        """`loglikelihood` of each (context, continuation), computed together: on transformers one forward pass
-        over the prefix the requests share (a choice item's question) and one padded pass over what follows it;
+        """`loglikelihood` of each (context, continuation), computed together: on transformers packed into few
+        forward passes, each shared context (a choice item's question) computed once (eval/packing.py);
         on llama.cpp all submitted at once, so the engine decodes them in one batch. Equal to asking one at a
         time up to float rounding (tests/eval/test_batched_scores.py checks 1e-4)."""
         engine = self.engine
         with self._turn(self.engine_name):
             encoded = [self._encode(c, x) for c, x in requests]
             if self.engine_name == "transformers":
-                return shared_prefix_loglikelihoods(engine.lm, encoded)
+                return packed_loglikelihoods(engine.lm, encoded, [c for c, _ in requests])
             gens = [engine.submit(whole, GenParams(max_tokens=0, prompt_logprobs=0), adapter=self._adapter[self.engine_name])
                     for whole, _ in encoded]
         out = []
@@ -176,58 +177,6 @@ def _on_gguf(model: ModelRef) -> tuple[ModelRef, Path | None]:
     what = f"{model.name} is an adapter on {base.name}, which" if adapter else f"{model.name}"
     raise UnsupportedModel(f"the llamacpp engine runs GGUF files: {what} is not a GGUF nor converted from one; "
                            "export it with `llmkit compress --quantize q8_0`, or use the transformers engine")
-
-
-def _common_prefix(seqs: list[list[int]]) -> int:
-    n = min(map(len, seqs))
-    i = 0
-    while i < n and all(s[i] == seqs[0][i] for s in seqs):
-        i += 1
-    return i
-
-
-MAX_BATCH_TOKENS = 1024  # rows x width of one padded pass: its fp32 logits are that x vocab x 4 bytes (200 MB here)
-
-
-def shared_prefix_loglikelihoods(lm, encoded: list[tuple[list[int], int]]) -> list[tuple[float, int]]:
-    """(sum of logprobs of tokens[start:], count) for each (tokens, start), on a transformers causal LM.
-
-    The tokens every sequence shares up to the first scored position run once (P tokens, logits of the last
-    one only); its KV cache is repeated for the sequences, and their rests run as right-padded batches (B, W) on
-    top of it. Right padding needs no attention mask: under the causal mask a real token never sees the pads
-    after it. The row at absolute position t scores token t + 1, so the prefix's last row scores token P (when a
-    sequence's first scored token is P)."""
-    import copy
-
-    import torch
-
-    seqs = [t for t, _ in encoded]
-    p = min(_common_prefix(seqs), min(s for _, s in encoded))  # >= 1 unless the first tokens differ
-    results: list[tuple[float, int]] = []
-    with torch.no_grad():  # (inference_mode refuses quanto's int4 unpacking; no_grad costs nothing here)
-        prefix, last = None, None
-        if p:
-            out = lm(input_ids=torch.tensor([seqs[0][:p]]), use_cache=True, logits_to_keep=1)
-            prefix, last = out.cache, out.logits[0, -1].float()  # (V,): scores token p
-        width = max(len(t) for t in seqs) - p
-        step = max(1, MAX_BATCH_TOKENS // width)
-        for i in range(0, len(encoded), step):
-            part = encoded[i:i + step]
-            cache = None
-            if prefix is not None:
-                cache = copy.deepcopy(prefix) if i + step < len(encoded) else prefix
-                cache.batch_repeat_interleave(len(part))
-            rest = [t[p:] for t, _ in part]
-            w = max(map(len, rest))
-            ids = torch.tensor([r + [r[-1]] * (w - len(r)) for r in rest])  # (B, W); the pads are never read
-            logits = lm(input_ids=ids, cache=cache, use_cache=cache is not None).logits.float()  # (B, W, V)
-            for b, (tokens, start) in enumerate(part):
-                rows = logits[b, max(start - 1 - p, 0):len(tokens) - 1 - p]  # the rows scoring tokens start..
-                if start == p:
-                    rows = torch.cat([last[None], rows])
-                lps = torch.log_softmax(rows, dim=-1).gather(1, torch.tensor(tokens[start:])[:, None])
-                results.append((float(lps.sum()), len(tokens) - start))
-    return results
 
 
 class EndpointTarget:
