@@ -34,21 +34,17 @@ $(STAMP): pyproject.toml Makefile
 	scripts/prometheus.sh install || echo "no prometheus: tests/monitor/test_prometheus.py will be skipped"
 	touch $(STAMP)
 
+run: export LLMKIT_MAKE_RUN_T0 := $(shell date +%s)
 run: setup
 	$(BIN)/llmkit models list
 	$(BIN)/llmkit chat smollm2-135m-instruct --prompt "Give me three tips for a good night's sleep." --engine transformers --max-tokens 60
 	$(BIN)/llmkit chat smollm2-135m-instruct --prompt "Give me three tips for a good night's sleep." --engine llamacpp --max-tokens 60
+	# the whole job: data → train → compress → eval (gates) → register → promote (gates) → rag index
 	$(BIN)/llmkit run examples/recipe.yaml
 	$(BIN)/llmkit lineage runs/support-assistant/train
-	$(BIN)/llmkit chat runs/support-assistant/train --engine transformers --max-tokens 120 \
-		--prompt "My Nimbus R2 router has slow Wi-Fi. What should I do?"
 	cat runs/support-assistant/compress/report.md
-	$(BIN)/llmkit chat runs/support-assistant/compress --engine llamacpp --max-tokens 120 \
-		--prompt "My Nimbus R2 router has slow Wi-Fi. What should I do?"
-	# the OpenAI-compatible server: the bundled base and the trained LoRA adapter side by side on one llama.cpp base,
-	# answers from the indexed docs with citations, and the guard policy on every request and reply
-	$(BIN)/python examples/serve_demo.py --model smollm2-135m-instruct --model support=runs/support-assistant/train \
-		--rag runs/support-assistant/rag --guard examples/guard/policy.yaml
+	# the promoted version served as the recipe says (guard, RAG, request log, dashboard), asked through `openai`
+	$(BIN)/python examples/serve_demo.py --recipe examples/recipe.yaml
 
 # Every test runs in a pytest-xdist worker process: a native crash (a segfault in a quantized matmul, llama.cpp or
 # GPTQ) fails that one test by name, a fresh worker takes the rest, and the summary still prints

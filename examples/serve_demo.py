@@ -1,10 +1,18 @@
-"""Start `llmkit serve` on the given models, ask each the same question through the official `openai` client,
-print the answers side by side, then (with --rag) ask a question answered from the indexed docs and print the
-citations; with --guard, send an injection attempt (refused with a 400 naming the rail) and a request carrying
-an e-mail address (redacted before the model sees it); stop the server (what `make run` does after training).
+"""Start `llmkit serve` and ask it through the official `openai` client, as a user's application would: each model
+the same question, side by side; then (with --rag) a question answered from the indexed docs, with its
+citations; with --guard, an injection attempt (refused with a 400 naming the rail) and a request carrying an
+e-mail address (redacted before the model sees it). Prints the endpoint's and the dashboard's URLs, then stops
+the server (gracefully: it drains). What `make run` does after `llmkit run`:
+
+    python examples/serve_demo.py --recipe examples/recipe.yaml      # its @production version, guard, RAG, log
+
+or on models named one by one:
 
     python examples/serve_demo.py --model smollm2-135m-instruct --model support=runs/support-assistant/train \
         --rag runs/support-assistant/rag --guard examples/guard/policy.yaml
+
+With $LLMKIT_MAKE_RUN_T0 (seconds since the epoch; `make run` sets it when it starts) it also prints how long
+the whole run took from a fresh clone to the endpoint's first answer.
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ def free_port() -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", action="append", required=True, help="NAME=SPEC or SPEC, as `llmkit serve --model`")
+    ap.add_argument("--recipe", help="serve this recipe (`llmkit serve --recipe`): its promoted model, guard and RAG")
+    ap.add_argument("--model", action="append", default=[], help="NAME=SPEC or SPEC, as `llmkit serve --model`")
     ap.add_argument("--prompt", default="My Nimbus R2 router has slow Wi-Fi. What should I do?")
     ap.add_argument("--max-tokens", type=int, default=120)
     ap.add_argument("--rag", help="an index folder from `llmkit rag index` or the recipe's rag stage")
@@ -38,10 +47,15 @@ def main() -> int:
     ap.add_argument("--rag-question", default="How long do I hold the reset button on the R2 router?")
     ap.add_argument("--guard", metavar="POLICY", help="serve with this guard policy and show it at work")
     ap.add_argument("--log", default="runs/serve_demo.log", help="where the server's own log goes")
+    ap.add_argument("--report", help="the run's report page, to print its path")
     args = ap.parse_args()
+    if not args.recipe and not args.model:
+        ap.error("give --recipe or at least one --model")
 
     port = free_port()
     cmd = [sys.executable, "-m", "llmkit.cli", "serve", "--port", str(port), "--embedder", "none"]
+    if args.recipe:
+        cmd += ["--recipe", args.recipe]
     for m in args.model:
         cmd += ["--model", m]
     if args.rag:
@@ -74,13 +88,20 @@ def main() -> int:
             time.sleep(0.2)
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=os.environ.get("LLMKIT_API_KEY", "none"))
         models = [m.id for m in client.models.list().data if m.id != "all-minilm-l6-v2"]
-        print(f"serving: {', '.join(models)}\nasking each: {args.prompt!r}\n")
+        followed = httpx.get(f"{url}/health").json().get("registry", {})  # models served from the MLflow registry
+        print(f"serving: {', '.join(f'{m} ({_source(followed[m])})' if m in followed else m for m in models)}\n"
+              f"asking each: {args.prompt!r}\n")
+        first = True
         for model in models:
             t0 = time.perf_counter()
             r = client.chat.completions.create(model=model, max_tokens=args.max_tokens, temperature=0,
                                                messages=[{"role": "user", "content": args.prompt}])
             took = time.perf_counter() - t0
             print(f"--- {model} ({r.usage.completion_tokens} tokens, {took:.1f} s)\n{r.choices[0].message.content}\n")
+            if first and os.environ.get("LLMKIT_MAKE_RUN_T0"):
+                since = time.time() - float(os.environ["LLMKIT_MAKE_RUN_T0"])
+                print(f"time to endpoint: {since / 60:.1f} min from `make run`'s start to this first answer\n")
+            first = False
         if args.rag:
             r = client.chat.completions.create(
                 model=models[0], max_tokens=args.max_tokens, temperature=0,
@@ -105,6 +126,10 @@ def main() -> int:
             hits = [line for line in httpx.get(f"{url}/metrics").text.splitlines()
                     if line.startswith("llmkit_guard_hits_total")]
             print("\n".join(hits))
+        print(f"\nendpoint:  {url}/v1  (OpenAI-compatible; the server stops now: keep it up with `llmkit serve "
+              f"{'--recipe ' + args.recipe if args.recipe else '...'}`)\ndashboard: {url}/ui")
+        if args.report:
+            print(f"report:    {Path(args.report).resolve()}")
         return 0
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # graceful: the server drains, then exits
@@ -113,6 +138,11 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
         log.close()
+
+
+def _source(info: dict) -> str:
+    """A registry-served model as /health describes it: `registry:NAME@production, version 3`."""
+    return f"{info['spec']}, version {info['version']}"
 
 
 if __name__ == "__main__":

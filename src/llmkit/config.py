@@ -24,7 +24,8 @@ M = TypeVar("M", bound=BaseModel)
 
 # The order in which `llmkit run` executes the stages a recipe names. `guard` and `track` are services that
 # stages use, not stages; `serve` configures `llmkit serve --recipe` and is never run by `llmkit run`.
-STAGE_ORDER = ("model", "data", "train", "compress", "eval", "rag")
+# The `registry:` section brings two stages: register (a candidate version) and promote (behind gates).
+STAGE_ORDER = ("model", "data", "train", "compress", "eval", "register", "promote", "rag")
 
 
 class Section(BaseModel):
@@ -115,6 +116,14 @@ GATE = re.compile(r"^\s*(?P<op>>=|<=|>|<|==)\s*(?:(?P<base>baseline)\s*(?:(?P<si
                   r"|(?P<num>-?\d+(?:\.\d+)?(?:[eE]-?\d+)?))\s*$")
 
 
+def gates_parse(gates: dict[str, str]) -> dict[str, str]:
+    bad = [f"{k}: {v!r}" for k, v in gates.items() if not GATE.match(str(v))]
+    if bad:
+        raise ValueError("gates must look like '>= 0.9' or '>= baseline - 0.02' (one of >=, <=, >, <, ==, then a "
+                         f"number or baseline give or take a number); got {', '.join(bad)}")
+    return gates
+
+
 class EvalConfig(Section):
     """`eval:` scores a model on tasks (generation checks, multiple choice, perplexity) against a baseline; gates
     stop the pipeline when a metric misses its threshold."""
@@ -140,14 +149,7 @@ class EvalConfig(Section):
     interpret: list[str] | None = Field(None, description="Prompts explained in interpret.json and the report (in-process models only): each reply token's logprob with the 5 most likely alternatives, input-token attributions (Captum gradient x input on the embeddings; transformers engine) and a logit lens. Default: the first 2 generation prompts of the tasks; [] turns it off.")
     gates: dict[str, str] = Field(default_factory=dict, description='Metric thresholds, e.g. {"support.contains": ">= 0.8", "perplexity.perplexity": "<= baseline"}; a failing gate exits 1 and stops `llmkit run`.')
 
-    @field_validator("gates")
-    @classmethod
-    def _gates_parse(cls, gates: dict[str, str]) -> dict[str, str]:
-        bad = [f"{k}: {v!r}" for k, v in gates.items() if not GATE.match(str(v))]
-        if bad:
-            raise ValueError("gates must look like '>= 0.9' or '>= baseline - 0.02' (one of >=, <=, >, <, ==, then a "
-                             f"number or baseline give or take a number); got {', '.join(bad)}")
-        return gates
+    _gates_parse = field_validator("gates")(classmethod(lambda cls, gates: gates_parse(gates)))
 
     @model_validator(mode="after")
     def _baseline_for_gates(self) -> EvalConfig:
@@ -233,6 +235,19 @@ class ServeConfig(Section):
     drain_timeout_s: float = Field(30.0, ge=0, description="On shutdown, how long in-flight requests may finish (new ones get 503).")
 
 
+class RegistryConfig(Section):
+    """`registry:` the run's model becomes a version in the MLflow model registry (alias `candidate`), then moves
+    `@production` to it once its gates pass against the current production version (`llmkit serve --recipe`
+    serves `registry:NAME@production` and follows it). Needs llmkit[track]."""
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][\w.-]*$", description="Registered model name; default: the recipe's name.")
+    artifact: Literal["compress", "train"] = Field("compress", description="Which stage's model becomes the version: the compressed GGUF (what llama.cpp serves) or the trained adapter/folder.")
+    promote: bool = Field(True, description="Run the promote stage: move @production to the new version when its gates pass (the first version has no production to compare with: it is promoted on the eval stage's gates against the base model).")
+    gates: dict[str, str] = Field(default_factory=dict, description='Promotion gates, the candidate scored beside the current @production version (the baseline), on the eval: section\'s tasks, e.g. {"support.contains": ">= baseline - 0.1"}; default: the eval: section\'s gates.')
+
+    _gates_parse = field_validator("gates")(classmethod(lambda cls, gates: gates_parse(gates)))
+
+
 class TrackConfig(Section):
     """`track:` mirrors each finished stage's manifest into MLflow (needs llmkit[track]; on by default when installed)."""
 
@@ -250,6 +265,7 @@ class Recipe(Section):
     train: TrainConfig | None = None
     compress: CompressConfig | None = None
     eval: EvalConfig | None = None
+    registry: RegistryConfig | None = None
     rag: RagConfig | None = None
     guard: GuardConfig | None = None
     serve: ServeConfig | None = None
@@ -270,7 +286,10 @@ class Recipe(Section):
 
     def stages(self) -> list[str]:
         """The stages this recipe asks for, in execution order. The base model is always the first."""
-        return ["model"] + [s for s in STAGE_ORDER[1:] if getattr(self, s) is not None]
+        wanted = {s for s in STAGE_ORDER[1:] if s not in ("register", "promote") and getattr(self, s) is not None}
+        if self.registry is not None:
+            wanted |= {"register", "promote"} if self.registry.promote else {"register"}
+        return ["model"] + [s for s in STAGE_ORDER[1:] if s in wanted]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -128,6 +128,127 @@ def eval_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageResul
     return StageResult("eval", out, r["status"], reason, time.perf_counter() - t0)
 
 
+def register_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageResult:
+    """Register the compressed (or trained) model as a version in the MLflow registry; alias `candidate` -> it.
+    The same files give the same version back, so a re-run (or a run killed midway) never adds a second one."""
+    from llmkit.track.registry import register, version
+
+    assert recipe.registry is not None
+    t0 = time.perf_counter()
+    cfg, name, uri = recipe.registry, recipe.registry.name or recipe.name, track.recipe_uri(recipe)
+    src = recipe.run_dir / cfg.artifact
+    if not (src / artifacts.MANIFEST).is_file():
+        raise StageNotAvailable(f"{recipe.source}: registry.artifact is {cfg.artifact}, but {src} holds no finished "
+                                f"artifact (add a {cfg.artifact}: section)")
+    config = {"name": name, "artifact": cfg.artifact, "uri": uri}
+    inputs = {"model": artifacts.input_ref(src)}
+    done = None if force else artifacts.finished(out, artifacts.fingerprint("register", config, inputs))
+    if done is not None and _has_version(version, name, done["outputs"]["version"], uri):
+        return StageResult("register", out, "skipped", f"already {name} version {done['outputs']['version']}",
+                           time.perf_counter() - t0)
+    with artifacts.build("register", out, config, inputs) as b:
+        r = register(src, name, uri=uri, alias="candidate")
+        b.outputs = {"name": name, "version": r["version"], "spec": f"registry:{name}/{r['version']}",
+                     "format": r["format"], "source": r["source"]}
+        b.metrics = {"new_version": r["new"]}
+    echo(f"      {name} version {r['version']} ({r['format']}) @candidate"
+         f"{'' if r['new'] else ' (these files were registered before)'}; tracking: {uri}")
+    return StageResult("register", out, "ran", "", time.perf_counter() - t0)
+
+
+def _has_version(version: Callable, name: str, v: int, uri: str) -> bool:
+    from llmkit.errors import ModelNotFound
+
+    try:
+        version(name, v, uri)
+        return True
+    except ModelNotFound:  # the tracking database was reset since: register again
+        return False
+
+
+def promote_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageResult:
+    """Move `@production` to the registered version once its gates pass beside the current production version.
+    The first version has no production to compare with: the eval stage's gates (tuned vs base) stand for it."""
+    from llmkit.track.registry import alias_version, set_alias
+
+    assert recipe.registry is not None
+    t0 = time.perf_counter()
+    reg = recipe.run_dir / "register"
+    if not (reg / artifacts.MANIFEST).is_file():
+        raise StageNotAvailable(f"{recipe.source}: the promote stage needs the register stage's artifact at {reg}")
+    name, v = (artifacts.read_manifest(reg)["outputs"][k] for k in ("name", "version"))
+    uri = track.recipe_uri(recipe)
+    current = alias_version(name, "production", uri)
+    gates = recipe.registry.gates or (recipe.eval.gates if recipe.eval else {})
+    config = {"name": name, "version": v, "gates": gates}
+    inputs = {"candidate": artifacts.input_ref(reg)}
+    fp = artifacts.fingerprint("promote", config, inputs)
+    if current == v and artifacts.finished(out, fp):
+        return StageResult("promote", out, "skipped", f"version {v} is already @production", time.perf_counter() - t0)
+    outputs: dict = {"name": name, "version": v, "previous": current, "spec": f"registry:{name}@production"}
+    if current == v:
+        outputs["by"] = "already @production (moved outside this run)"
+    elif current is None:
+        import datetime as dt
+
+        outputs["by"] = "first version: the eval stage's gates (tuned vs base) passed"
+        set_alias(name, "production", v, uri, {"llmkit.promoted_at": dt.datetime.now(dt.timezone.utc).isoformat(
+            timespec="seconds"), "llmkit.promoted_from": "", "llmkit.promoted_by": outputs["by"]})
+    else:
+        from llmkit.config import EvalConfig
+
+        if recipe.eval is None:
+            raise StageNotAvailable(f"{recipe.source}: promoting beside @production (version {current}) scores both "
+                                    "on the eval: section's tasks; add one")
+        ecfg = EvalConfig.model_validate({**recipe.eval.model_dump(), "gates": gates})
+        data = recipe.run_dir / "data"
+        evals = recipe.run_dir / "promote-eval"
+        promote_version(name, v, ecfg, uri, evals, recipe.base_dir,
+                        data if (data / artifacts.MANIFEST).is_file() else None, force_eval=force, echo=echo)
+        outputs.update(by="gates", eval=str(evals))
+    with artifacts.build("promote", out, config, inputs) as b:
+        b.outputs = outputs
+    echo(f"      {name}: @production → version {v} (was {current or 'unset'}); {outputs['by']}")
+    return StageResult("promote", out, "ran", "", time.perf_counter() - t0)
+
+
+def promote_version(name: str, v: int, ecfg, uri: str | None, out: Path, base_dir: Path, dataset: Path | None,
+                    force_eval: bool = False, echo: Echo = print) -> dict:
+    """Score version `v` of `name` beside the current @production version (the baseline) with `ecfg`'s tasks and
+    gates, and move @production to `v` only when every gate passes. A refusal raises GateFailed naming each
+    failing gate; `@candidate` then points at `v` with the refusal on its tags. Returns evaluate()'s result."""
+    import datetime as dt
+    import json
+
+    from llmkit.errors import GateFailed
+    from llmkit.eval import evaluate, summary
+    from llmkit.track.registry import alias_version, resolve, set_alias
+
+    current = alias_version(name, "production", uri)
+    ecfg = ecfg.model_copy(update={"baseline": f"registry:{name}/{current}" if current else None})
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    target = resolve(f"registry:{name}/{v}", uri)
+    baseline = resolve(f"registry:{name}/{current}", uri) if current else None
+    echo(f"{name}: scoring version {v} beside @production ({f'version {current}' if current else 'none'}) → {out}")
+    try:
+        r = evaluate(ecfg, str(target), out, str(baseline) if baseline else None, base_dir=base_dir, dataset=dataset,
+                     force=force_eval)
+    except GateFailed as e:
+        if (out / "metrics.json").is_file():
+            echo(summary(json.loads((out / "metrics.json").read_text())))
+        set_alias(name, "candidate", v, uri, {"llmkit.promote_refused_at": now,
+                                              "llmkit.promote_refused": json.dumps(e.failures)})
+        raise GateFailed(e.failures, f"{name} version {v} not promoted; @production stays "
+                                     f"{f'version {current}' if current else 'unset'}") from None
+    echo(summary(r["metrics"]))
+    gates = json.dumps([{k: g[k] for k in ("metric", "expr", "value", "threshold", "passed")}
+                        for g in r["metrics"]["gates"]])
+    set_alias(name, "production", v, uri, {"llmkit.promoted_at": now, "llmkit.promoted_from": str(current or ""),
+                                           "llmkit.promoted_by": "gates", "llmkit.promote_gates": gates,
+                                           "llmkit.promote_eval": str(out)})
+    return r
+
+
 def rag_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageResult:
     """Index the recipe's documents; unchanged files keep their vectors (see rag/index.py)."""
     from llmkit.rag import index
@@ -151,6 +272,8 @@ STAGES: dict[str, Callable[[Recipe, Path, bool, Echo], StageResult]] = {
     "train": train_stage,
     "compress": compress_stage,
     "eval": eval_stage,
+    "register": register_stage,
+    "promote": promote_stage,
     "rag": rag_stage,
 }
 
@@ -167,6 +290,14 @@ def run_recipe(recipe: Recipe, force: bool = False, echo: Echo = print) -> list[
             f"{recipe.source}: the recipe asks for stage(s) that this llmkit does not have yet: {names}. "
             f"Available stages: {', '.join(STAGES)}. Remove those sections to run the rest."
         )
+    if recipe.registry is not None:  # the registry needs MLflow; say so before any slow stage runs
+        from llmkit.track.client import INSTALL, available
+
+        if not available():
+            from llmkit.errors import MissingExtra
+
+            raise MissingExtra(f"{recipe.source or 'the recipe'}: registry: keeps model versions in MLflow, which is "
+                               f"not installed: {INSTALL}")
     if recipe.eval is not None:  # the eval's task files are checked before any slow stage runs
         from llmkit.eval import load_tasks, recipe_inputs
 

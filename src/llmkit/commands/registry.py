@@ -25,13 +25,12 @@ def _register(args: argparse.Namespace) -> int:
 
 def _promote(args: argparse.Namespace) -> int:
     import datetime as dt
-    import json
     from pathlib import Path
 
     from llmkit.config import EvalConfig, load_recipe
-    from llmkit.errors import ConfigError, GateFailed
+    from llmkit.errors import ConfigError
     from llmkit.models import home
-    from llmkit.track.registry import alias_version, resolve, set_alias, version
+    from llmkit.track.registry import alias_version, set_alias, version
 
     name, v = args.name, args.version
     version(name, v, args.uri)  # exists, or ModelNotFound listing what does
@@ -46,7 +45,7 @@ def _promote(args: argparse.Namespace) -> int:
         print(f"{name}: @production → version {v} (was {current or 'unset'}); gates not run (--force)")
         return 0
 
-    from llmkit.eval import evaluate, summary
+    from llmkit.pipeline import promote_version
 
     recipe = load_recipe(args.recipe) if args.recipe else None
     cfg = (recipe.eval if recipe and recipe.eval else EvalConfig()).model_dump()
@@ -79,28 +78,12 @@ def _promote(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError(problems)
     assert ecfg is not None
-    target = resolve(f"registry:{name}/{v}", args.uri)
-    baseline = resolve(f"registry:{name}/{current}", args.uri) if current else None
     dataset = Path(args.data) if args.data else (recipe.run_dir / "data" if recipe else None)
     if dataset is not None and not (dataset / "manifest.json").is_file():
         dataset = None
     out = Path(args.out) if args.out else home() / "registry" / "evals" / name / f"v{v}-vs-{f'v{current}' if current else 'none'}"
-    print(f"{name}: scoring version {v} beside @production ({f'version {current}' if current else 'none'}) → {out}")
-    try:
-        r = evaluate(ecfg, str(target), out, str(baseline) if baseline else None,
-                     base_dir=recipe.base_dir if recipe else Path("."), dataset=dataset, force=args.force_eval)
-    except GateFailed as e:
-        if (out / "metrics.json").is_file():
-            print(summary(json.loads((out / "metrics.json").read_text())))
-        set_alias(name, "candidate", v, args.uri, {"llmkit.promote_refused_at": now,
-                                                  "llmkit.promote_refused": json.dumps(e.failures)})
-        raise GateFailed(e.failures, f"{name} version {v} not promoted; @production stays "
-                                     f"{f'version {current}' if current else 'unset'}") from None
-    print(summary(r["metrics"]))
-    gates = json.dumps([{k: g[k] for k in ("metric", "expr", "value", "threshold", "passed")}
-                        for g in r["metrics"]["gates"]])
-    set_alias(name, "production", v, args.uri, {**tags, "llmkit.promoted_by": "gates", "llmkit.promote_gates": gates,
-                                                "llmkit.promote_eval": str(out)})
+    promote_version(name, v, ecfg, args.uri, out, recipe.base_dir if recipe else Path("."), dataset,
+                    force_eval=args.force_eval)
     print(f"{name}: @production → version {v} (was {current or 'unset'}); every gate passed")
     return 0
 

@@ -20,6 +20,12 @@ def _serve(args: argparse.Namespace) -> int:
 
             policy = from_config(recipe.guard, recipe.base_dir)
         base = recipe.serve or base
+        if recipe.registry is not None:  # its registry: @production lives in the recipe's tracking database
+            import os
+
+            from llmkit.track import recipe_uri
+
+            os.environ.setdefault("MLFLOW_TRACKING_URI", recipe_uri(recipe))
         model, engine = _recipe_model(recipe)
         models = [f"{recipe.name}={model}"]
         base = base.model_copy(update={"engine": engine} if engine else {})
@@ -54,8 +60,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _recipe_model(recipe) -> tuple[str, str | None]:
-    """What `serve --recipe` serves: its compressed model (a GGUF on llamacpp, an int8/int4 folder on
-    transformers), else its trained model (transformers), else its base model (the configured engine)."""
+    """What `serve --recipe` serves: with a registry: section, `registry:NAME@production` once the promote stage
+    set it (followed: a later promotion swaps it in); else its compressed model (a GGUF on llamacpp, an int8/int4
+    folder on transformers), else its trained model (transformers), else its base model (the configured engine)."""
+    if recipe.registry is not None and (recipe.run_dir / "promote" / "manifest.json").is_file():
+        name = recipe.registry.name or recipe.name
+        return f"registry:{name}@production", "llamacpp" if recipe.registry.artifact == "compress" else "transformers"
     compressed = recipe.run_dir / "compress"
     ggufs = sorted(compressed.glob("*.gguf"), key=lambda q: q.stat().st_mtime)
     if ggufs:
@@ -103,8 +113,9 @@ def add_parser(sub) -> None:
                                     "registry name, folder, .gguf, hub id or PEFT adapter folder; NAME=SPEC sets the "
                                     "id clients send. --model registry:NAME@production serves that MLflow registry "
                                     "version as NAME and follows the alias: a new version is loaded beside the old "
-                                    "one and swapped in between requests (--registry-poll-s). With --recipe: the recipe's compressed model (GGUF, or "
-                                    "int8/int4 folder on transformers), else its "
+                                    "one and swapped in between requests (--registry-poll-s). With --recipe: its registry:NAME@production version "
+                                    "once `llmkit run` promoted one (followed), else the recipe's compressed model "
+                                    "(GGUF, or int8/int4 folder on transformers), else its "
                                     "trained model, else its base model, served as the recipe's name, with its "
                                     "serve: section as defaults for these flags (and its rag stage's index as --rag). "
                                     "--rag DIR makes a collection answer chats: a request body with "
