@@ -221,3 +221,17 @@ def test_the_run_report_draws_every_chart_offline_in_chromium(page, tmp_path):
     assert all(n > 0 and w > 0 and h > 0 for _, n, w, h in charts), charts
     assert nav[:4] == ["Stages", "Lineage", "Data", "Training"] and "Serving" in nav
     assert shot.stat().st_size > 20_000
+
+
+def test_the_eval_rag_task_metrics_show_in_the_rag_section(run, tmp_path):
+    part = tmp_path / "part"
+    for s in ("eval", "rag"):
+        shutil.copytree(run / s, part / s)
+    m = json.loads((part / "eval" / "metrics.json").read_text())
+    m["model"].update({"rag.recall@4": 0.75, "rag.mrr": 0.5, "rag.items": 4})  # the keys eval/rag_task.py writes
+    (part / "eval" / "metrics.json").write_text(json.dumps(m))
+    html = run_report.render(part, part / "report.html")
+    rag = html[html.index('id="rag"'):]
+    rag = rag[:rag.index("</section>")]
+    assert 'title="eval/metrics.json: model.rag.recall@4">0.75</a>' in rag and ">mrr<" in rag
+    assert "not measured" not in rag

@@ -152,6 +152,7 @@ def lines(series: dict[str, list[tuple[float, float]]], x_label: str, y_label: s
                f'{escape(x_label)}</text>'
                f'<text x="14" y="{top + ph / 2}" font-size="11.5" fill="{INK}" text-anchor="middle" '
                f'transform="rotate(-90 14 {top + ph / 2})">{escape(y_label)}</text>')
+    key_x = left + 10  # the legend runs left to right, each entry as wide as its name
     for n, (name, pts) in enumerate(series.items()):
         c = colors.get(name, palette[n % len(palette)])
         d = "M" + "L".join(f"{px(a):.1f},{py(b):.1f}" for a, b in pts)
@@ -160,8 +161,9 @@ def lines(series: dict[str, list[tuple[float, float]]], x_label: str, y_label: s
         if len(pts) <= 40:
             out += [f'<circle cx="{px(a):.1f}" cy="{py(b):.1f}" r="2.6" fill="{c}"><title>{escape(name)} step '
                     f'{fmt(a)}: {fmt(b)}</title></circle>' for a, b in pts]
-        out.append(f'<rect x="{left + 10 + n * 90}" y="8" width="10" height="10" rx="2" fill="{c}"/>'
-                   f'<text x="{left + 24 + n * 90}" y="17" font-size="11" fill="{INK}">{escape(name)}</text>')
+        out.append(f'<rect x="{key_x}" y="8" width="10" height="10" rx="2" fill="{c}"/>'
+                   f'<text x="{key_x + 14}" y="17" font-size="11" fill="{INK}">{escape(name)}</text>')
+        key_x += max(90, 30 + 7 * len(name))
     return frame(w, h, "line", "".join(out), y_label)
 
 

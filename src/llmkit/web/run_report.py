@@ -23,10 +23,10 @@ from llmkit import artifacts
 from llmkit.errors import ArtifactError
 from llmkit.eval import report as eval_report
 from llmkit.eval import svg
-from llmkit.eval.report import CSS, link, rel
-from llmkit.eval.svg import fmt
+from llmkit.eval.report import CSS, link
 from llmkit.web import lineage_svg, run_serving
 from llmkit.web import runs as runs_
+from llmkit.web.report_links import Page
 
 STAGES = ("model", "data", "train", "compress", "eval", "rag")
 TUNED, BASE = eval_report.TUNED, eval_report.BASE
@@ -48,24 +48,6 @@ class Stage:
     @property
     def metrics(self) -> dict:
         return (self.manifest or {}).get("metrics") or {}
-
-
-class Page:
-    """Where the page will be written (links are relative to its folder) and how numbers link to their source."""
-
-    def __init__(self, out: Path):
-        self.dir = out.parent.resolve()
-
-    def href(self, path: Path) -> str:
-        return rel(path, self.dir)
-
-    def num(self, v, source: Path, key: str = "", digits: int = 4) -> str:
-        """A number linked to the file it came from; its tooltip names the field."""
-        if v is None or isinstance(v, (dict, list)):
-            return "–"
-        text = fmt(v, digits) if isinstance(v, (int, float)) else escape(str(v))
-        where = self.href(source)
-        return f'<a class="n" href="{escape(where)}" title="{escape(where)}{": " + escape(key) if key else ""}">{text}</a>'
 
 
 def load_stage(run: Path, name: str) -> Stage:
@@ -220,7 +202,8 @@ def _compress(p: Page, st: Stage) -> str:
     ref_mb = round(m["reference_size_bytes"] / 1e6, 1) if isinstance(m.get("reference_size_bytes"), int) else None
     vals = {**m, "reference_size_mb": ref_mb}
     head = f'<tr><th>measure</th><th class="num">{escape(ref)}</th><th class="num">{escape(name)}</th></tr>'
-    body = "".join(f'<tr><td>{escape(label)}</td><td class="num">{p.num(vals.get(a), man, "metrics." + a if a != "reference_size_mb" else "metrics.reference_size_bytes")}'
+    field = {"reference_size_mb": "reference_size_bytes"}  # the manifest holds the reference's size in bytes
+    body = "".join(f'<tr><td>{escape(label)}</td><td class="num">{p.num(vals.get(a), man, "metrics." + field.get(a, a))}'
                    f'</td><td class="num">{p.num(vals.get(b), man, "metrics." + b)}</td></tr>' for label, a, b in pairs
                    if vals.get(a) is not None or vals.get(b) is not None)
     agree = [("size vs reference", "size_vs_f16"), ("perplexity increase %", "ppl_increase_pct"),

@@ -1,6 +1,6 @@
 """The run report's serving section: the registered versions of the run, a load benchmark of the server
 (bench/serve_load.py's JSON) and a server's request log summed up over time (monitor.report.summarize), each
-drawn as inline SVG. Found in RUN_DIR/serve/ (or RUN_DIR/monitor/) unless named with --request-log / --bench:
+drawn as inline SVG. Found in RUN_DIR/serve/ unless named with --request-log / --bench:
 
     runs/support-assistant/serve/requests.db        `llmkit serve --request-log runs/support-assistant/serve/requests.db`
     runs/support-assistant/serve/serve_load.json    `python bench/serve_load.py --out runs/support-assistant/serve/serve_load.json`
@@ -12,23 +12,20 @@ import datetime as dt
 import json
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from llmkit.eval import svg
 from llmkit.eval.report import link
 from llmkit.monitor.store import SQLITE_SUFFIXES
+from llmkit.web.report_links import Page
 
-if TYPE_CHECKING:
-    from llmkit.web.run_report import Page
-
-FOLDERS = ("serve", "monitor")
+FOLDERS = ("serve",)
 LOG_NAMES = tuple(f"requests{s}" for s in (*SQLITE_SUFFIXES, ".jsonl"))
 BENCH_NAME = "serve_load.json"
 PALETTE = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2"]
 
 
 def find(run: Path, request_log: str | Path | None, bench: str | Path | None) -> tuple[Path | None, Path | None]:
-    """The request log and benchmark to show: the ones named, else those in the run's serve/ or monitor/ folder."""
+    """The request log and benchmark to show: the ones named, else those in the run's serve/ folder."""
     def first(names: tuple[str, ...]) -> Path | None:
         return next((run / d / n for d in FOLDERS for n in names if (run / d / n).is_file()), None)
 
@@ -125,8 +122,8 @@ def _monitor(p: Page, path: Path) -> str:
             ("client errors (4xx)", t.client_errors, "status"), ("refused by the guard", t.refused, "refused"),
             ("latency p50 s", t.latency_p50, "latency_s"), ("latency p95 s", t.latency_p95, "latency_s"),
             ("time to first token p50 s", t.ttft_p50, "ttft_s"), ("tokens/s per request", t.tokens_per_s, "completion_tokens"),
-            ("completion tokens", t.completion_tokens, "completion_tokens"), ("feedback 👍", t.feedback_up, "feedback"),
-            ("feedback 👎", t.feedback_down, "feedback")]
+            ("completion tokens", t.completion_tokens, "completion_tokens"), ("feedback: thumbs up", t.feedback_up, "feedback"),
+            ("feedback: thumbs down", t.feedback_down, "feedback")]
     rows += [(f"guard hits {k}", v, "guard") for k, v in t.guard.items()]
     rows += [(f"RAG source {src}", n, "rag") for src, n in s.rag_sources]
     table = '<table class="kv">' + "".join(f'<tr><td>{escape(k)}</td><td class="num">{p.num(v, path, col, 3)}</td></tr>'
@@ -134,8 +131,8 @@ def _monitor(p: Page, path: Path) -> str:
     when = dt.datetime.fromtimestamp(t.start, dt.timezone.utc).isoformat(timespec="seconds")
     return (f'<h3>Request log</h3><div class="src">from {link(p.href(path), path.name)} (a server\'s request log; '
             f'`llmkit monitor {escape(path.name)}` prints the same windows) · from {escape(when)}, '
-            f'{svg.fmt((t.end - t.start) / 60, 3)} minutes</div><div class="split">{table}<div>'
-            f'{"".join(f"<div class=card>{c}</div>" for c in charts if c)}</div></div>')
+            f'{svg.fmt((t.end - t.start) / 60, 3)} minutes</div><div class="grid"><div>{table}</div>'
+            f'{"".join(f"<div class=card>{c}</div>" for c in charts if c)}</div>')
 
 
 def section(p: Page, run: Path, log: Path | None, bench: Path | None, registry: list[dict]) -> str:
