@@ -130,7 +130,7 @@ def _monitor(p: Page, path: Path) -> str:
                                            for k, v, col in rows) + "</table>"
     when = dt.datetime.fromtimestamp(t.start, dt.timezone.utc).isoformat(timespec="seconds")
     return (f'<h3>Request log</h3><div class="src">from {link(p.href(path), path.name)} (a server\'s request log; '
-            f'`llmkit monitor {escape(path.name)}` prints the same windows) · from {escape(when)}, '
+            f'<code>llmkit monitor {escape(path.name)}</code> prints the same windows) · from {escape(when)}, '
             f'{svg.fmt((t.end - t.start) / 60, 3)} minutes</div><div class="grid"><div>{table}</div>'
             f'{"".join(f"<div class=card>{c}</div>" for c in charts if c)}</div>')
 
