@@ -2,7 +2,7 @@
 
 Each command group lives in `llmkit/commands/`, one module each with `add_parser(sub)` and the functions it
 dispatches to (models, chat, validate and run, data, train, compress, eval, serve, rag, guard, keys, lineage,
-track, register and promote, monitor).
+track, register and promote, monitor, dashboard, report).
 Library errors (LlmkitError) become one clear line on stderr and a non-zero exit; `--debug` shows the
 traceback and the library chatter that a normal run leaves out (`commands.quiet_known_noise`). Heavy libraries are imported inside the commands that need them, so `llmkit --help` is instant.
 """
@@ -28,6 +28,7 @@ from llmkit.commands import (
     rag,
     recipe,
     registry,
+    report,
     serve,
     track,
     train,
@@ -36,7 +37,7 @@ from llmkit.commands import eval as eval_
 from llmkit.errors import LlmkitError
 
 # in the order `llmkit --help` lists them
-GROUPS = (models, chat, recipe, data, train, compress, eval_, serve, rag, guard, keys, lineage, track, registry, monitor, dashboard)
+GROUPS = (models, chat, recipe, data, train, compress, eval_, serve, rag, guard, keys, lineage, track, registry, monitor, dashboard, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,13 +55,19 @@ footer{color:#9ca3af;font-size:12px;text-align:center;margin:30px 0}
 """
 
 
-def _rel(path: str | Path, out: Path) -> str:
+def rel(path: str | Path, out: Path) -> str:
     """A link from the report's folder to `path` (relative, so the folders can move together)."""
     return Path(os.path.relpath(Path(path).resolve(), out)).as_posix()
 
 
-def _link(href: str, text: str) -> str:
+def link(href: str, text: str) -> str:
     return f'<a href="{escape(href)}">{escape(text)}</a>'
+
+
+def _file(here: str, name: str, short: bool = False) -> str:
+    """A link to a file of the eval folder `here` (a path from the page, "" on the eval's own page), named
+    "eval/metrics.json" from a run's page however far the page is from the run."""
+    return link(here + name, name if short or not here else f"{Path(here).name}/{name}")
 
 
 def direction(metric: str) -> int:
@@ -99,7 +105,9 @@ def train_manifests(ref: dict | None, depth: int = 4) -> list[tuple[Path, dict]]
 
 # -- sections --------------------------------------------------------------------------------------------------
 
-def _gates(metrics: dict) -> str:
+def gates_section(metrics: dict, here: str = "") -> str:
+    """The gates' table; `here`: the eval folder as a path from the page (\"eval/\" in a run's report), so the
+    links to its metrics.json and manifest.json resolve from either page."""
     gates = metrics.get("gates") or []
     if not gates:
         return ('<section id="gates"><h2>Gates</h2><p class="muted">No gates are set (eval.gates): nothing here '
@@ -114,13 +122,14 @@ def _gates(metrics: dict) -> str:
                     f'{"PASS" if ok else "FAIL"}</span></td><td><code>{escape(g["metric"])}</code></td>'
                     f'<td><code>{escape(str(g["expr"]).strip())}</code></td><td class="num">{fmt(g.get("value"))}</td>'
                     f'<td class="num">{fmt(g.get("threshold"))}</td><td class="note">{escape(g.get("why") or "")}</td></tr>')
-    return (f'<section id="gates"><h2>Gates: {head}</h2><div class="src">from {_link("metrics.json", "metrics.json")}'
-            f' (gates) · config in {_link("manifest.json", "manifest.json")}</div><table><tr><th></th><th>metric</th>'
+    return (f'<section id="gates"><h2>Gates: {head}</h2><div class="src">from {_file(here, "metrics.json")}'
+            f' (gates) · config in {_file(here, "manifest.json")}</div><table><tr><th></th><th>metric</th>'
             f'<th>gate</th><th class="num">value</th><th class="num">threshold</th><th>why</th></tr>{"".join(rows)}'
             '</table></section>')
 
 
-def _tasks(metrics: dict, inputs: dict, out: Path) -> str:
+def tasks_section(metrics: dict, inputs: dict, out: Path, here: str = "") -> str:
+    """Tuned vs base per task; `out`: the page's folder, `here`: the eval folder as a path from it."""
     model, base = metrics.get("model") or {}, metrics.get("baseline")
     by_task: dict[str, dict[str, float]] = {}
     for k, v in model.items():
@@ -145,7 +154,7 @@ def _tasks(metrics: dict, inputs: dict, out: Path) -> str:
             rows.append(f"<tr>{cells}</tr>")
             panels.append((name, {"tuned": v, **({"base": b} if base is not None else {})}))
         src = inputs.get(f"task:{task}", {}).get("path")
-        links = [_link("items.jsonl", "items.jsonl")] + ([_link(_rel(src, out), f"task file {Path(src).name}")] if src else [])
+        links = [_file(here, "items.jsonl", short=True)] + ([link(rel(src, out), f"task file {Path(src).name}")] if src else [])
         head = ('<tr><th>metric</th><th class="num">tuned</th>'
                 + ('<th class="num">base</th><th class="num">Δ</th>' if base is not None else "") + "</tr>")
         colors = {"tuned": TUNED, **({"base": BASE} if base is not None else {})}
@@ -155,12 +164,13 @@ def _tasks(metrics: dict, inputs: dict, out: Path) -> str:
     who = escape(metrics.get("targets", {}).get("model", "model"))
     vs = f' against the baseline <b>{escape(metrics["targets"]["baseline"])}</b>' if base is not None else ""
     return (f'<section id="tasks"><h2>Quality: tuned vs base, per task</h2><div class="src"><b>{who}</b>{vs} · from '
-            f'{_link("metrics.json", "metrics.json")}; Δ in green where the change is an improvement by the '
+            f'{_file(here, "metrics.json")}; Δ in green where the change is an improvement by the '
             f'metric\'s name (lower perplexity, higher accuracy), red where it is worse</div>'
             f'{"".join(cards)}</section>')
 
 
-def _table(t: dict, color: str) -> str:
+def table(t: dict, color: str) -> str:
+    """A suite's table {columns, rows, note?, chart?} and its chart (bars, with CI whiskers where given)."""
     cols = t.get("columns") or []
     rows = t.get("rows") or []
     numeric = [all(isinstance(r[i], (int, float)) or r[i] is None for r in rows if i < len(r)) for i in range(len(cols))]
@@ -184,7 +194,7 @@ def _table(t: dict, color: str) -> str:
     return f'<table><tr>{head}</tr>{body}</table>{note}<div class="scroll">{chart}</div>'
 
 
-def _suites(metrics: dict) -> str:
+def suites_section(metrics: dict, here: str = "") -> str:
     tables = metrics.get("tables") or {}
     if not any(tables.values()):
         return ""
@@ -202,10 +212,10 @@ def _suites(metrics: dict) -> str:
                     continue
                 title = t.get("title") or tid
                 cards.append(f'<div class="card"><div class="role">{"tuned" if role == "model" else "base"}</div>'
-                             f'{_table(t, TUNED if role == "model" else BASE)}</div>')
+                             f'{table(t, TUNED if role == "model" else BASE)}</div>')
             parts.append(f'<h3>{escape(task)} · {escape(title)}</h3><div class="grid">{"".join(cards)}</div>')
     return (f'<section id="suites"><h2>Suites</h2><div class="src">the suites\' own tables, from '
-            f'{_link("metrics.json", "metrics.json")} (tables); each item in {_link("items.jsonl", "items.jsonl")}'
+            f'{_file(here, "metrics.json")} (tables); each item in {_file(here, "items.jsonl")}'
             f'</div>{"".join(parts)}</section>')
 
 
@@ -300,30 +310,33 @@ def _interpret(interp: dict | None, metrics: dict) -> str:
     method = next((e["attribution"]["method"] for r in roles for e in interp[r]["prompts"]
                    if "method" in e["attribution"]), "")
     return (f'<section id="interpret"><h2>Interpretability</h2><div class="src">from '
-            f'{_link("interpret.json", "interpret.json")}. Reply colour: the model\'s probability of the token it '
+            f'{link("interpret.json", "interpret.json")}. Reply colour: the model\'s probability of the token it '
             f'chose (<span style="background:{_conf_color(0.05)}">unsure</span> → <span style="background:'
             f'{_conf_color(0.95)}">sure</span>); hover a token for its top {interp[roles[0]].get("top_k", "")} '
             f'alternatives. Attributions: {escape(method) or "–"}. Logit lens: the final norm and LM head applied '
             f'to each layer\'s hidden state (the output layer on top).</div>{"".join(parts)}</section>')
 
 
+def loss_card(folder: Path, m: dict, out: Path, role: str = "") -> str:
+    """A train manifest's loss curves (train and val per step) with the facts of the run, linked from `out`."""
+    met = m.get("metrics") or {}
+    chart = svg.lines({"train": met.get("losses") or [], "val": met.get("val_losses") or []}, "step",
+                      "loss per target token", {"train": TUNED, "val": "#dc2626"})
+    cfg = (m.get("config") or {}).get("train") or {}
+    facts = " · ".join(f"{k} {escape(str(v))}" for k, v in (("method", cfg.get("method")),
+                       ("epochs", met.get("epochs", cfg.get("epochs"))), ("lr", cfg.get("lr")), ("steps", met.get("steps")),
+                       ("precision", met.get("precision"))) if v is not None)
+    links = [link(rel(folder / artifacts.MANIFEST, out), "train manifest")]
+    if (folder / "loss.png").is_file():
+        links.append(link(rel(folder / "loss.png", out), "loss.png"))
+    head = f'<div class="role">{escape(role)}</div>' if role else ""
+    return (f'<div class="card">{head}<div class="src"><code>{escape(str(folder))}</code> · {facts} · '
+            f'{" · ".join(links)}</div>{chart}</div>')
+
+
 def _training(inputs: dict, out: Path) -> str:
-    parts = []
-    for role in ("model", "baseline"):
-        for folder, m in train_manifests(inputs.get(role))[:1]:
-            met = m.get("metrics") or {}
-            chart = svg.lines({"train": met.get("losses") or [], "val": met.get("val_losses") or []}, "step",
-                              "loss per target token", {"train": TUNED, "val": "#dc2626"})
-            cfg = (m.get("config") or {}).get("train") or {}
-            facts = " · ".join(f"{k} {escape(str(v))}" for k, v in (("method", cfg.get("method")),
-                               ("epochs", met.get("epochs", cfg.get("epochs"))), ("lr", cfg.get("lr")), ("steps", met.get("steps")),
-                               ("precision", met.get("precision"))) if v is not None)
-            links = [_link(_rel(folder / artifacts.MANIFEST, out), "train manifest")]
-            if (folder / "loss.png").is_file():
-                links.append(_link(_rel(folder / "loss.png", out), "loss.png"))
-            parts.append(f'<div class="card"><div class="role">{"tuned" if role == "model" else "base"}</div>'
-                         f'<div class="src"><code>{escape(str(folder))}</code> · {facts} · {" · ".join(links)}</div>'
-                         f'{chart}</div>')
+    parts = [loss_card(folder, m, out, "tuned" if role == "model" else "base")
+             for role in ("model", "baseline") for folder, m in train_manifests(inputs.get(role))[:1]]
     if not parts:
         return ""
     return f'<section id="training"><h2>Training</h2>{"".join(parts)}</section>'
@@ -335,10 +348,10 @@ def _sources(inputs: dict, out: Path) -> str:
         path = ref.get("path", "")
         p = Path(path)
         target = p / artifacts.MANIFEST if ref.get("artifact") else p
-        href = _link(_rel(target, out), str(p)) if p.exists() else escape(str(path))
+        href = link(rel(target, out), str(p)) if p.exists() else escape(str(path))
         rows.append(f'<tr><td><code>{escape(name)}</code></td><td>{href}</td><td>{escape(ref.get("artifact") or "")}'
                     f'</td><td><code>{escape(str(ref.get("sha256", ""))[:16])}</code></td></tr>')
-    files = " · ".join(_link(f, f) for f in ("manifest.json", "metrics.json", "items.jsonl", "model_card.md"))
+    files = " · ".join(link(f, f) for f in ("manifest.json", "metrics.json", "items.jsonl", "model_card.md"))
     return (f'<section id="sources"><h2>Inputs and files</h2><div class="src">this eval: {files}</div><table><tr>'
             f'<th>input</th><th>path (its manifest, for an artifact)</th><th>kind</th><th>sha256 / fingerprint</th>'
             f'</tr>{"".join(rows)}</table></section>')
@@ -354,7 +367,7 @@ def render(metrics: dict, inputs: dict, out: Path, interp: dict | None = None) -
     sub = f'{escape(name)} · ' if short != name else ""
     sub += f'baseline: {escape(targets["baseline"])} · ' if targets.get("baseline") else ""
     sub += f"{artifacts.now_iso()} · llmkit {escape(artifacts.library_versions(('llmkit',)).get('llmkit', '?'))}"
-    body = [_gates(metrics), _tasks(metrics, inputs, out), _suites(metrics), _interpret(interp, metrics),
+    body = [gates_section(metrics), tasks_section(metrics, inputs, out), suites_section(metrics), _interpret(interp, metrics),
             _training(inputs, out), _sources(inputs, out)]
     nav = "".join(f'<a href="#{i}">{t}</a>' for i, t in (("gates", "Gates"), ("tasks", "Quality"), ("suites", "Suites"),
                   ("interpret", "Interpretability"), ("training", "Training"), ("sources", "Inputs"))
@@ -364,7 +377,7 @@ def render(metrics: dict, inputs: dict, out: Path, interp: dict | None = None) -
             f'<style>{CSS}</style></head><body><header><span class="verdict {verdict[0]}">{verdict[1]}</span>'
             f'<div class="kicker">llmkit eval report</div><h1>{escape(short)}</h1>'
             f'<div class="sub">{sub}</div></header><nav>{nav}</nav><main>{"".join(body)}</main>'
-            f'<footer>one self-contained file: no script, no network · {_link("manifest.json", "manifest.json")}'
+            f'<footer>one self-contained file: no script, no network · {link("manifest.json", "manifest.json")}'
             f'</footer></body></html>')
 
 

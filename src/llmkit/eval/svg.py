@@ -5,6 +5,7 @@ no font and no network. Every chart is `<svg class="chart" data-kind=...>`; its 
     bars_ci([("female", 0.61, 0.52, 0.70), ("male", 0.58, None, None)], "refusal rate")
     grouped([("acc", {"tuned": 0.8, "base": 0.6})], {"tuned": "#2563eb", "base": "#9ca3af"})
     lines({"train": [(1, 2.6), (2, 2.1)], "val": [(2, 2.2)]}, "step", "loss")
+    histogram([126.0, 130.0, 134.0], [7, 12], "tokens per row")
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [round(first + i * step, 10) for i in range(int(math.ceil((hi - first) / step)) + 1)]
 
 
-def _svg(w: int, h: int, kind: str, body: str, title: str = "") -> str:
+def frame(w: int, h: int, kind: str, body: str, title: str = "") -> str:
+    """The `<svg class="chart">` around a chart's marks (what the browser tests find and count)."""
     label = f' aria-label="{escape(title)}"' if title else ""
     # scales down with its container (never up): a chart in a half-width card stays whole and legible
     return (f'<svg class="chart" data-kind="{kind}" role="img"{label} viewBox="0 0 {w} {h}" width="{w}" '
@@ -81,7 +83,7 @@ def bars_ci(rows: list[tuple[str, float, float | None, float | None]], value_lab
                        f'stroke="{INK}" stroke-width="1.4" fill="none"/>')
             end = max(end, b)
         out.append(f'<text x="{end + 6:.1f}" y="{y + 15}" font-size="11" fill="{INK}">{fmt(v)}</text>')
-    return _svg(w, h, "bar_ci" if any(r[2] is not None for r in rows) else "bar", "".join(out), value_label)
+    return frame(w, h, "bar_ci" if any(r[2] is not None for r in rows) else "bar", "".join(out), value_label)
 
 
 def grouped(metrics: list[tuple[str, dict[str, float | None]]], colors: dict[str, str]) -> str:
@@ -118,7 +120,7 @@ def grouped(metrics: list[tuple[str, dict[str, float | None]]], colors: dict[str
         short = name if len(name) <= 19 else name[:18] + "…"
         out.append(f'<text x="{ox + pw / 2}" y="{base_y + 18}" font-size="11.5" fill="{INK}" text-anchor="middle">'
                    f'<title>{escape(name)}</title>{escape(short)}</text>')
-    return _svg(w, h, "grouped", "".join(out))
+    return frame(w, h, "grouped", "".join(out))
 
 
 def lines(series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str,
@@ -150,6 +152,7 @@ def lines(series: dict[str, list[tuple[float, float]]], x_label: str, y_label: s
                f'{escape(x_label)}</text>'
                f'<text x="14" y="{top + ph / 2}" font-size="11.5" fill="{INK}" text-anchor="middle" '
                f'transform="rotate(-90 14 {top + ph / 2})">{escape(y_label)}</text>')
+    key_x = left + 10  # the legend runs left to right, each entry as wide as its name
     for n, (name, pts) in enumerate(series.items()):
         c = colors.get(name, palette[n % len(palette)])
         d = "M" + "L".join(f"{px(a):.1f},{py(b):.1f}" for a, b in pts)
@@ -158,6 +161,38 @@ def lines(series: dict[str, list[tuple[float, float]]], x_label: str, y_label: s
         if len(pts) <= 40:
             out += [f'<circle cx="{px(a):.1f}" cy="{py(b):.1f}" r="2.6" fill="{c}"><title>{escape(name)} step '
                     f'{fmt(a)}: {fmt(b)}</title></circle>' for a, b in pts]
-        out.append(f'<rect x="{left + 10 + n * 90}" y="8" width="10" height="10" rx="2" fill="{c}"/>'
-                   f'<text x="{left + 24 + n * 90}" y="17" font-size="11" fill="{INK}">{escape(name)}</text>')
-    return _svg(w, h, "line", "".join(out), y_label)
+        out.append(f'<rect x="{key_x}" y="8" width="10" height="10" rx="2" fill="{c}"/>'
+                   f'<text x="{key_x + 14}" y="17" font-size="11" fill="{INK}">{escape(name)}</text>')
+        key_x += max(90, 30 + 7 * len(name))
+    return frame(w, h, "line", "".join(out), y_label)
+
+
+def histogram(edges: list[float], counts: list[int], x_label: str, color: str = "#2563eb") -> str:
+    """Vertical bars over bins (`edges` has one more value than `counts`): a data card's token lengths."""
+    if not counts or len(edges) != len(counts) + 1 or not any(counts):
+        return ""
+    w, h, left, right, top, bottom = 640, 220, 48, 16, 14, 40
+    pw, ph = w - left - right, h - top - bottom
+    yt = _ticks(0, max(counts), 4)
+    lo, hi = edges[0], edges[-1] if edges[-1] > edges[0] else edges[0] + 1
+
+    def px(v: float) -> float:
+        return left + (v - lo) / (hi - lo) * pw
+
+    def py(v: float) -> float:
+        return top + ph - v / (yt[-1] or 1) * ph
+
+    out = [f'<line x1="{left}" x2="{w - right}" y1="{py(t):.1f}" y2="{py(t):.1f}" stroke="{GRID}"/>'
+           f'<text x="{left - 6}" y="{py(t) + 4:.1f}" font-size="11" fill="{MUTED}" text-anchor="end">{fmt(t)}</text>'
+           for t in yt]
+    out += [f'<text x="{px(t):.1f}" y="{top + ph + 16}" font-size="11" fill="{MUTED}" text-anchor="middle">{fmt(t)}'
+            f'</text>' for t in _ticks(lo, hi, 6) if lo <= t <= hi]
+    for a, b, n in zip(edges, edges[1:], counts):
+        if n:
+            x0, x1 = px(a), px(b)
+            out.append(f'<rect class="bar" x="{x0 + 0.5:.1f}" y="{py(n):.1f}" width="{max(x1 - x0 - 1, 1):.1f}" '
+                       f'height="{py(0) - py(n):.1f}" fill="{color}" fill-opacity="0.85"><title>{fmt(a)}–{fmt(b)}: '
+                       f'{n}</title></rect>')
+    out.append(f'<text x="{left + pw / 2}" y="{h - 6}" font-size="11.5" fill="{INK}" text-anchor="middle">'
+               f'{escape(x_label)}</text>')
+    return frame(w, h, "histogram", "".join(out), x_label)

@@ -79,7 +79,8 @@ def list_runs(root: str | Path) -> list[dict]:
 
 
 def graph(root: str | Path, name: str) -> dict:
-    """{nodes: [{id, label, kind, stage?, detail}], edges: [{from, to, name}]} of run `name`'s lineage."""
+    """{nodes: [{id, label, kind, hash, detail}], edges: [{from, to, name}]} of run `name`'s lineage (hash: the
+    first 12 hex digits of an input's sha256 or of an artifact's fingerprint)."""
     from llmkit.errors import ArtifactError
 
     root = Path(root).resolve()
@@ -94,12 +95,14 @@ def graph(root: str | Path, name: str) -> dict:
             if m["kind"] == "input":
                 key = str(Path(m["path"]).resolve()) if m.get("path") else m["_name"]
                 nodes.setdefault(key, {"id": key, "label": Path(key).name or key, "kind": "input",
+                                       "hash": (m.get("sha256") or "")[:12],
                                        "detail": f"{m['_name']}: {m.get('path')}\nsha256 {(m.get('sha256') or '')[:12]}"})
             else:
                 key = str(Path(m["_path"]).resolve())
                 where = Path(key)
                 label = (where.relative_to(root).as_posix() if where.is_relative_to(root) else where.name)
                 nodes.setdefault(key, {"id": key, "label": label, "kind": m["kind"], "inside": where.is_relative_to(run),
+                                       "hash": (m.get("fingerprint") or "")[:12],
                                        "detail": f"{m['kind']} {label}\nfingerprint {(m.get('fingerprint') or '')[:12]}"
                                                  f"\nfinished {m.get('finished_at')} ({m.get('seconds')} s)"})
                 parents[depth] = key
