@@ -45,6 +45,8 @@ run: setup
 	cat runs/support-assistant/compress/report.md
 	# the promoted version served as the recipe says (guard, RAG, request log, dashboard), asked through `openai`
 	$(BIN)/python examples/serve_demo.py --recipe examples/recipe.yaml
+	# one page for the whole run: data card, loss, compress, eval gates, RAG, the requests just served, lineage
+	$(BIN)/llmkit report runs/support-assistant
 
 # Every test runs in a pytest-xdist worker process: a native crash (a segfault in a quantized matmul, llama.cpp or
 # GPTQ) fails that one test by name, a fresh worker takes the rest, and the summary still prints

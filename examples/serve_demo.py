@@ -47,7 +47,6 @@ def main() -> int:
     ap.add_argument("--rag-question", default="How long do I hold the reset button on the R2 router?")
     ap.add_argument("--guard", metavar="POLICY", help="serve with this guard policy and show it at work")
     ap.add_argument("--log", default="runs/serve_demo.log", help="where the server's own log goes")
-    ap.add_argument("--report", help="the run's report page, to print its path")
     args = ap.parse_args()
     if not args.recipe and not args.model:
         ap.error("give --recipe or at least one --model")
@@ -128,8 +127,6 @@ def main() -> int:
             print("\n".join(hits))
         print(f"\nendpoint:  {url}/v1  (OpenAI-compatible; the server stops now: keep it up with `llmkit serve "
               f"{'--recipe ' + args.recipe if args.recipe else '...'}`)\ndashboard: {url}/ui")
-        if args.report:
-            print(f"report:    {Path(args.report).resolve()}")
         return 0
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # graceful: the server drains, then exits
