@@ -245,7 +245,6 @@ def evaluate(cfg: EvalConfig, target: str | Path | Target, out: Path, baseline: 
     EndpointTarget) on `cfg.tasks`, and `baseline` (default: cfg.baseline) the same way; write the artifact
     folder `out`; raise GateFailed when a gate fails. Returns {"status": "ran" | "skipped", "out", "metrics"
     (model, baseline, delta, gates, passed)}."""
-    _refuse_unbuilt(cfg, "eval")
     tasks = load_tasks(cfg, base_dir, dataset)  # every task file checked before anything loads
     baseline = baseline if baseline is not None else cfg.baseline
     if baseline == "base":
@@ -321,12 +320,10 @@ def recipe_inputs(recipe: Recipe, check_only: bool = False) -> dict:
     """What a recipe's eval scores: the train stage's adapter (else the compress stage's export, else the base
     model), beside `baseline: base` = the base model as float weights (the HF folder the adapter was trained
     on), with the data stage's val split for the built-in perplexity task. check_only: resolve nothing slow."""
-    from llmkit.errors import StageNotAvailable
     from llmkit.models import hf_folder, resolve_model
 
     cfg = recipe.eval or EvalConfig()
     run, where = recipe.run_dir, recipe.source or "the recipe"
-    _refuse_unbuilt(cfg, where)
     if "perplexity" in cfg.tasks and recipe.data is None:
         raise ConfigError(["eval.tasks: the built-in perplexity task scores the data stage's val split, but the "
                            "recipe has no data: section (give task files instead)"], where)
@@ -345,12 +342,6 @@ def recipe_inputs(recipe: Recipe, check_only: bool = False) -> dict:
     data = run / "data"
     return {"target": str(model), "baseline": baseline, "base_dir": recipe.base_dir,
             "dataset": data if (data / artifacts.MANIFEST).is_file() else None}
-
-
-def _refuse_unbuilt(cfg: EvalConfig, where: str) -> None:
-    missing = [s for s in ("safety", "bias") if getattr(cfg, s) and s not in SUITES]
-    if missing:
-        raise StageNotAvailable(f"{where}: eval.{' and eval.'.join(missing)} not built yet (issue 17); set to false")
 
 
 def _raise_failed(metrics: dict, out: Path) -> None:
