@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from llmkit.engines.base import Engine, Generation, GenParams, Piece, UnsupportedFeature, default_threads
+from llmkit.engines.base import (Engine, Generation, GenParams, Piece, UnsupportedFeature, default_threads,
+                                 template_uses_tools)
 from llmkit.errors import LlmkitError
 from llmkit.models import ModelRef
 
 __all__ = ["ENGINES", "Engine", "GenParams", "Generation", "Piece", "UnsupportedFeature", "default_threads",
-           "load_engine"]
+           "load_engine", "template_uses_tools"]
 
 
 def _load_llamacpp(model: ModelRef, **opts) -> Engine:
