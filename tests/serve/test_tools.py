@@ -209,7 +209,7 @@ def test_a_template_that_reads_tools_gets_them(tiny_llama, tiny_gguf, tmp_path):
 
     from transformers import AutoTokenizer
 
-    from llmkit.engines import template_uses_tools
+    from llmkit.engines.base import template_uses_tools
     from llmkit.engines.hf import TransformersEngine
     from llmkit.engines.llamacpp import LlamaCppEngine
     from llmkit.models import resolve_model

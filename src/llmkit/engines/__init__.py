@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from llmkit.engines.base import (Engine, Generation, GenParams, Piece, UnsupportedFeature, default_threads,
-                                 template_uses_tools)
+from llmkit.engines.base import Engine, Generation, GenParams, Piece, UnsupportedFeature, default_threads
 from llmkit.errors import LlmkitError
 from llmkit.models import ModelRef
 
 __all__ = ["ENGINES", "Engine", "GenParams", "Generation", "Piece", "UnsupportedFeature", "default_threads",
-           "load_engine", "template_uses_tools"]
+           "load_engine"]
 
 
 def _load_llamacpp(model: ModelRef, **opts) -> Engine:

@@ -29,7 +29,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from llmkit.engines import template_uses_tools
+from llmkit.engines.base import template_uses_tools
 from llmkit.serve import protocol as p
 from llmkit.serve.errors import APIError
 
