@@ -240,3 +240,38 @@ def test_a_template_that_reads_tools_gets_them(tiny_llama, tiny_gguf, tmp_path):
     finally:
         hf.close()
         cpp.close()
+
+
+def test_the_transformers_engine_serves_auto_and_refuses_constrained_calls(tiny_llama):
+    import openai
+    from serve_helpers import running
+
+    from llmkit.config import ServeConfig
+    from llmkit.serve import load_state
+    from llmkit.serve.auth import KeyStore
+
+    state = load_state(ServeConfig(engine="transformers", threads=1, n_ctx=2048), [f"{MODEL}={tiny_llama}"],
+                       keys=KeyStore())
+    with running(state) as r:
+        c = ask(r, tool_choice="auto", max_tokens=4).choices[0]
+        assert c.message.tool_calls is None and c.finish_reason == "length"
+        with pytest.raises(openai.BadRequestError) as e:
+            ask(r, tool_choice="required")
+        assert e.value.body["param"] == "tool_choice" and "transformers engine" in e.value.body["message"]
+
+
+def test_required_grammar_keeps_refs_of_each_tool():
+    """pydantic-made schemas (LangChain's tools) point into their own `$defs`; placed inside the grammar's schema
+    the pointers must still land there, for every tool and with parallel calls."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    unit = {"type": "object", "properties": {"u": {"$ref": "#/$defs/Unit"}}, "required": ["u"],
+            "$defs": {"Unit": {"enum": ["c", "f"]}}}
+    defs = {"type": "object", "properties": {"tz": {"$ref": "#/$defs/Tz"}}, "$defs": {"Tz": {"enum": ["utc"]}}}
+    for parallel in (True, False):
+        req = {"model": "m", "messages": ASK, "tool_choice": "required", "parallel_tool_calls": parallel,
+               "tools": [{"type": "function", "function": {"name": "a", "parameters": unit}},
+                         {"type": "function", "function": {"name": "b", "parameters": defs}}]}
+        grammar = json_schema_to_gbnf(json.dumps(tools.plan(
+            p.ChatCompletionRequest.model_validate(req)).response_format()["json_schema"]["schema"]))
+        assert '"\\"c\\""' in grammar and '"\\"utc\\""' in grammar

@@ -408,24 +408,18 @@ class ServingChat:
         else:
             prompt = await served.slot.call(tools.render, served.slot.engine, messages, plan)
         rf = req.response_format.model_dump(by_alias=True, exclude_none=True) if req.response_format else None
-        rf = plan.response_format() if plan is not None and plan.constrained else rf
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         try:
             run = await start_run(self.state, req, self.route, ctx, [prompt], "messages", lease, logprobs=logprobs,
-                                  response_format=rf)
-        except UnsupportedFeature as e:  # the tools' grammar: the engine's words name response_format, not tools
-            if plan is None or not plan.constrained:
-                raise
-            raise APIError(400, f"tool_choice {plan.choice!r} constrains the reply to the tools' schemas, which "
-                                f"the {served.slot.engine.name} engine cannot do here: {e}", param="tool_choice",
-                           code="unsupported_parameter") from None
+                                  response_format=tools.response_format(plan, rf))
+        except UnsupportedFeature as e:
+            raise tools.refused(plan, served.slot.engine.name, e) from None
         replies = Replies(self.state, len(run.gens), log) if self.state.guard is not None else None
         if req.stream:
             body = self._stream(run, req, hits, replies, log, plan)
             return Stream(recording.recorded(body, self.state, log, ctx, run), run.close)
         texts, pieces, finish = await collect_replies(run, replies, log)
-        replied = [tools.reply(plan, text, finish[i]) if plan is not None else (p.AssistantMessage(content=text),
-                                                                                finish[i]) for i, text in enumerate(texts)]
+        replied = [tools.reply(plan, text, finish[i]) for i, text in enumerate(texts)]
         choices = [p.ChatChoice(index=i, message=message, finish_reason=reason,
                                 logprobs=chat_logprobs(pieces[i]) if req.logprobs else None)
                    for i, (message, reason) in enumerate(replied)]
@@ -467,13 +461,9 @@ class ServingChat:
             text, finish = guarded.step(i, piece)
             if calls is not None:  # the text as content and tool-call deltas (serve/tools.py)
                 text, finish, deltas = tools.stream_step(calls[i], text, finish)
-                if deltas:  # one chunk per delta, as OpenAI sends them; text before them, the finish after
+                if deltas:
                     lp = chat_logprobs([piece]) if req.logprobs and piece is not None else None
-                    ds = ([p.Delta(content=text)] if text else []) + [p.Delta(tool_calls=[d]) for d in deltas]
-                    out = [p.ChatChunkChoice(index=i, delta=d, logprobs=lp if k == 0 else None) for k, d in enumerate(ds)]
-                    if finish is not None:
-                        out.append(p.ChatChunkChoice(index=i, delta=p.Delta(), finish_reason=finish))
-                    return [p.ChatCompletionChunk(**head, choices=[c]) for c in out]
+                    return tools.chunks(head, i, text, deltas, finish, lp)
             if finish is not None:
                 choice = p.ChatChunkChoice(index=i, delta=p.Delta(content=text) if text else p.Delta(),
                                            finish_reason=finish)

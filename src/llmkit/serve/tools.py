@@ -59,14 +59,32 @@ class ToolPlan:
         if self.choice == "named":
             schema = self.schemas[self.name]
         elif self.choice == "required":
-            calls = [{"type": "object", "properties": {"name": {"const": name}, "arguments": s},
-                      "required": ["name", "arguments"], "additionalProperties": False}
-                     for name, s in self.schemas.items()]
-            one = calls[0] if len(calls) == 1 else {"anyOf": calls}
-            schema = {"type": "array", "items": one, "minItems": 1} if self.parallel else one
+            # each tool's schema under the root's $defs (llama.cpp's converter follows pointers through objects
+            # only, not array indices), its own local $refs rebased to point into it there
+            defs = {name: _rebase(s, f"#/$defs/{name}") for name, s in self.schemas.items()}
+            calls = [{"type": "object", "required": ["name", "arguments"], "additionalProperties": False,
+                      "properties": {"name": {"const": name}, "arguments": {"$ref": f"#/$defs/{name}"}}}
+                     for name in self.schemas]
+            one = {"anyOf": calls} if len(calls) > 1 else calls[0]
+            schema = {"type": "array", "items": one, "minItems": 1} if self.parallel else dict(one)
+            schema["$defs"] = defs
         else:
             return None
         return {"type": "json_schema", "json_schema": {"name": "tool_calls", "schema": schema}}
+
+
+def _rebase(schema, at: str):
+    """A tool's schema to be placed at JSON pointer `at` of the grammar's schema: its local `$ref`s (pydantic's
+    `#/$defs/...`, which LangChain's tools carry) rewritten to point into it there."""
+    if isinstance(schema, list):
+        return [_rebase(x, at) for x in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _rebase(v, at) for k, v in schema.items()}
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and (ref == "#" or ref.startswith("#/")):
+        out["$ref"] = at + ref[1:]
+    return out
 
 
 def plan(req: p.ChatCompletionRequest) -> ToolPlan | None:
@@ -98,6 +116,19 @@ def plan(req: p.ChatCompletionRequest) -> ToolPlan | None:
     schemas = {t.function.name: t.function.parameters if t.function.parameters is not None else NO_ARGS
                for t in req.tools}
     return ToolPlan(req.tools, choice or "auto", name, req.parallel_tool_calls is not False, schemas)
+
+
+def response_format(tools: ToolPlan | None, requested: dict | None) -> dict | None:
+    """What the engine is to enforce: the tools' grammar for required and named calls, else the request's own."""
+    return tools.response_format() if tools is not None and tools.constrained else requested
+
+
+def refused(tools: ToolPlan | None, engine: str, e: Exception) -> Exception:
+    """An engine's refusal of the tools' grammar (its words name response_format) as the 400 naming tool_choice."""
+    if tools is None or not tools.constrained:
+        return e
+    return APIError(400, f"tool_choice {tools.choice!r} constrains the reply to the tools' schemas, which the "
+                         f"{engine} engine cannot do: {e}", param="tool_choice", code="unsupported_parameter")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -232,10 +263,10 @@ def parse_calls(tools: ToolPlan, part: str) -> list[p.ToolCall] | None:
     return None if isinstance(obj, str) else _calls_in(tools, obj if isinstance(obj, list) else [obj])
 
 
-def reply(tools: ToolPlan, text: str, finish: str) -> tuple[p.AssistantMessage, str]:
+def reply(tools: ToolPlan | None, text: str, finish: str) -> tuple[p.AssistantMessage, str]:
     """(message, finish_reason) of a whole reply: calls with `content: null` and finish `tool_calls` when it made
     valid ones; else the text as it came (a grammar cut short by max_tokens is text with finish `length`)."""
-    if finish == "content_filter":
+    if tools is None or finish == "content_filter":
         return p.AssistantMessage(content=text), finish
     if tools.choice == "named":
         calls = _calls_in(tools, [{"name": tools.name, "arguments": _loads(text)}])
@@ -388,3 +419,14 @@ def stream_step(calls: ToolStream, text: str, finish: str | None) -> tuple[str, 
     content, deltas = calls.feed(text) if finish != "content_filter" else ("", [])
     rest, more, finish = calls.close(finish)
     return content + rest + (text if finish == "content_filter" else ""), finish, deltas + more
+
+
+def chunks(head: dict, i: int, text: str, deltas: list[p.ToolCallDelta], finish: str | None,
+           logprobs: p.ChoiceLogprobs | None) -> list[p.ChatCompletionChunk]:
+    """Choice i's chunks for one event: its text, then one chunk per call delta (as OpenAI sends them), then the
+    finish reason in a chunk of its own."""
+    ds = ([p.Delta(content=text)] if text else []) + [p.Delta(tool_calls=[d]) for d in deltas]
+    out = [p.ChatChunkChoice(index=i, delta=d, logprobs=logprobs if k == 0 else None) for k, d in enumerate(ds)]
+    if finish is not None:
+        out.append(p.ChatChunkChoice(index=i, delta=p.Delta(), finish_reason=finish))
+    return [p.ChatCompletionChunk(**head, choices=[c]) for c in out]
