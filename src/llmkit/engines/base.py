@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import re
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,22 @@ class GenParams:
     # computed (the fast path); k: each prompt token's logprob and the k most likely tokens at its position
     prompt_logprobs: int | None = None
     response_format: dict | None = None  # OpenAI's {"type": "json_object"} or {"type": "json_schema", ...}
+
+
+def template_uses_tools(template: str | None) -> bool:
+    """Whether a chat template renders a `tools` list (Hermes, Qwen 2.5, Llama 3.1 ones do; plain ChatML ones such
+    as SmolLM2's do not), by jinja's own parse of the variables it reads."""
+    if not template:
+        return False
+    from jinja2 import TemplateSyntaxError, meta
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    try:
+        ast = ImmutableSandboxedEnvironment(extensions=[loopcontrols]).parse(template)
+    except TemplateSyntaxError:  # tags of transformers' own ({% generation %}): the variable by name, then
+        return re.search(r"\btools\b", template) is not None
+    return "tools" in meta.find_undeclared_variables(ast)
 
 
 class UnsupportedFeature(LlmkitError):
@@ -126,9 +143,11 @@ class Engine(Protocol):
     name: str
     model: ModelRef
     n_vocab: int  # token ids run from 0 to n_vocab - 1
+    chat_template: str | None  # the jinja source of the model's chat template, None if it has none
 
-    def format_chat(self, messages: list[dict]) -> str:
-        """The prompt text the model's chat template makes of `messages`, ending with the assistant's header."""
+    def format_chat(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        """The prompt text the model's chat template makes of `messages`, ending with the assistant's header.
+        `tools` (OpenAI's function tools) go to the template's `tools` variable, for templates that use it."""
         ...
 
     def submit(self, prompt: str | list[int], params: GenParams, adapter: str | None = None) -> Generation:

@@ -166,8 +166,14 @@ class TransformersEngine:
         yield from self._generate(dict(inputs), params)
 
     # -- the server's interface: one request at a time on a worker thread, in arrival order --
-    def format_chat(self, messages: list[dict]) -> str:
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    def format_chat(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        return self.tokenizer.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
+                                                  tokenize=False)
+
+    @property
+    def chat_template(self) -> str | None:
+        t = self.tokenizer.chat_template
+        return t.get("tool_use", t.get("default")) if isinstance(t, dict) else t
 
     @property
     def n_vocab(self) -> int:

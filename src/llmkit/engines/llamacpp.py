@@ -179,14 +179,19 @@ class LlamaCppEngine:
         self._thread.start()
 
     # -- the Engine Protocol --
-    def format_chat(self, messages: list[dict]) -> str:
+    def format_chat(self, messages: list[dict], tools: list[dict] | None = None) -> str:
         if not self.chat_template:
             raise UnsupportedModel(f"{self.model.name} has no chat template; use /v1/completions")
+        from jinja2.ext import loopcontrols
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        # transformers' rendering environment: tool templates use `tojson` with indent and `{% break %}`
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+        env.filters["tojson"] = lambda x, indent=None, separators=None, sort_keys=False: json.dumps(
+            x, ensure_ascii=False, indent=indent, separators=separators, sort_keys=sort_keys)
+        extra = {"tools": tools} if tools else {}
         return env.from_string(self.chat_template).render(messages=messages, add_generation_prompt=True,
-                                                          bos_token=self._bos, eos_token=self._eos)
+                                                          bos_token=self._bos, eos_token=self._eos, **extra)
 
     def tokenize(self, text: str) -> list[int]:
         data = text.encode("utf-8")

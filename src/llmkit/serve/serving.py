@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from llmkit.engines import Generation, GenParams, Piece
+from llmkit.engines import Generation, GenParams, Piece, UnsupportedFeature
 from llmkit.serve import protocol as p
-from llmkit.serve import rag, recording
+from llmkit.serve import rag, recording, tools
 from llmkit.serve.errors import APIError, bug
 from llmkit.serve.guarding import GuardedStream, Replies, check_input, refuse_logprobs
 from llmkit.serve.models import Lease, Served
@@ -252,7 +252,8 @@ async def start_run(state: ServerState, req: p.Sampling, route: str, ctx: Contex
     return run
 
 
-async def stream_events(run: Run, first: list[BaseModel], make: Callable[[int, Piece | None], BaseModel | None],
+async def stream_events(run: Run, first: list[BaseModel],
+                        make: Callable[[int, Piece | None], BaseModel | list[BaseModel] | None],
                         usage_chunk: Callable[[], BaseModel] | None) -> AsyncIterator[str]:
     """SSE lines of a run: `first`, `make`'s chunk per event, the usage chunk if asked, then `[DONE]`. An error
     after the headers went out can only be told in the stream: an `error` event, as OpenAI and vLLM send it."""
@@ -261,8 +262,8 @@ async def stream_events(run: Run, first: list[BaseModel], make: Callable[[int, P
             yield sse(chunk)
         async for i, piece in run.events():
             chunk = make(i, piece)
-            if chunk is not None:
-                yield sse(chunk)
+            for c in chunk if isinstance(chunk, list) else [chunk] if chunk is not None else []:
+                yield sse(c)
         if usage_chunk is not None:
             yield sse(usage_chunk())
     except APIError as e:
@@ -372,9 +373,10 @@ class ServingChat:
 
     async def create(self, req: p.ChatCompletionRequest, ctx: Context) -> p.ChatCompletion | Stream:
         refuse_unsupported(req)
+        plan = tools.plan(req)
         lease = self.state.models.lease(req.model)  # the engine this request runs on, whatever swaps meanwhile
         served = lease.served
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+        messages = tools.history(req.messages)
         log = recording.new_record(self.route, req.model, ctx,
                                    [m["content"] for m in messages if m["role"] == "user"], "chatcmpl", served)
         try:
@@ -383,7 +385,7 @@ class ServingChat:
                 users = [(f"messages[{i}].content", m["content"]) for i, m in enumerate(messages) if m["role"] == "user"]
                 clean = iter(await check_input(self.state, users, log))
                 messages = [{**m, "content": next(clean)} if m["role"] == "user" else m for m in messages]
-            return await self._create(req, ctx, lease, messages, log)
+            return await self._create(req, ctx, lease, messages, log, plan)
         except BaseException as e:  # a run that started released the lease when it closed; else it is released here
             lease.release()
             if isinstance(e, APIError):
@@ -391,7 +393,7 @@ class ServingChat:
             raise
 
     async def _create(self, req: p.ChatCompletionRequest, ctx: Context, lease: Lease, messages: list[dict],
-                      log: dict) -> p.ChatCompletion | Stream:
+                      log: dict, plan: tools.ToolPlan | None) -> p.ChatCompletion | Stream:
         served = lease.served
         hits = None
         if req.rag is not None:
@@ -400,23 +402,27 @@ class ServingChat:
                                code="rag_not_configured")
             hits = await self.state.rag.search(req.rag, rag.query_of(messages))
             self.state.metrics.rag_retrievals.labels(req.rag.collection).inc()
-            prompt, hits = await self._fit(served, messages, hits, req.max_new_tokens())
+            prompt, hits = await self._fit(served, messages, hits, req.max_new_tokens(), plan)
             log["rag"] = [{"collection": req.rag.collection, "source": h.source, "heading": h.heading,
                            "score": round(float(h.score), 4)} for h in hits]
         else:
-            prompt = await served.slot.call(served.slot.engine.format_chat, messages)
+            prompt = await served.slot.call(tools.render, served.slot.engine, messages, plan)
         rf = req.response_format.model_dump(by_alias=True, exclude_none=True) if req.response_format else None
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        run = await start_run(self.state, req, self.route, ctx, [prompt], "messages", lease, logprobs=logprobs,
-                              response_format=rf)
+        try:
+            run = await start_run(self.state, req, self.route, ctx, [prompt], "messages", lease, logprobs=logprobs,
+                                  response_format=tools.response_format(plan, rf))
+        except UnsupportedFeature as e:
+            raise tools.refused(plan, served.slot.engine.name, e) from None
         replies = Replies(self.state, len(run.gens), log) if self.state.guard is not None else None
         if req.stream:
-            body = self._stream(run, req, hits, replies, log)
+            body = self._stream(run, req, hits, replies, log, plan)
             return Stream(recording.recorded(body, self.state, log, ctx, run), run.close)
         texts, pieces, finish = await collect_replies(run, replies, log)
-        choices = [p.ChatChoice(index=i, message=p.AssistantMessage(content=text), finish_reason=finish[i],
+        replied = [tools.reply(plan, text, finish[i]) for i, text in enumerate(texts)]
+        choices = [p.ChatChoice(index=i, message=message, finish_reason=reason,
                                 logprobs=chat_logprobs(pieces[i]) if req.logprobs else None)
-                   for i, text in enumerate(texts)]
+                   for i, (message, reason) in enumerate(replied)]
         fp = fingerprint(self.state, run.served)
         if hits is not None:
             return p.RagChatCompletion(id=log["request_id"], model=req.model, system_fingerprint=fp,
@@ -425,31 +431,39 @@ class ServingChat:
                                 choices=choices, usage=run.usage())
 
     @staticmethod
-    async def _fit(served: Served, messages: list[dict], hits: list, max_tokens: int | None) -> tuple[str, list]:
+    async def _fit(served: Served, messages: list[dict], hits: list, max_tokens: int | None,
+                   plan: tools.ToolPlan | None) -> tuple[str, list]:
         """The prompt with as many sources as fit the context (with room for max_tokens), the lowest-ranked left
         out first; the citations then list exactly the sources the model saw."""
         slot = served.slot
         budget = slot.n_ctx - (max_tokens or 1)
         for n in range(len(hits), -1, -1):
-            prompt = await slot.call(slot.engine.format_chat, rag.augment(messages, hits[:n]))
+            prompt = await slot.call(tools.render, slot.engine, rag.augment(messages, hits[:n]), plan)
             if n == 0 or len(await slot.call(slot.engine.tokenize, prompt)) <= budget:
                 return prompt, hits[:n]
         raise AssertionError("unreachable")
 
     def _stream(self, run: Run, req: p.ChatCompletionRequest, hits: list | None, replies: Replies | None,
-                log: dict) -> AsyncIterator[str]:
+                log: dict, plan: tools.ToolPlan | None) -> AsyncIterator[str]:
         head = {"id": log["request_id"], "created": p.now(), "model": req.model,
                 "system_fingerprint": fingerprint(self.state, run.served)}
-        # the first chunk of each choice carries the role and no text, as OpenAI's do
+        # the first chunk of each choice carries the role and no text, as OpenAI's do (content null before calls)
+        empty = None if plan is not None and plan.constrained else ""
         first = [p.ChatCompletionChunk(**head, choices=[p.ChatChunkChoice(index=i, delta=p.Delta(role="assistant",
-                                                                                                   content=""))])
+                                                                                                   content=empty))])
                  for i in range(len(run.gens))]
         if hits is not None:  # the sources go out first: a client can show them while the answer streams
             first[0] = p.RagChatCompletionChunk(**first[0].model_dump(), citations=rag.citations(hits, None))
         guarded = GuardedStream(run, replies, log)
+        calls = [tools.ToolStream(plan) for _ in run.gens] if plan is not None else None
 
-        def make(i: int, piece: Piece | None) -> p.ChatCompletionChunk | None:
+        def make(i: int, piece: Piece | None) -> p.ChatCompletionChunk | list[p.ChatCompletionChunk] | None:
             text, finish = guarded.step(i, piece)
+            if calls is not None:  # the text as content and tool-call deltas (serve/tools.py)
+                text, finish, deltas = tools.stream_step(calls[i], text, finish)
+                if deltas:
+                    lp = chat_logprobs([piece]) if req.logprobs and piece is not None else None
+                    return tools.chunks(head, i, text, deltas, finish, lp)
             if finish is not None:
                 choice = p.ChatChunkChoice(index=i, delta=p.Delta(content=text) if text else p.Delta(),
                                            finish_reason=finish)
