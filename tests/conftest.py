@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,14 +51,14 @@ def _tiny_tokenizer():
     return fast
 
 
-def build_tiny_llama(folder: Path, seed: int = 0, hidden: int = 64, intermediate: int = 128) -> Path:
+def build_tiny_llama(folder: Path, seed: int = 0, hidden: int = 64, intermediate: int = 128, context: int = 256) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = _tiny_tokenizer()
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
                       rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # random init is too flat to tell kernels apart; widen the weights a little
@@ -221,3 +224,25 @@ def guard_heads(tmp_path_factory) -> dict:
     classify._HEADS = heads
     yield heads
     classify._HEADS = None
+
+
+MLFLOW_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "mlflow_server.sh"
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 (scripts/mlflow_server.sh, ~40 s to start on 2 cores); its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    folder = tmp_path / "server"
+    env = {**os.environ, "PYTHON": sys.executable}
+    r = subprocess.run([str(MLFLOW_SCRIPT), "start", str(folder), str(port)], capture_output=True, text=True, timeout=180,
+                       env=env)
+    try:
+        assert r.returncode == 0, r.stdout + r.stderr
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(MLFLOW_SCRIPT), "stop", str(folder)], capture_output=True, timeout=60)
+
+

@@ -6,13 +6,8 @@ input, the version and its aliases. A `registry:` spec then resolves by download
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -23,24 +18,6 @@ from llmkit.artifacts import read_manifest, sha256_file  # noqa: E402
 from llmkit.cli import main  # noqa: E402
 from llmkit.config import load_recipe  # noqa: E402
 from llmkit.pipeline import run_recipe  # noqa: E402
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "mlflow_server.sh"
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    folder = tmp_path / "server"
-    env = {**os.environ, "PYTHON": sys.executable}
-    r = subprocess.run([str(SCRIPT), "start", str(folder), str(port)], capture_output=True, text=True, timeout=180,
-                       env=env)
-    try:
-        assert r.returncode == 0, r.stdout + r.stderr
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        subprocess.run([str(SCRIPT), "stop", str(folder)], capture_output=True, timeout=60)
 
 
 def _get(base: str, path: str, **query) -> dict:

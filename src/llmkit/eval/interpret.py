@@ -103,9 +103,13 @@ def attribution(engine, prompt: str, reply_ids: list[int], method: str = "gradie
         )
     except ImportError:  # said in the report where the heatmap would be, rather than failing the whole eval
         return {"skipped": "attributions need Captum: pip install 'llmkit[eval]'"}
+    lm, tok = engine.lm, engine.tokenizer
+    # a character cut in two at the end (byte-level tokens, the reply cut at ATTR_TOKENS) makes Captum's token
+    # pretty-printer index past the end (captum 0.9 llm_attr); its last byte tokens explain nothing on their own
+    while reply_ids and tok.decode(reply_ids).endswith("\ufffd"):
+        reply_ids = reply_ids[:-1]
     if not reply_ids:
         return {"skipped": "the reply is empty: no token to explain"}
-    lm, tok = engine.lm, engine.tokenizer
     inp = TextTokenInput(prompt, tok, baselines=0, skip_tokens=_special_ids(tok))
     emb = lm.get_input_embeddings()
     if method == "integrated_gradients":
