@@ -250,7 +250,8 @@ async def drive(url: str, todo: list[Req], concurrency: int = 16, timeout: float
                                                 headers={"content-type": "application/json"} if r.body else None)
                     await resp.aread()
                 except httpx.TransportError as e:  # the server hung up or stalled: as bad as a 5xx
-                    return Result(r.kind, 599, time.perf_counter() - t0, f"{r.method} {r.path}: {e!r}")
+                    return Result(r.kind, 599, time.perf_counter() - t0,
+                                  f"{r.method} {r.path} {(r.body or b'')[:80]!r}: {e!r} after {time.perf_counter() - t0:.3f} s")
                 dt = time.perf_counter() - t0
             problem = None
             if resp.status_code not in r.ok:
@@ -372,8 +373,8 @@ def main() -> None:
     opts = {"threads": args.threads, "n_ctx": n_ctx, "guard": root / "policy.yaml", "rag": store,
             "request_log": root / "requests.db"}
     names = tuple(a.split("=", 1)[0] for a in args.adapter)
-    print(f"server: llmkit serve --model m={model} {' '.join('--model ' + a for a in args.adapter)} "
-          f"{' '.join(f'--{k.replace("_", "-")} {v}' for k, v in opts.items())}; embedder all-minilm-l6-v2")
+    flags = " ".join([f"--model {a}" for a in args.adapter] + [f"--{k.replace('_', '-')} {v}" for k, v in opts.items()])
+    print(f"server: llmkit serve --model m={model} {flags}; embedder all-minilm-l6-v2")
     srv = ServerProc.start([f"m={model}", *args.adapter], opts, root / "server.log")
     try:
         kw = dict(model="m", adapters=names, embedder="all-minilm-l6-v2", max_tokens=args.max_tokens,
