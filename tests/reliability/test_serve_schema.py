@@ -27,7 +27,7 @@ from llmkit.serve.auth import KeyStore, hash_key
 
 KEY = "sk-reliability-test"
 EMBEDDER = "all-minilm-l6-v2"
-POSITIVE, NEGATIVE = 25, 15  # examples per operation and mode: ~250 cases per server
+POSITIVE, NEGATIVE = 40, 25  # examples per operation and mode: ~400 cases per server, ~20 s each
 
 
 @pytest.fixture(scope="module", params=["no-keys", "keys"])

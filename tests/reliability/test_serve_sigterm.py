@@ -65,7 +65,7 @@ async def load_then_sigterm(srv: ServerProc) -> tuple[list, float, httpx.Respons
             await asyncio.sleep(0.01)
         signalled = time.monotonic()
         srv.proc.terminate()  # SIGTERM
-        while (h := await client.get("/health")).status_code == 200:  # the signal lands in the server's loop
+        while (await client.get("/health")).status_code == 200:  # the signal lands in the server's loop
             assert time.monotonic() < signalled + 10, "no drain after SIGTERM"
             await asyncio.sleep(0.01)
         try:
