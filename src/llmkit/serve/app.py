@@ -119,7 +119,12 @@ async def authorize(request: Request) -> str:
 
 
 Client = Annotated[str, Depends(authorize)]
-ERRORS = {s: {"model": p.ErrorResponse} for s in (400, 401, 404, 413, 429, 503)}
+# every status a /v1 route can answer besides 200, each in OpenAI's envelope (500: a bug, see Gate); declared so
+# that the schema at /openapi.json is true (tests/reliability/test_serve_schema.py checks answers against it)
+ERRORS = {s: {"model": p.ErrorResponse} for s in (400, 401, 404, 413, 429, 500, 503)}
+# `stream: true` answers server-sent events: `data: <chunk JSON>` lines, then `data: [DONE]`
+STREAMED = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                  "description": "JSON, or with `stream: true` server-sent events ending with `data: [DONE]`"}}
 
 
 def _ctx(request: Request, client: str, stream: bool) -> Context:
@@ -137,14 +142,14 @@ def _answer(result: Stream | BaseModel) -> Response:
 router = APIRouter()
 
 
-@router.get("/health")
+@router.get("/health", response_model=p.Health, responses={503: {"model": p.Health, "description": "Shutting down"}})
 async def health(request: Request) -> JSONResponse:
     state = _state(request)
-    body = {"status": "draining" if state.draining else "ok", "models": list(state.models.entries),
-            "embedder": state.embedder.status() if state.embedder else None, "inflight": state.inflight}
+    body = p.Health(status="draining" if state.draining else "ok", models=list(state.models.entries),
+                    embedder=state.embedder.status() if state.embedder else None, inflight=state.inflight)
     if state.followers:  # serving from the registry: the versions served, and a version that failed to load
-        body["registry"] = {f.id: f.status() for f in state.followers}
-    return JSONResponse(body, status_code=503 if state.draining else 200)
+        body.registry = {f.id: f.status() for f in state.followers}
+    return JSONResponse(body.model_dump(mode="json", exclude={"registry"} if body.registry is None else None), status_code=503 if state.draining else 200)
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -167,12 +172,12 @@ async def retrieve_model(model: str, request: Request, client: Client) -> Respon
     return _answer(request.app.state.models.retrieve(model))
 
 
-@router.post("/v1/chat/completions", response_model=p.ChatCompletion, responses=ERRORS)
+@router.post("/v1/chat/completions", response_model=p.ChatCompletion, responses={**ERRORS, **STREAMED})
 async def chat_completions(req: p.ChatCompletionRequest, request: Request, client: Client) -> Response:
     return _answer(await request.app.state.chat.create(req, _ctx(request, client, req.stream)))
 
 
-@router.post("/v1/completions", response_model=p.Completion, responses=ERRORS)
+@router.post("/v1/completions", response_model=p.Completion, responses={**ERRORS, **STREAMED})
 async def completions(req: p.CompletionRequest, request: Request, client: Client) -> Response:
     return _answer(await request.app.state.completion.create(req, _ctx(request, client, req.stream)))
 
@@ -217,9 +222,35 @@ def build_app(state: ServerState) -> FastAPI:
     app.state.models = ServingModels(state)
     errors.install(app)
     app.include_router(router)
+    app.openapi = _true_schema(app, state)
     app.add_middleware(BodyLimit, limit=state.cfg.max_body_bytes)
     app.add_middleware(Gate, state=state)  # added last: outermost
     return app
+
+
+def _true_schema(app: FastAPI, state: ServerState):
+    """FastAPI's OpenAPI schema made to say what the server does: no 422 (validation errors are OpenAI's 400s,
+    see errors.py) and, when API keys are on, the bearer scheme on every route that needs one."""
+    make = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = make()
+        for path, ops in schema["paths"].items():
+            for op in ops.values():
+                op["responses"].pop("422", None)
+                if state.keys and path.startswith("/v1/"):  # every /v1 route depends on `authorize`
+                    op["security"] = [{"bearer": []}]
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        if state.keys:
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "an API key of this server"}}
+        app.openapi_schema = schema
+        return schema
+
+    return openapi
 
 
 class Server(uvicorn.Server):

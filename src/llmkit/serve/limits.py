@@ -166,5 +166,8 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        err = APIError(413, f"request body is larger than {self.limit} bytes", code="request_too_large")
+        # the rest of the body is never read, so this connection cannot carry another request: say so, or a
+        # keep-alive client may send its next request on a connection the server is closing (a soak saw ReadErrors)
+        err = APIError(413, f"request body is larger than {self.limit} bytes", code="request_too_large",
+                       headers={"Connection": "close"})
         await err.response()(scope, receive, send)

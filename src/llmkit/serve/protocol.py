@@ -443,6 +443,14 @@ class Feedback(BaseModel):
     comment: str | None = None
 
 
+class Health(BaseModel):
+    status: Literal["ok", "draining"]
+    models: list[str]
+    embedder: str | None = None  # loading, ready, or failed: <why>; null without an embedder
+    inflight: int
+    registry: dict[str, Any] | None = None  # serving from the registry: each followed model's version and status
+
+
 class ErrorInfo(BaseModel):
     message: str
     type: str
