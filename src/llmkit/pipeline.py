@@ -180,8 +180,13 @@ def run_recipe(recipe: Recipe, force: bool = False, echo: Echo = print) -> list[
         for i, stage in enumerate(stages, 1):
             out = recipe.run_dir / stage
             echo(f"[{i}/{len(stages)}] {stage} → {out}")
+            artifacts.kill_point("begin", stage=stage)  # tests: kill points count per stage from here
             try:
                 r = STAGES[stage](recipe, out, force, echo)
+            except OSError as e:  # a full disk outside an artifact build (checkpoints, caches): one clear error
+                if e.errno in artifacts.NO_SPACE:
+                    raise artifacts.disk_full(e, out) from e
+                raise
             finally:  # a failing gate has still written its eval artifact
                 if tracker is not None:
                     tracker.stage(out)

@@ -371,7 +371,6 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
     if state is None:
         shutil.rmtree(ckpts, ignore_errors=True)
         state = State()
-    kill_at = int(os.environ.get("LLMKIT_TEST_KILL_AT_STEP", "0"))  # tests: SIGKILL after this checkpoint
 
     progress = progress and rank == 0
     bar = tqdm(total=total, initial=state.step, desc=f"train {cfg.method}", unit="step", disable=not progress)
@@ -419,8 +418,9 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
                 break
         if state.step % cfg.save_every == 0 and state.step < total and rank == 0:
             save_checkpoint(ckpts, model, opt, sched, state, fp)
-            if kill_at and state.step == kill_at:
-                os.kill(os.getpid(), 9)
+            artifacts.kill_point("train.checkpoint")
+        if rank == 0:
+            artifacts.kill_point("train.step")  # a step that no checkpoint holds yet: redone on resume
     bar.close()
     if world > 1:
         _write_rank_digest(model, out, rank)
@@ -443,6 +443,8 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
             # the base as the user named it, so `llmkit chat OUT` finds it again
             meta = json.loads((b.tmp / "adapter_config.json").read_text())
             meta["base_model_name_or_path"] = base
+            if isinstance(meta.get("target_modules"), list):  # peft writes a set's order, which changes per process
+                meta["target_modules"] = sorted(meta["target_modules"])
             (b.tmp / "adapter_config.json").write_text(json.dumps(meta, indent=2))
         else:
             model.save_pretrained(b.tmp)
