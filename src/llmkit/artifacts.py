@@ -21,6 +21,7 @@ import importlib.metadata as md
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import time
@@ -36,9 +37,9 @@ _CHUNK = 1 << 20  # 1 MiB reads: hashing a 100 MB file takes ~0.2 s
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
-def disk_full(e: OSError, where: str | Path) -> DiskFull:
+def disk_full(e: BaseException, where: str | Path) -> DiskFull:
     """The typed error for a write that failed for lack of space, naming the file (or else the artifact folder)."""
-    path = Path(e.filename) if isinstance(e.filename, str) else Path(where)
+    path = Path(e.filename) if isinstance(getattr(e, "filename", None), str) else Path(where)
     probe = path
     while not probe.exists() and probe != probe.parent:  # the nearest folder that still exists
         probe = probe.parent
@@ -47,8 +48,22 @@ def disk_full(e: OSError, where: str | Path) -> DiskFull:
                     f"{where}, and the artifacts written before are intact; free some space and run again")
 
 
-def _no_space(e: BaseException) -> bool:
-    return isinstance(e, OSError) and e.errno in NO_SPACE
+# Rust writers (safetensors, lance) raise their own exception types; their text carries the OS error
+_NO_SPACE_TEXT = re.compile(r"No space left on device|Disk quota exceeded|os error (28|122)\b")
+
+
+def no_space(e: BaseException | None) -> bool:
+    """Whether `e`, or an exception it was raised from, is a write that failed for lack of space."""
+    if isinstance(e, DiskFull):
+        return False  # already the typed error, naming the path
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno in NO_SPACE:
+            return True
+        if not isinstance(e, OSError) and _NO_SPACE_TEXT.search(str(e)):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 _killing: dict[str, Any] = {"stage": "", "passes": {}}
@@ -175,7 +190,7 @@ def atomic_file(out: str | Path, tag: str = "tmp") -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, out)
     except OSError as e:
-        if _no_space(e):
+        if no_space(e):
             raise disk_full(e, out) from e
         raise
     finally:
@@ -247,7 +262,7 @@ def build(kind: str, out: str | Path, config: dict, inputs: dict[str, dict]) -> 
         _finish(b, started, t0)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _no_space(e):
+        if no_space(e):
             raise disk_full(e, out) from e
         raise
 

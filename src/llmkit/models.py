@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from llmkit.artifacts import publish, sha256_file
+from llmkit.artifacts import disk_full, no_space, publish, sha256_file
 from llmkit.errors import MissingExtra, ModelNotFound, UnsupportedModel
 
 if TYPE_CHECKING:
@@ -315,6 +315,10 @@ def hf_folder(ref: ModelRef, progress: bool = True) -> Path:
             shutil.rmtree(tmp)
         else:
             publish(tmp, cached)
+    except Exception as e:
+        if no_space(e):
+            raise disk_full(e, cached) from e
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return cached

@@ -183,8 +183,8 @@ def run_recipe(recipe: Recipe, force: bool = False, echo: Echo = print) -> list[
             artifacts.kill_point("begin", stage=stage)  # tests: kill points count per stage from here
             try:
                 r = STAGES[stage](recipe, out, force, echo)
-            except OSError as e:  # a full disk outside an artifact build (checkpoints, caches): one clear error
-                if e.errno in artifacts.NO_SPACE:
+            except Exception as e:  # a full disk outside an artifact build (checkpoints, caches): one clear error
+                if artifacts.no_space(e):
                     raise artifacts.disk_full(e, out) from e
                 raise
             finally:  # a failing gate has still written its eval artifact

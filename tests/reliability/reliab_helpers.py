@@ -12,7 +12,13 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
+
+from llmkit import pipeline
+from llmkit.config import load_recipe
 
 ROWS = [{"prompt": f"Question {i}: my router R{i % 7} is slow, what now?",
          "completion": f"Restart router R{i % 7} and wait {i} seconds."} for i in range(40)]
@@ -133,3 +139,24 @@ def leftovers(root: Path) -> list[str]:
     """Temporary or set-aside siblings of an artifact left behind (a killed build's are swept by the next one)."""
     return sorted(str(p.relative_to(root)) for p in root.rglob(".*") if re.search(r"\.(tmp|old)-\d+$", p.name)
                   or p.name.startswith(".tmp-"))
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_gguf, tmp_path_factory):
+    """One uninterrupted run: its payload hashes, the points it passed per stage, and its wall time."""
+    root = tmp_path_factory.mktemp("reference")
+    write_recipe(root, tiny_gguf)
+    stages = load_recipe(root / "r.yaml").stages()
+    missing = [s for s in pipeline.STAGES if s not in stages]
+    assert not missing, f"add a section for stage(s) {missing} to tests/reliability/reliab_helpers.SECTIONS"
+    t0 = time.perf_counter()
+    r = run_cli(root, LLMKIT_TEST_KILL_LOG=str(root / "points.log"))
+    assert r.returncode == 0, r.stderr
+    points: dict[str, list[str]] = {}
+    for line in (root / "points.log").read_text().split():
+        stage, point, n = line.split(":")
+        if point != "begin":  # a kill before any work of the stage is the previous stage's "finished" case
+            points.setdefault(stage, []).append(f"{stage}:{point}:{n}")
+    assert list(points) == stages and all(points.values()), points
+    return {"payload": payload(root, stages), "points": points, "stages": stages,
+            "seconds": time.perf_counter() - t0}

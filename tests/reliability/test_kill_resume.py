@@ -16,34 +16,9 @@ import signal
 import subprocess
 from pathlib import Path
 
-import pytest
-from reliab_helpers import NAME, cli_args, diff, env, leftovers, payload, run_cli, write_recipe
+from reliab_helpers import NAME, cli_args, diff, env, leftovers, payload, reference, run_cli, write_recipe
 
-from llmkit import pipeline
-from llmkit.config import load_recipe
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_gguf, tmp_path_factory):
-    """One uninterrupted run: its payload hashes, the points it passed per stage, and its wall time."""
-    import time
-
-    root = tmp_path_factory.mktemp("reference")
-    write_recipe(root, tiny_gguf)
-    stages = load_recipe(root / "r.yaml").stages()
-    missing = [s for s in pipeline.STAGES if s not in stages]
-    assert not missing, f"add a section for stage(s) {missing} to tests/reliability/reliab_helpers.SECTIONS"
-    t0 = time.perf_counter()
-    r = run_cli(root, LLMKIT_TEST_KILL_LOG=str(root / "points.log"))
-    assert r.returncode == 0, r.stderr
-    points: dict[str, list[str]] = {}
-    for line in (root / "points.log").read_text().split():
-        stage, point, n = line.split(":")
-        if point != "begin":  # a kill before any work of the stage is the previous stage's "finished" case
-            points.setdefault(stage, []).append(f"{stage}:{point}:{n}")
-    assert list(points) == stages and all(points.values()), points
-    return {"payload": payload(root, stages), "points": points, "stages": stages,
-            "seconds": time.perf_counter() - t0}
+__all__ = ["reference"]  # the shared fixture
 
 
 def _fresh(tmp_path: Path, tiny_gguf) -> Path:

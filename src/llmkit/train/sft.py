@@ -243,12 +243,18 @@ def save_checkpoint(folder: Path, model, opt, sched, state: State, fp: str) -> P
     tmp = folder / f".tmp-step-{state.step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(_trainable(model), str(tmp / "trainable.safetensors"))
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()},
-               tmp / "optimizer.pt")
-    version, internal, gauss = random.getstate()
-    artifacts.write_json_atomic(tmp / "state.json", {"fingerprint": fp, "python_rng": [version, list(internal), gauss],
-                                                     **asdict(state)})
+    try:
+        save_file(_trainable(model), str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()},
+                   tmp / "optimizer.pt")
+        version, internal, gauss = random.getstate()
+        artifacts.write_json_atomic(tmp / "state.json", {"fingerprint": fp, "python_rng": [version, list(internal),
+                                                                                          gauss], **asdict(state)})
+    except BaseException as e:  # a full disk: do not leave a half checkpoint taking the space
+        shutil.rmtree(tmp, ignore_errors=True)
+        if artifacts.no_space(e):
+            raise artifacts.disk_full(e, tmp) from e
+        raise
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in sorted(folder.glob("step-*"))[:-2]:
