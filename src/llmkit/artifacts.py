@@ -15,22 +15,85 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import importlib.metadata as md
 import json
 import os
 import platform
+import re
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmkit.errors import ArtifactError
+from llmkit.errors import ArtifactError, DiskFull
 
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 20  # 1 MiB reads: hashing a 100 MB file takes ~0.2 s
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full(e: BaseException, where: str | Path) -> DiskFull:
+    """The typed error for a write that failed for lack of space, naming the file (or else the artifact folder)."""
+    path = Path(e.filename) if isinstance(getattr(e, "filename", None), str) else Path(where)
+    probe = path
+    while not probe.exists() and probe != probe.parent:  # the nearest folder that still exists
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free / 2**20
+    return DiskFull(f"{path}: no space left on the device ({free:.1f} MiB free there); nothing was published under "
+                    f"{where}, and the artifacts written before are intact; free some space and run again")
+
+
+# Rust writers (safetensors, lance) raise their own exception types; their text carries the OS error
+_NO_SPACE_TEXT = re.compile(r"No space left on device|Disk quota exceeded|os error (28|122)\b")
+
+
+def no_space(e: BaseException | None) -> bool:
+    """Whether `e`, or an exception it was raised from, is a write that failed for lack of space."""
+    if isinstance(e, DiskFull):
+        return False  # already the typed error, naming the path
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno in NO_SPACE:
+            return True
+        if not isinstance(e, OSError) and _NO_SPACE_TEXT.search(str(e)):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+_killing: dict[str, Any] = {"stage": "", "passes": {}}
+
+
+def kill_point(point: str, stage: str | None = None) -> None:
+    """Tests: SIGKILL this process at a named point, so a test can prove that a killed run resumes exactly.
+
+    `LLMKIT_TEST_KILL_AT=[STAGE:]POINT[:N]` kills at the Nth pass (default 1) of POINT, within pipeline stage STAGE
+    when given; `LLMKIT_TEST_KILL_LOG=FILE` appends every pass as `STAGE:POINT:N` (how a test learns the points a
+    run passes, new stages' included). The pipeline passes `stage` as each stage begins, and the counts start
+    again there. Without either variable this is one dict lookup.
+    """
+    spec, log = os.environ.get("LLMKIT_TEST_KILL_AT"), os.environ.get("LLMKIT_TEST_KILL_LOG")
+    if not spec and not log:
+        return
+    if stage is not None:
+        _killing["stage"], _killing["passes"] = stage, {}
+    passes = _killing["passes"]
+    n = passes[point] = passes.get(point, 0) + 1
+    if log:
+        with open(log, "a") as f:
+            f.write(f"{_killing['stage']}:{point}:{n}\n")
+    if not spec:
+        return
+    parts = spec.split(":")
+    want_n = int(parts.pop()) if len(parts) > 1 and parts[-1].isdigit() else 1
+    want_stage = parts[0] if len(parts) == 2 else None
+    if parts[-1] == point and want_n == n and want_stage in (None, _killing["stage"]):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -99,12 +162,17 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write JSON to a temp file in the same folder, fsync, then rename over the target."""
     p = Path(path)
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:  # a full disk must not leave the half-written temp file behind
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
 
 
 @contextlib.contextmanager
@@ -121,6 +189,10 @@ def atomic_file(out: str | Path, tag: str = "tmp") -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, out)
+    except OSError as e:
+        if no_space(e):
+            raise disk_full(e, out) from e
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -174,26 +246,34 @@ def build(kind: str, out: str | Path, config: dict, inputs: dict[str, dict]) -> 
             b.metrics["seconds"] = 1.2
 
     On normal exit the manifest is written into the temp folder, which then replaces `out`. On an exception
-    the temp folder is removed and `out` is left exactly as it was.
+    the temp folder is removed and `out` is left exactly as it was; a full disk becomes `DiskFull` naming the path.
     """
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     _sweep(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tmp.mkdir()
+    kill_point("build.begun")
     started, t0 = now_iso(), time.perf_counter()
     b = Building(kind, out, tmp, config, inputs, fingerprint(kind, config, inputs))
     try:
         yield b
-    except BaseException:
+        kill_point("build.written")  # the payload is complete; no manifest yet
+        _finish(b, started, t0)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if no_space(e):
+            raise disk_full(e, out) from e
         raise
+
+
+def _finish(b: Building, started: str, t0: float) -> None:
     manifest = {
-        "kind": kind,
+        "kind": b.kind,
         "status": "finished",
         "fingerprint": b.fingerprint,
-        "inputs": inputs,
-        "config": config,
+        "inputs": b.inputs,
+        "config": b.config,
         "outputs": b.outputs,
         "metrics": b.metrics,
         "versions": library_versions(),
@@ -201,8 +281,8 @@ def build(kind: str, out: str | Path, config: dict, inputs: dict[str, dict]) -> 
         "finished_at": now_iso(),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    write_json_atomic(tmp / MANIFEST, manifest)
-    publish(tmp, out)
+    write_json_atomic(b.tmp / MANIFEST, manifest)
+    publish(b.tmp, b.out)
 
 
 def publish(tmp: Path, out: Path) -> None:
@@ -211,7 +291,13 @@ def publish(tmp: Path, out: Path) -> None:
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
-    os.replace(tmp, out)
+    kill_point("publish")  # complete, not yet under its name (and the old one, if any, set aside)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:  # put the old one back rather than leave nothing under the name
+            os.replace(old, out)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -51,6 +51,14 @@ class ArtifactError(LlmkitError):
     """An artifact folder is missing, incomplete or was produced by something else."""
 
 
+class DiskFull(ArtifactError):
+    """A write failed for lack of space (ENOSPC, EDQUOT). Names the path; what was written before is intact."""
+
+    exit_code = 1
+    http_status = 507
+    type = "server_error"
+
+
 class DataError(LlmkitError):
     """Bad input data. The message names the file and line (where there is one) and what was expected."""
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from llmkit.artifacts import publish, sha256_file
+from llmkit.artifacts import disk_full, no_space, publish, sha256_file
 from llmkit.errors import MissingExtra, ModelNotFound, UnsupportedModel
 
 if TYPE_CHECKING:
@@ -306,6 +306,10 @@ def hf_folder(ref: ModelRef, progress: bool = True) -> Path:
         return cached
     tmp = cached.with_name(f".{cached.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    for stale in cached.parent.glob(f".{cached.name}.tmp-*"):  # a killed conversion's; another live one's stays
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
     try:
         info = convert_gguf(ref.path, tmp, progress=progress)
         info.update({"gguf": str(ref.path), "gguf_sha256": digest, "converter_version": CONVERTER_VERSION})
@@ -315,9 +319,23 @@ def hf_folder(ref: ModelRef, progress: bool = True) -> Path:
             shutil.rmtree(tmp)
         else:
             publish(tmp, cached)
+    except Exception as e:
+        if no_space(e):
+            raise disk_full(e, cached) from e
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return cached
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def cached_conversion(ref: ModelRef) -> Path | None:

@@ -311,8 +311,13 @@ def run_recipe(recipe: Recipe, force: bool = False, echo: Echo = print) -> list[
         for i, stage in enumerate(stages, 1):
             out = recipe.run_dir / stage
             echo(f"[{i}/{len(stages)}] {stage} → {out}")
+            artifacts.kill_point("begin", stage=stage)  # tests: kill points count per stage from here
             try:
                 r = STAGES[stage](recipe, out, force, echo)
+            except Exception as e:  # a full disk outside an artifact build (checkpoints, caches): one clear error
+                if artifacts.no_space(e):
+                    raise artifacts.disk_full(e, out) from e
+                raise
             finally:  # a failing gate has still written its eval artifact
                 if tracker is not None:
                     tracker.stage(out)

@@ -140,7 +140,7 @@ def _leftovers(out):
 def test_kill_9_during_export_leaves_nothing_under_the_name_and_a_rerun_completes(tiny_llama, tmp_path):
     out = tmp_path / "export"
     args = [str(tiny_llama), "--quantize", "f16", "--out", str(out), "--prompts", "1", "--gen-tokens", "4"]
-    killed = _cli(args, LLMKIT_TEST_KILL_AFTER_TENSORS="5")
+    killed = _cli(args, LLMKIT_TEST_KILL_AT="gguf.tensor:5")
     assert killed.returncode == -9, killed.stderr  # SIGKILL with 5 of 20 tensors in the file
     assert not out.exists()
     partial = [p for p in (tmp_path / _leftovers(out)[0]).iterdir() if ".tmp-" in p.name]
@@ -154,7 +154,7 @@ def test_kill_9_during_export_leaves_nothing_under_the_name_and_a_rerun_complete
     assert sorted(p.name for p in out.iterdir()) == sorted([gguf.name, "manifest.json", "report.md"])
     digest = gguf.read_bytes()
 
-    again = _cli([*args, "--force"], LLMKIT_TEST_KILL_AFTER_TENSORS="5")  # killed while replacing a finished export
+    again = _cli([*args, "--force"], LLMKIT_TEST_KILL_AT="gguf.tensor:5")  # killed while replacing a finished export
     assert again.returncode == -9
     assert gguf.read_bytes() == digest and (out / "manifest.json").is_file()  # the finished one is untouched
     engine = load_engine("llamacpp", resolve_model(str(out)), n_ctx=128, n_threads=1)

@@ -119,7 +119,7 @@ def test_a_killed_index_run_leaves_the_old_index_and_a_rerun_completes(tmp_path)
     _change(docs)
     code = ("import sys; from pathlib import Path; from llmkit.config import RagConfig; from llmkit.rag import index; "
             "index(RagConfig(sources=[sys.argv[1]], batch_size=1), Path(sys.argv[2]), progress=False)")
-    env = {**os.environ, "LLMKIT_TEST_KILL_AFTER_BATCHES": "2", "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {**os.environ, "LLMKIT_TEST_KILL_AT": "embed.batch:2", "PYTHONPATH": os.pathsep.join(sys.path)}
     killed = subprocess.run([sys.executable, "-c", code, str(docs), str(tmp_path / "idx")], env=env,
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr  # SIGKILLed after 2 of the changed files' chunks were embedded

@@ -83,7 +83,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tiny_llama, dataset, tm
     full = _train_cli(recipe, ["--data", str(dataset), "--out", str(tmp_path / "a")], env)
     assert full.returncode == 0, full.stderr
     killed = _train_cli(recipe, ["--data", str(dataset), "--out", str(tmp_path / "b")],
-                        {**env, "LLMKIT_TEST_KILL_AT_STEP": "10"})
+                        {**env, "LLMKIT_TEST_KILL_AT": "train.checkpoint:2"})
     assert killed.returncode == -9  # SIGKILL right after the step-10 checkpoint
     assert not (tmp_path / "b").exists() and (tmp_path / "b.checkpoints").is_dir()
     resumed = _train_cli(recipe, ["--data", str(dataset), "--out", str(tmp_path / "b"), "--resume"], env)

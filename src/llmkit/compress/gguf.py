@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from llmkit import artifacts
 from llmkit.errors import UnsupportedModel
 from llmkit.models import _LLAMA_TENSORS
 
@@ -270,13 +271,6 @@ def _tensor_shapes(hf_dir: Path, cfg: dict) -> list[tuple[str, tuple[int, ...]]]
             if not _skipped(name, tied)]
 
 
-def _kill_hook(written: int) -> None:
-    """Tests: `LLMKIT_TEST_KILL_AFTER_TENSORS=N` SIGKILLs this process after N tensors reached the file."""
-    n = int(os.environ.get("LLMKIT_TEST_KILL_AFTER_TENSORS", "0"))
-    if n and written == n:
-        os.kill(os.getpid(), 9)
-
-
 def write_f16(hf_dir: Path, out: Path, *, name: str, tokenizer_gguf: Path | None = None,
               progress: bool = False) -> dict:
     """Write `out` as an f16 GGUF (2-D weights f16, norms f32) of the HF Llama folder `hf_dir`, atomically."""
@@ -320,7 +314,7 @@ def write_f16(hf_dir: Path, out: Path, *, name: str, tokenizer_gguf: Path | None
             w.write_tensor_data(np.ascontiguousarray(a, dtype=dtypes[gname]))
             bar.update(1)
             w.flush()
-            _kill_hook(i)
+            artifacts.kill_point("gguf.tensor")  # tests: a tensor reached the file
         bar.close()
     return {"architecture": arch, "tensors": len(shapes), "tokenizer": tokenizer,
             "seconds": round(time.perf_counter() - t0, 2)}

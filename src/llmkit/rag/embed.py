@@ -7,7 +7,6 @@ Vectors are L2-normalized, so the store's cosine distance and a dot product rank
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -77,8 +76,3 @@ def encode(model, texts: list[str], batch_size: int, progress: bool = True,
     return out
 
 
-def kill_hook(batches: int) -> None:
-    """Tests: `LLMKIT_TEST_KILL_AFTER_BATCHES=N` SIGKILLs this process after N batches were embedded."""
-    n = int(os.environ.get("LLMKIT_TEST_KILL_AFTER_BATCHES", "0"))
-    if n and batches == n:
-        os.kill(os.getpid(), 9)

@@ -112,7 +112,7 @@ def index(cfg: RagConfig, out: Path, *, base_dir: Path | None = None, force: boo
         t = time.perf_counter()
         new = [(s, i, c) for s in sorted(chunks) for i, c in enumerate(chunks[s])]
         vectors = embed.encode(model, [c.embed_text() for _, _, c in new], cfg.batch_size, progress,
-                               after_batch=embed.kill_hook)
+                               after_batch=lambda _: artifacts.kill_point("embed.batch"))
         timings["embed_s"] = time.perf_counter() - t
 
         t = time.perf_counter()

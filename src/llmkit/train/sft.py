@@ -243,12 +243,18 @@ def save_checkpoint(folder: Path, model, opt, sched, state: State, fp: str) -> P
     tmp = folder / f".tmp-step-{state.step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(_trainable(model), str(tmp / "trainable.safetensors"))
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()},
-               tmp / "optimizer.pt")
-    version, internal, gauss = random.getstate()
-    artifacts.write_json_atomic(tmp / "state.json", {"fingerprint": fp, "python_rng": [version, list(internal), gauss],
-                                                     **asdict(state)})
+    try:
+        save_file(_trainable(model), str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()},
+                   tmp / "optimizer.pt")
+        version, internal, gauss = random.getstate()
+        artifacts.write_json_atomic(tmp / "state.json", {"fingerprint": fp, "python_rng": [version, list(internal),
+                                                                                          gauss], **asdict(state)})
+    except BaseException as e:  # a full disk: do not leave a half checkpoint taking the space
+        shutil.rmtree(tmp, ignore_errors=True)
+        if artifacts.no_space(e):
+            raise artifacts.disk_full(e, tmp) from e
+        raise
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in sorted(folder.glob("step-*"))[:-2]:
@@ -371,7 +377,6 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
     if state is None:
         shutil.rmtree(ckpts, ignore_errors=True)
         state = State()
-    kill_at = int(os.environ.get("LLMKIT_TEST_KILL_AT_STEP", "0"))  # tests: SIGKILL after this checkpoint
 
     progress = progress and rank == 0
     bar = tqdm(total=total, initial=state.step, desc=f"train {cfg.method}", unit="step", disable=not progress)
@@ -419,8 +424,9 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
                 break
         if state.step % cfg.save_every == 0 and state.step < total and rank == 0:
             save_checkpoint(ckpts, model, opt, sched, state, fp)
-            if kill_at and state.step == kill_at:
-                os.kill(os.getpid(), 9)
+            artifacts.kill_point("train.checkpoint")
+        if rank == 0:
+            artifacts.kill_point("train.step")  # a step that no checkpoint holds yet: redone on resume
     bar.close()
     if world > 1:
         _write_rank_digest(model, out, rank)
@@ -443,6 +449,8 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
             # the base as the user named it, so `llmkit chat OUT` finds it again
             meta = json.loads((b.tmp / "adapter_config.json").read_text())
             meta["base_model_name_or_path"] = base
+            if isinstance(meta.get("target_modules"), list):  # peft writes a set's order, which changes per process
+                meta["target_modules"] = sorted(meta["target_modules"])
             (b.tmp / "adapter_config.json").write_text(json.dumps(meta, indent=2))
         else:
             model.save_pretrained(b.tmp)
