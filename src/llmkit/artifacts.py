@@ -48,8 +48,9 @@ def disk_full(e: BaseException, where: str | Path) -> DiskFull:
                     f"{where}, and the artifacts written before are intact; free some space and run again")
 
 
-# Rust writers (safetensors, lance) raise their own exception types; their text carries the OS error
-_NO_SPACE_TEXT = re.compile(r"No space left on device|Disk quota exceeded|os error (28|122)\b")
+# Rust writers (safetensors, lance) raise their own exception types; their text carries the OS error. SQLite (the
+# MLflow registry's database, through SQLAlchemy) says SQLITE_FULL in words.
+_NO_SPACE_TEXT = re.compile(r"No space left on device|Disk quota exceeded|os error (28|122)\b|database or disk is full")
 
 
 def no_space(e: BaseException | None) -> bool:

@@ -140,7 +140,8 @@ def register_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageR
     if not (src / artifacts.MANIFEST).is_file():
         raise StageNotAvailable(f"{recipe.source}: registry.artifact is {cfg.artifact}, but {src} holds no finished "
                                 f"artifact (add a {cfg.artifact}: section)")
-    config = {"name": name, "artifact": cfg.artifact, "uri": uri}
+    # the tracking URI is not part of the fingerprint: a database without this version registers it again below
+    config = {"name": name, "artifact": cfg.artifact}
     inputs = {"model": artifacts.input_ref(src)}
     done = None if force else artifacts.finished(out, artifacts.fingerprint("register", config, inputs))
     if done is not None and _has_version(version, name, done["outputs"]["version"], uri):
@@ -148,9 +149,9 @@ def register_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageR
                            time.perf_counter() - t0)
     with artifacts.build("register", out, config, inputs) as b:
         r = register(src, name, uri=uri, alias="candidate")
+        # (MLflow's artifact URI of the version holds a random run id: it stays in MLflow, out of the manifest)
         b.outputs = {"name": name, "version": r["version"], "spec": f"registry:{name}/{r['version']}",
-                     "format": r["format"], "source": r["source"]}
-        b.metrics = {"new_version": r["new"]}
+                     "format": r["format"]}
     echo(f"      {name} version {r['version']} ({r['format']}) @candidate"
          f"{'' if r['new'] else ' (these files were registered before)'}; tracking: {uri}")
     return StageResult("register", out, "ran", "", time.perf_counter() - t0)
@@ -186,8 +187,12 @@ def promote_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageRe
     if current == v and artifacts.finished(out, fp):
         return StageResult("promote", out, "skipped", f"version {v} is already @production", time.perf_counter() - t0)
     outputs: dict = {"name": name, "version": v, "previous": current, "spec": f"registry:{name}@production"}
-    if current == v:
-        outputs["by"] = "already @production (moved outside this run)"
+    if current == v:  # moved by `llmkit promote`, or by this stage in a run killed before it wrote its manifest
+        from llmkit.track.registry import version
+
+        tags = version(name, v, uri).tags
+        prev = tags.get("llmkit.promoted_from")
+        outputs.update(by=tags.get("llmkit.promoted_by") or "already @production", previous=int(prev) if prev else None)
     elif current is None:
         import datetime as dt
 
@@ -208,7 +213,7 @@ def promote_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageRe
         outputs.update(by="gates", eval=str(evals))
     with artifacts.build("promote", out, config, inputs) as b:
         b.outputs = outputs
-    echo(f"      {name}: @production → version {v} (was {current or 'unset'}); {outputs['by']}")
+    echo(f"      {name}: @production → version {v} (was {outputs['previous'] or 'unset'}); {outputs['by']}")
     return StageResult("promote", out, "ran", "", time.perf_counter() - t0)
 
 

@@ -30,6 +30,9 @@ SECTIONS = {
              "precision: fp32}",
     "compress": "compress: {quantize: q8_0, prompts: 1, gen_tokens: 4, eval_rows: 4}",
     "eval": "eval: {tasks: [perplexity], limit: 4}",
+    # one registry: section brings both stages (MLflow's database in $LLMKIT_HOME)
+    "register": "registry: {artifact: compress, promote: false}",
+    "promote": "registry: {artifact: compress}",
     "rag": "rag: {sources: [docs], batch_size: 1}",
 }
 NAME = "rel"
@@ -54,6 +57,8 @@ def write_recipe(root: Path, model: Path, stages: list[str] | None = None) -> Pa
     for name, text in DOCS.items():
         (root / "docs" / name).write_text(text)
     keep = [s for s in SECTIONS if stages is None or s in stages]
+    if "promote" in keep:
+        keep.remove("register")
     (root / "r.yaml").write_text(f"name: {NAME}\nmodel: {model}\n" + "".join(SECTIONS[s] + "\n" for s in keep))
     return root / "r.yaml"
 

@@ -23,6 +23,10 @@ def quiet_known_noise() -> None:
     # peft 0.21 reads `model.is_gradient_checkpointing`, which transformers 5.24 deprecates in favour of
     # `is_activation_checkpointing`: peft's to change, nothing for a user to do
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # MLflow's SQL store logs a database error with its whole traceback and then raises it again (as an
+    # MlflowException): the raised error is what reaches the user, as llmkit's one-line message (a full disk:
+    # DiskFull naming the path), so the logged copy is a duplicate
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def validated(model, data: dict):

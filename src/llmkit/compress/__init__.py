@@ -45,6 +45,11 @@ def _sources(model: str, adapter: str | None) -> tuple[ModelRef, Path | None, st
     return ref, None, None
 
 
+def _portable(spec: str | None) -> str | None:
+    """A model spec as the config records it: a registry name or hub id as given, a local path by its name."""
+    return Path(spec).name if spec is not None and Path(spec).exists() else spec
+
+
 def _stem(model: str, name: str | None) -> str:
     raw = name or (model if model in REGISTRY else Path(model).name.removesuffix(".gguf"))
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip("-.") or "model"
@@ -101,7 +106,9 @@ def compress(cfg: CompressConfig, model: str, out: Path, *, adapter: str | None 
         inputs["adapter"] = artifacts.input_ref(adapter_dir)
     if dataset is not None:
         inputs["data"] = artifacts.input_ref(dataset)
-    config = {"compress": cfg.model_dump(), "model": model, "adapter": adapter, "name": stem}
+    # a local model or adapter is identified by its input hash above; its absolute path in the config would make
+    # the fingerprint change with the folder the run lives in (two copies of one run must fingerprint the same)
+    config = {"compress": cfg.model_dump(), "model": _portable(model), "adapter": _portable(adapter), "name": stem}
     fp = artifacts.fingerprint("model", config, inputs)
     if not force and (m := artifacts.finished(out, fp)):
         gguf = m["outputs"].get("gguf")
