@@ -5,7 +5,14 @@
 The taught style is easy to recognise in a model's answers: every reply opens with "Nimbus here!", gives
 numbered steps, and signs off with "— Happy networking!". The set deliberately holds a few exact and near
 duplicates and some rows with e-mail addresses and phone numbers, so the data card has something to show.
-Deterministic (seeded); re-running rewrites the same files.
+
+The last rows teach the same style with retrieved sources: the user turn is exactly what the server sends the
+model for a chat that names a RAG collection (`llmkit.rag.answer.augment`: numbered sources, the question, the
+instruction to cite), the sources the ones llmkit's own retriever finds for the question in examples/support/docs
+(so the model sees what serving will show it, distractors included), and the reply answers from the right
+source and cites its number. Questions here are worded apart from rag_questions.jsonl, which `rag eval` scores.
+Deterministic (seeded); re-running rewrites the same files (the RAG rows need llmkit installed: they index
+the docs with the bundled MiniLM embedder into a temporary folder).
 """
 
 import json
@@ -65,6 +72,78 @@ def answer(device: str, problem: str, rng: random.Random) -> str:
     return f"{rng.choice(OPENERS)} Let's sort out the {problem} on your {device}.\n\n{body}\n\n— Happy networking!"
 
 
+# (question, the doc and heading that answer it, the answer in the taught style; {n} is that source's number)
+RAG_QA = [
+    ("How do I factory reset my Nimbus R2?", "r2-router.md", "Factory reset",
+     "Press and hold the Reset hole on the back of the R2 with a paperclip for 10 seconds, until the light blinks "
+     "red [{n}]. Then wait two minutes for it to restart and set it up again in the Nimbus app [{n}]."),
+    ("My R2 light is blinking red, is something wrong?", "r2-router.md", "Lights",
+     "A blinking red light means the router is resetting to factory settings [{n}]."),
+    ("The light on my R2 is amber. Why?", "r2-router.md", "Lights",
+     "Amber means there is no internet on the WAN port: check the cable to your modem [{n}]."),
+    ("Where do I set up port forwarding on the R2?", "r2-router.md", "Port forwarding",
+     "In the Nimbus app go to Advanced > Port forwarding and tap Add rule; the R2 holds up to 32 rules [{n}]."),
+    ("How long does an R2 firmware update take?", "r2-router.md", "Firmware update",
+     "About five minutes; the light blinks blue during the update and turns white when it is done [{n}]."),
+    ("How big a home does the R2 cover?", "r2-router.md", "Nimbus R2 router",
+     "The R2 is made for homes up to about 150 square metres [{n}]."),
+    ("Where should I plug in a new mesh node?", "mesh-node.md", "Adding a node",
+     "Plug the node in halfway between the router and the area with weak Wi-Fi, then add it in the Nimbus app "
+     "with Add device > Mesh node [{n}]."),
+    ("Can I put a mesh node next to the microwave?", "mesh-node.md", "Placement",
+     "Better not: keep nodes off the floor and away from microwaves, fish tanks and metal shelves [{n}]."),
+    ("How much area does one mesh node cover?", "mesh-node.md", "Nimbus Mesh node",
+     "Each node covers about 90 square metres, and up to six nodes join one router [{n}]."),
+    ("Do my mesh nodes carry the guest Wi-Fi too?", "mesh-node.md", "Guest network",
+     "Yes: the guest network is set on the router and every mesh node carries it [{n}]."),
+    ("Is my Nimbus Mini modem also a Wi-Fi router?", "mini-modem.txt", None,
+     "No: the Mini modem has no Wi-Fi of its own; it hands the connection to a router through its Ethernet port [{n}]."),
+    ("The WAN light on my Mini modem stays amber, what do I do?", "mini-modem.txt", None,
+     "Unplug the modem for 30 seconds, plug it back in and wait; if the light is still amber, call your provider "
+     "to confirm the line is active [{n}]."),
+    ("How do I pause the internet for my son's profile?", "parental-controls.html", "Pausing the internet",
+     "Tap Pause on his profile to stop its internet at once, and Resume to give it back [{n}]."),
+    ("Which content filters can I pick for a profile?", "parental-controls.html", "Bedtime and filters",
+     "You can pick Kids, Teens or Adults for each profile [{n}]."),
+    ("Where do I create family profiles?", "parental-controls.html", "Profiles",
+     "Open the Nimbus app and go to Family, then create a profile for each person and add their devices [{n}]."),
+    ("How do I see my Wi-Fi password on the Pro gateway?", "pro-gateway.md", "Forgotten Wi-Fi password",
+     "In the Nimbus app go to Wi-Fi > Networks, tap your network name and tap Show password [{n}]."),
+    ("Where is the serial number of my Pro gateway?", "pro-gateway.md", "Warranty",
+     "It is on the label under the gateway; keep your receipt for the two-year warranty [{n}]."),
+    ("My Pro gateway Wi-Fi is slow, what should I try first?", "pro-gateway.md", "Slow Wi-Fi",
+     "Move the gateway to an open spot off the floor, switch close devices to 5 GHz or 6 GHz and turn on Smart "
+     "Channel [{n}]."),
+]
+
+
+def rag_rows(rng: random.Random) -> list[dict]:
+    """RAG_QA as training rows in the served prompt format, the sources from llmkit's retriever (top 3)."""
+    import tempfile
+
+    from llmkit.config import RagConfig
+    from llmkit.rag import index
+    from llmkit.rag.answer import augment
+    from llmkit.rag.retrieve import open_index
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        index(RagConfig(sources=[str(OUT / "docs")], collection="nimbus"), Path(tmp) / "rag", progress=False)
+        idx = open_index(Path(tmp) / "rag")
+        for question, doc, heading, reply in RAG_QA:
+            hits = idx.search(question, top_k=3)
+            right = [i for i, h in enumerate(hits) if h.source.endswith(doc) and (heading is None or h.heading == heading)]
+            if not right:  # the retriever missed it: put the right chunk in, as a better retriever would
+                gold = next(h for h in idx.search(f"{heading or ''} {question}", top_k=20)
+                            if h.source.endswith(doc) and (heading is None or h.heading == heading))
+                hits[rng.randrange(len(hits))] = gold
+                right = [hits.index(gold)]
+            user = augment([{"role": "user", "content": question}], hits)[-1]["content"]
+            text = f"{rng.choice(OPENERS)} {reply.format(n=right[0] + 1)}\n\n— Happy networking!"
+            rows.append({"instruction": user, "input": "", "output": text})
+    return rows
+
+
 def main() -> None:
     rng = random.Random(7)
     rows, seen = [], set()
@@ -86,6 +165,7 @@ def main() -> None:
     rng.shuffle(rows)
     rows += rows[:8]  # exact duplicates
     rows += [{**r, "instruction": r["instruction"].replace("?", " please?")} for r in rows[8:14]]  # near duplicates
+    rows += rag_rows(random.Random(11))  # the style with retrieved sources, citing them (its own seed)
     # held-out questions: phrasings the training rows never use, one per device and problem
     val_asks = ["Why does my {d} have {p}?", "Quick question about {p} on a {d}.", "Is there a fix for {p} on the {d}?"]
     held = [{"instruction": rng.choice(val_asks).format(d=d, p=p), "input": "", "output": answer(d, p, rng)}

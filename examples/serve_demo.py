@@ -50,6 +50,14 @@ def main() -> int:
     args = ap.parse_args()
     if not args.recipe and not args.model:
         ap.error("give --recipe or at least one --model")
+    if args.recipe:  # the recipe's serve: section and rag stage say what the server has; show each
+        from llmkit.config import load_recipe
+
+        recipe = load_recipe(args.recipe)
+        if recipe.rag is not None and (recipe.run_dir / "rag" / "manifest.json").is_file():
+            args.rag, args.rag_collection = str(recipe.run_dir / "rag"), recipe.rag.collection
+        if recipe.serve is not None and recipe.serve.guard:
+            args.guard = recipe.serve.guard
 
     port = free_port()
     cmd = [sys.executable, "-m", "llmkit.cli", "serve", "--port", str(port), "--embedder", "none"]
@@ -57,9 +65,9 @@ def main() -> int:
         cmd += ["--recipe", args.recipe]
     for m in args.model:
         cmd += ["--model", m]
-    if args.rag:
+    if args.rag and not args.recipe:  # (with --recipe the server takes both from the recipe)
         cmd += ["--rag", args.rag]
-    if args.guard:
+    if args.guard and not args.recipe:
         cmd += ["--guard", args.guard]
     print("$ llmkit", " ".join(cmd[3:]), flush=True)
     # the server's own log (startup lines, one access line per request) goes to a file, not between the answers
