@@ -17,6 +17,7 @@ the docs with the bundled MiniLM embedder into a temporary folder).
 
 import json
 import random
+import re
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "support"
@@ -72,11 +73,14 @@ def answer(device: str, problem: str, rng: random.Random) -> str:
     return f"{rng.choice(OPENERS)} Let's sort out the {problem} on your {device}.\n\n{body}\n\n— Happy networking!"
 
 
-# (question, the doc and heading that answer it, the answer in the taught style; {n} is that source's number)
+# (question, the doc and heading that answer it, the answer in the taught style; {n} is that source's number).
+# Where the doc has numbered steps the answer repeats them word for word: a 135M model copies more readily than it
+# paraphrases (with paraphrased steps the tuned model cited [1] but garbled the step).
 RAG_QA = [
     ("How do I factory reset my Nimbus R2?", "r2-router.md", "Factory reset",
-     "Press and hold the Reset hole on the back of the R2 with a paperclip for 10 seconds, until the light blinks "
-     "red [{n}]. Then wait two minutes for it to restart and set it up again in the Nimbus app [{n}]."),
+     "Find the small Reset hole on the back of the R2, next to the power socket [{n}]. Press and hold it with a "
+     "paperclip for 10 seconds, until the light blinks red [{n}]. Wait two minutes for the router to restart [{n}]. "
+     "Set it up again in the Nimbus app as if it were new [{n}]."),
     ("My R2 light is blinking red, is something wrong?", "r2-router.md", "Lights",
      "A blinking red light means the router is resetting to factory settings [{n}]."),
     ("The light on my R2 is amber. Why?", "r2-router.md", "Lights",
@@ -88,8 +92,8 @@ RAG_QA = [
     ("How big a home does the R2 cover?", "r2-router.md", "Nimbus R2 router",
      "The R2 is made for homes up to about 150 square metres [{n}]."),
     ("Where should I plug in a new mesh node?", "mesh-node.md", "Adding a node",
-     "Plug the node in halfway between the router and the area with weak Wi-Fi, then add it in the Nimbus app "
-     "with Add device > Mesh node [{n}]."),
+     "Plug the node in halfway between the router and the area with weak Wi-Fi [{n}]. In the Nimbus app, tap Add "
+     "device > Mesh node and scan the QR code on its base [{n}]. Wait until the node's light turns solid white [{n}]."),
     ("Can I put a mesh node next to the microwave?", "mesh-node.md", "Placement",
      "Better not: keep nodes off the floor and away from microwaves, fish tanks and metal shelves [{n}]."),
     ("How much area does one mesh node cover?", "mesh-node.md", "Nimbus Mesh node",
@@ -112,8 +116,9 @@ RAG_QA = [
     ("Where is the serial number of my Pro gateway?", "pro-gateway.md", "Warranty",
      "It is on the label under the gateway; keep your receipt for the two-year warranty [{n}]."),
     ("My Pro gateway Wi-Fi is slow, what should I try first?", "pro-gateway.md", "Slow Wi-Fi",
-     "Move the gateway to an open spot off the floor, switch close devices to 5 GHz or 6 GHz and turn on Smart "
-     "Channel [{n}]."),
+     "Move the gateway to an open spot, off the floor and away from the microwave [{n}]. In the Nimbus app, switch "
+     "devices close by to the 5 GHz or 6 GHz band [{n}]. Turn on Smart Channel so the gateway avoids busy "
+     "channels [{n}]."),
 ]
 
 
@@ -138,9 +143,13 @@ def rag_rows(rng: random.Random) -> list[dict]:
                             if h.source.endswith(doc) and (heading is None or h.heading == heading))
                 hits[rng.randrange(len(hits))] = gold
                 right = [hits.index(gold)]
-            user = augment([{"role": "user", "content": question}], hits)[-1]["content"]
-            text = f"{rng.choice(OPENERS)} {reply.format(n=right[0] + 1)}\n\n— Happy networking!"
-            rows.append({"instruction": user, "input": "", "output": text})
+            # the taught shape (opener, numbered steps, sign-off), each step citing the source it comes from
+            steps = [x.strip().rstrip(".") for x in re.split(r"(?<=[.;])\s+", reply.format(n=right[0] + 1)) if x.strip()]
+            body = "\n".join(f"{i}. {x[0].upper()}{x[1:]}." for i, x in enumerate(steps, 1))
+            text = f"{rng.choice(OPENERS)} Here is what the guide says.\n\n{body}\n\n— Happy networking!"
+            for k in (3, 2):  # the same answer beside three and beside two sources
+                user = augment([{"role": "user", "content": question}], hits[:k] if right[0] < k else hits)
+                rows.append({"instruction": user[-1]["content"], "input": "", "output": text})
     return rows
 
 

@@ -1,6 +1,6 @@
 """Must-show of issue 18 on the example recipe itself: examples/recipe.yaml (its data, eval tasks, registry and
 rag sections as written) run end to end into a real `mlflow server` on 127.0.0.1, with two changes that keep it
-within the test budget: the tiny random Llama (a 1,024-token context) in place of SmolLM2 (so one short epoch), and a gate such a model
+within the test budget: the tiny random Llama (a 2,048-token context) in place of SmolLM2 (so one short epoch), and a gate such a model
 can pass. The run is then read back twice: through the MLflow client (runs per stage, params, metrics, the
 registered version and its aliases) and through the server's REST API (plain HTTP)."""
 
@@ -36,8 +36,9 @@ def test_the_example_recipe_in_mlflow(mlflow_server, tmp_path, monkeypatch):
     from conftest import build_tiny_llama, write_gguf
     from mlflow import MlflowClient
 
-    # the example's rows are ~350 tokens of the tiny byte-level vocabulary: a context of 1024 holds them
-    tiny_gguf = write_gguf(build_tiny_llama(tmp_path / "tiny", context=1024), tmp_path / "tiny-f32.gguf")
+    # the example's rows are up to ~1,400 tokens of the tiny byte-level vocabulary (its retrieved-sources rows):
+    # a context of 2048 holds them
+    tiny_gguf = write_gguf(build_tiny_llama(tmp_path / "tiny", context=2048), tmp_path / "tiny-f32.gguf")
     base = mlflow_server
     monkeypatch.setenv("LLMKIT_TRACK", "1")
     monkeypatch.setenv("LLMKIT_HOME", str(tmp_path / "home"))

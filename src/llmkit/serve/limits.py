@@ -126,6 +126,10 @@ class Slots:
         self._sem.release()
 
 
+DRAIN_MAX = 64 << 20  # bytes of a refused body read and dropped so that the client gets its 413 (see _too_large)
+DRAIN_TIMEOUT_S = 10.0
+
+
 class BodyLimit:
     """ASGI middleware: read at most `limit` bytes of a request body before the app parses it; more is a 413.
 
@@ -141,7 +145,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._too_large(scope, receive, send)
+            return await self._too_large(scope, receive, send, more=True)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -150,7 +154,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                return await self._too_large(scope, receive, send)
+                return await self._too_large(scope, receive, send, more=message.get("more_body", False))
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -165,9 +169,24 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # the rest of the body is never read, so this connection cannot carry another request: say so, or a
-        # keep-alive client may send its next request on a connection the server is closing (a soak saw ReadErrors)
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, more: bool) -> None:
+        """413. The rest of the body is read and dropped first (up to DRAIN_MAX bytes, DRAIN_TIMEOUT_S): a client
+        still sending would otherwise see its connection reset instead of the answer, and a keep-alive connection
+        with an unread body cannot carry the next request. Past either bound the answer closes the connection."""
+        drained, close = 0, False
+        while more:
+            if drained > DRAIN_MAX:
+                close = True
+                break
+            try:
+                message = await asyncio.wait_for(receive(), DRAIN_TIMEOUT_S)
+            except TimeoutError:
+                close = True
+                break
+            if message["type"] == "http.disconnect":
+                return  # the client left: nobody to answer
+            drained += len(message.get("body", b""))
+            more = message.get("more_body", False)
         err = APIError(413, f"request body is larger than {self.limit} bytes", code="request_too_large",
-                       headers={"Connection": "close"})
+                       headers={"Connection": "close"} if close else None)
         await err.response()(scope, receive, send)
