@@ -65,7 +65,7 @@ def test_the_example_recipe_in_mlflow(mlflow_server, tmp_path, monkeypatch):
     losses = read_manifest(recipe.run_dir / "train")["metrics"]["losses"]
     curve = c.get_metric_history(runs["train"].info.run_id, "train_loss")
     assert [(m.step, round(m.value, 6)) for m in curve] == [(s, round(v, 6)) for s, v in losses]
-    assert runs["eval"].data.metrics["model.support.items"] == 12
+    assert runs["eval"].data.metrics["support.items"] == 12 and "baseline.support.contains" in runs["eval"].data.metrics
     mv = c.get_model_version_by_alias("support-assistant", "production")
     assert mv.version == "1" and c.get_model_version_by_alias("support-assistant", "candidate").version == "1"
     assert mv.tags["llmkit.format"] == "gguf"
