@@ -20,6 +20,7 @@ from html import escape
 from pathlib import Path
 
 from llmkit import artifacts
+from llmkit.config import STAGE_ORDER
 from llmkit.errors import ArtifactError
 from llmkit.eval import report as eval_report
 from llmkit.eval import svg
@@ -28,7 +29,7 @@ from llmkit.web import lineage_svg, run_serving
 from llmkit.web import runs as runs_
 from llmkit.web.report_links import Page
 
-STAGES = ("model", "data", "train", "compress", "eval", "rag")
+STAGES = STAGE_ORDER  # the pipeline's order (config.py): model ... register, promote, rag
 TUNED, BASE = eval_report.TUNED, eval_report.BASE
 EXTRA_CSS = """a.n{color:inherit;text-decoration:none;border-bottom:1px dotted #94a3b8}a.n:hover{color:#2563eb}
 .pill.none{background:#e5e7eb;color:#374151}.notrun{color:#6b7280;font-style:italic}.kv{width:auto;min-width:340px}
@@ -96,17 +97,16 @@ def _stages_table(p: Page, stages: dict[str, Stage]) -> str:
         m = st.manifest
         if m is None:
             pill = '<span class="pill fail">UNREADABLE</span>' if st.error else '<span class="pill none">NOT RUN</span>'
-            rows.append(f'<tr><td><b>{escape(st.name)}</b></td><td>{pill}</td><td colspan="4" class="muted">'
+            rows.append(f'<tr><td><b>{escape(st.name)}</b></td><td>{pill}</td><td colspan="3" class="muted">'
                         f'{escape(st.error or "")}</td></tr>')
             continue
         man = st.folder / artifacts.MANIFEST
         rows.append(f'<tr><td><b>{escape(st.name)}</b></td><td><span class="pill pass">{escape(m.get("status", "?").upper())}'
                     f'</span></td><td>{escape(str(m.get("kind")))}</td><td>{escape(str(m.get("finished_at")))}</td>'
-                    f'<td class="num">{p.num(m.get("seconds"), man, "seconds")}</td>'
                     f'<td>{link(p.href(man), (m.get("fingerprint") or "")[:12] or "manifest")}</td></tr>')
     return ('<section id="stages"><h2>Stages</h2><div class="src">each stage\'s manifest.json (kind, inputs\' hashes, '
             'config, metrics, timing); a stage not run yet has none</div><table><tr><th>stage</th><th>status</th>'
-            '<th>kind</th><th>finished</th><th class="num">seconds</th><th>fingerprint (its manifest)</th></tr>'
+            '<th>kind</th><th>finished</th><th>fingerprint (its manifest)</th></tr>'
             f'{"".join(rows)}</table></section>')
 
 
