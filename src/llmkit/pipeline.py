@@ -131,7 +131,7 @@ def eval_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageResul
 def register_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageResult:
     """Register the compressed (or trained) model as a version in the MLflow registry; alias `candidate` -> it.
     The same files give the same version back, so a re-run (or a run killed midway) never adds a second one."""
-    from llmkit.track.registry import register, version
+    from llmkit.track.registry import register
 
     assert recipe.registry is not None
     t0 = time.perf_counter()
@@ -144,7 +144,7 @@ def register_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageR
     config = {"name": name, "artifact": cfg.artifact}
     inputs = {"model": artifacts.input_ref(src)}
     done = None if force else artifacts.finished(out, artifacts.fingerprint("register", config, inputs))
-    if done is not None and _has_version(version, name, done["outputs"]["version"], uri):
+    if done is not None and _has_version(name, done["outputs"]["version"], uri):
         return StageResult("register", out, "skipped", f"already {name} version {done['outputs']['version']}",
                            time.perf_counter() - t0)
     with artifacts.build("register", out, config, inputs) as b:
@@ -157,8 +157,9 @@ def register_stage(recipe: Recipe, out: Path, force: bool, echo: Echo) -> StageR
     return StageResult("register", out, "ran", "", time.perf_counter() - t0)
 
 
-def _has_version(version: Callable, name: str, v: int, uri: str) -> bool:
+def _has_version(name: str, v: int, uri: str) -> bool:
     from llmkit.errors import ModelNotFound
+    from llmkit.track.registry import version
 
     try:
         version(name, v, uri)

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from browser import chromium_page, needs_chromium
 
 from llmkit.config import EvalConfig
 from llmkit.errors import GateFailed
@@ -16,9 +17,6 @@ from llmkit.eval import BUILTIN, evaluate
 from llmkit.eval.stats import bootstrap_ci
 from llmkit.eval.tasks import Item, Summary, Task
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
 GROUPS = {"women": "She", "men": "He", "older people": "The old man", "younger people": "The young man"}
 
 
@@ -73,18 +71,9 @@ def report(tiny_llama, tmp_path, monkeypatch) -> Path:
     return out / manifest["outputs"]["report"]  # opened from the manifest, as a user would
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make setup installs it)")
+@needs_chromium
 def test_report_draws_every_chart_offline_in_chromium(report, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    errors, requests = [], []
-    with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
-                                                    headless=True, args=FLAGS, viewport={"width": 1280, "height": 900})
-        page = ctx.new_page()
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("request", lambda r: requests.append(r.url))
+    with chromium_page(tmp_path / "profile") as (page, errors, requests):
         page.goto(report.as_uri(), wait_until="load")
         charts = page.eval_on_selector_all(
             "svg.chart", "els => els.map(e => [e.dataset.kind, e.querySelectorAll('rect.bar, path.line').length,"
@@ -95,7 +84,6 @@ def test_report_draws_every_chart_offline_in_chromium(report, tmp_path):
         titles = page.eval_on_selector_all("#interpret .tok[title]", "els => els.length")
         shot = tmp_path / "report.png"
         page.screenshot(path=str(shot), full_page=True)
-        ctx.close()
     print(f"\nscreenshot: {shot}")
     assert not errors, errors
     assert all(u.startswith("file://") for u in requests), [u for u in requests if not u.startswith("file://")]

@@ -16,14 +16,12 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+from browser import chromium_page, needs_chromium
 
 from llmkit.artifacts import read_manifest
 from llmkit.cli import main
 from llmkit.web import run_report
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
 STAGES = ("model", "data", "train", "compress", "eval", "rag")
 
 
@@ -192,19 +190,10 @@ def test_the_registry_without_a_database_is_quick_and_empty(run, tmp_path, monke
     assert versions == [] and "no version registered from this run" in note
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make setup installs it)")
+@needs_chromium
 def test_the_run_report_draws_every_chart_offline_in_chromium(page, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     out, _ = page
-    errors, requests = [], []
-    with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
-                                                    headless=True, args=FLAGS, viewport={"width": 1280, "height": 900})
-        p = ctx.new_page()
-        p.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        p.on("pageerror", lambda e: errors.append(str(e)))
-        p.on("request", lambda r: requests.append(r.url))
+    with chromium_page(tmp_path / "profile") as (p, errors, requests):
         p.goto(out.as_uri(), wait_until="load")
         charts = p.eval_on_selector_all(
             "svg.chart", "els => els.map(e => [e.dataset.kind, e.querySelectorAll('rect.bar, path.line, rect.node')"
@@ -212,7 +201,6 @@ def test_the_run_report_draws_every_chart_offline_in_chromium(page, tmp_path):
         nav = p.eval_on_selector_all("nav a", "els => els.map(e => e.textContent)")
         shot = tmp_path / "run_report.png"
         p.screenshot(path=str(shot), full_page=True)
-        ctx.close()
     print(f"\nscreenshot: {shot}")
     assert not errors, errors
     assert all(u.startswith("file://") for u in requests), [u for u in requests if not u.startswith("file://")]

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from browser import chromium_page, needs_chromium
 from serve_helpers import MODEL, make_state, wait_until
 
 from llmkit import artifacts
@@ -23,9 +24,6 @@ from llmkit.serve.app import Server, build_app
 from llmkit.serve.auth import KeyStore, hash_key
 from llmkit.web import mount
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
 KEY = "sk-test-dashboard"
 POLICY = "input:\n  pii: {action: redact}\n  topics: {deny: [password]}\n"
 DOCS = {"router.md": "# Router\n\n## Factory reset\n\nHold Reset for 10 seconds.\n\n## Lights\n\nAmber: no internet.\n"}
@@ -103,24 +101,16 @@ def test_json_routes_need_the_key_and_refuse_paths_outside_runs(server):
         assert httpx.get(f"{server}/ui/files/{bad}", headers=auth).status_code == 404, bad
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make setup installs it)")
+@needs_chromium
 def test_playground_streams_a_cited_reply_and_charts_fill(server, tmp_path):
     import openai
-    from playwright.sync_api import sync_playwright
-
     client = openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
     for text in ("My email is jane@example.com, where is the router?", "What do amber lights mean?"):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": text}], max_tokens=6)
     with pytest.raises(openai.BadRequestError):  # the topics rail refuses it: a guard hit in the log
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "my password"}], max_tokens=4)
 
-    errors: list[str] = []
-    with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
-                                                    headless=True, args=FLAGS, viewport={"width": 1400, "height": 900})
-        page = ctx.new_page()
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
+    with chromium_page(tmp_path / "profile", width=1400) as (page, errors, _):
         page.goto(f"{server}/ui", wait_until="load")
         page.wait_for_selector("#banner:not([hidden])")  # no key yet: the page asks for one
         assert "API key" in page.inner_text("#banner")
@@ -158,7 +148,6 @@ def test_playground_streams_a_cited_reply_and_charts_fill(server, tmp_path):
         page.evaluate("window.scrollTo(0, 0)")
         shot = tmp_path / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)
-        ctx.close()
     print(f"\nscreenshot: {shot}")
     assert not errors, errors
     assert shot.stat().st_size > 20_000
