@@ -283,6 +283,9 @@ STAGES: dict[str, Callable[[Recipe, Path, bool, Echo], StageResult]] = {
     "rag": rag_stage,
 }
 
+# Stages that use MLflow themselves: mirroring of the stages before them must have finished.
+MLFLOW_STAGES = ("register", "promote")
+
 # Which issue brings each stage that is not here yet, so the error can say so.
 PLANNED: dict[str, str] = {}
 
@@ -310,7 +313,8 @@ def run_recipe(recipe: Recipe, force: bool = False, echo: Echo = print) -> list[
         recipe_inputs(recipe, check_only=True)
         load_tasks(recipe.eval.model_copy(update={"tasks": [t for t in recipe.eval.tasks if t != "perplexity"]}),
                    recipe.base_dir)
-    # MLflow mirrors each stage after it finished (track/); it never fails or holds up a stage
+    # MLflow mirrors each stage after it finished, in a child process while the next stage runs (track/); it never
+    # fails or holds up a stage. Stages that read MLflow themselves wait for the mirroring of what came before.
     tracker = track.for_recipe(recipe, echo)
     results, status = [], "FAILED"
     try:
@@ -318,6 +322,8 @@ def run_recipe(recipe: Recipe, force: bool = False, echo: Echo = print) -> list[
             out = recipe.run_dir / stage
             echo(f"[{i}/{len(stages)}] {stage} → {out}")
             artifacts.kill_point("begin", stage=stage)  # tests: kill points count per stage from here
+            if tracker is not None and stage in MLFLOW_STAGES:
+                tracker.flush()  # register links the version to the compress stage's run
             try:
                 r = STAGES[stage](recipe, out, force, echo)
             except Exception as e:  # a full disk outside an artifact build (checkpoints, caches): one clear error

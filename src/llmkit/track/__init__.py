@@ -1,7 +1,8 @@
 """track: MLflow mirroring of artifact manifests (mirror.py) and the model registry with aliases (registry.py).
 
 Tracking is on by default wherever MLflow is installed (`pip install 'llmkit[track]'`): `llmkit run` mirrors
-each finished stage into `sqlite:///$LLMKIT_HOME/mlflow.db` (or `track.mlflow_uri`, or `$MLFLOW_TRACKING_URI`).
+each finished stage into `sqlite:///$LLMKIT_HOME/mlflow.db` (or `track.mlflow_uri`, or `$MLFLOW_TRACKING_URI`),
+from a child process while the next stage runs (background.py, worker.py).
 Off with `track: {enabled: false}` or `LLMKIT_TRACK=0`. Without MLflow and without a `track:` section it stays off
 quietly; a recipe that asks for tracking without MLflow installed is refused up front (MissingExtra).
 """
@@ -9,11 +10,15 @@ quietly; a recipe that asks for tracking without MLflow installed is refused up 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from llmkit.config import Recipe
 from llmkit.errors import MissingExtra
 from llmkit.track.client import INSTALL, available, default_uri, tracking_uri
 from llmkit.track.mirror import Echo, Tracker, stage_folders, sync
+
+if TYPE_CHECKING:
+    from llmkit.track.background import BackgroundTracker
 
 __all__ = ["Tracker", "default_uri", "for_recipe", "off_by_env", "recipe_uri", "stage_folders", "sync", "tracking_uri"]
 
@@ -30,8 +35,8 @@ def recipe_uri(recipe: Recipe) -> str:
     return tracking_uri(uri)
 
 
-def for_recipe(recipe: Recipe, echo: Echo = print) -> Tracker | None:
-    """The tracker of one `llmkit run` of `recipe`, or None when tracking is off."""
+def for_recipe(recipe: Recipe, echo: Echo = print) -> BackgroundTracker | None:
+    """The tracker of one `llmkit run` of `recipe` (mirroring in a child process), or None when tracking is off."""
     cfg = recipe.track
     if off_by_env() or (cfg is not None and not cfg.enabled):
         return None
@@ -40,4 +45,6 @@ def for_recipe(recipe: Recipe, echo: Echo = print) -> Tracker | None:
             raise MissingExtra(f"{recipe.source or 'the recipe'}: track: mirrors runs into MLflow, which is not "
                                f"installed: {INSTALL} (or track: {{enabled: false}})")
         return None
-    return Tracker(recipe.name, recipe_uri(recipe), recipe.run_dir, echo, source=recipe.source)
+    from llmkit.track.background import BackgroundTracker
+
+    return BackgroundTracker(recipe.name, recipe_uri(recipe), recipe.run_dir, echo, source=recipe.source)
