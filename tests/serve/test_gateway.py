@@ -64,7 +64,10 @@ def llama_cpp_upstream(tmp: Path) -> Upstream:
 
     gguf, port = resolve_model("smollm2-135m-instruct").path, _port()
     return Upstream([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "tiny-lcpp",
-                     "--port", str(port), "--n_threads", "1", "--n_ctx", "512", "--verbose", "False"],
+                     "--port", str(port), "--n_threads", "1", "--n_ctx", "512", "--verbose", "False",
+                     # its default ends a streamed reply as soon as another request waits for its model lock, and
+                     # GET /v1/models (the gateway's health check) does
+                     "--interrupt_requests", "False"],
                     port, tmp / f"llama-cpp-{port}.log")
 
 

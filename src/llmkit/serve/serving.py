@@ -156,7 +156,10 @@ class Run:
 
     def _refund(self) -> None:
         if self._reserved:
-            used = sum(j.prompt_tokens for j in self.jobs) + sum(g.completion_tokens for g in self.gens)
+            # an upstream engine's prompt tokens are known only once it reported them (j.prompt_tokens is 0)
+            used = (sum(j.prompt_tokens or g.prompt_tokens for j, g in zip(self.jobs, self.gens))
+                    + sum(j.prompt_tokens for j in self.jobs[len(self.gens):])
+                    + sum(g.completion_tokens for g in self.gens))
             self.state.limiter.refund(self.ctx.client, self._reserved - used)
 
     def cancel(self, reason: str) -> None:
