@@ -225,3 +225,27 @@ def test_upstream_urls_and_the_vllm_command(tmp_path):
         from llmkit.engines.vllm import start_vllm
 
         start_vllm(resolve_model("smollm2-135m-instruct"), python=None)
+
+
+def test_rag_and_the_request_log_apply_at_the_gateway(upstreams, tmp_path):
+    from llmkit.config import RagConfig
+    from llmkit.monitor.store import read_log
+    from llmkit.rag import index
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "router.md").write_text("# Router\n\n## Factory reset\n\nHold Reset for 10 seconds.\n")
+    index(RagConfig(sources=[str(tmp_path / "docs")], collection="help"), tmp_path / "store" / "help", progress=False)
+    with gateway([f"gw={upstreams[0].url}"], rag=[str(tmp_path / "store")],
+                 request_log=str(tmp_path / "requests.db")) as gw:
+        c = gw.openai()
+        ask = [{"role": "user", "content": "How long do I hold reset?"}]
+        plain = c.chat.completions.create(model="gw", messages=ask, max_tokens=4, temperature=0)
+        r = c.chat.completions.create(model="gw", messages=ask, max_tokens=4, temperature=0,
+                                      extra_body={"rag": {"collection": "help", "top_k": 1}})
+        cite = r.model_extra["citations"][0]
+        assert (cite["source"], cite["heading"]) == ("docs/router.md", "Factory reset")
+        # the upstream got the source in its prompt: its own prompt token count (passed on) grew
+        assert r.usage.prompt_tokens > plain.usage.prompt_tokens + 5
+        gw.state.recorder.log.flush()
+        rows = read_log(gw.state.recorder.log.path)[0]
+        assert [x["model"] for x in rows] == ["gw", "gw"] and rows[-1]["rag"][0]["source"] == "docs/router.md"
