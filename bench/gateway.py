@@ -108,6 +108,12 @@ def total(results: list[dict]) -> tuple[float, float, int]:
             sum(r["errors"] for r in results))
 
 
+def cpu_ms(pid: int) -> float:
+    """User + system CPU time of a process so far, in ms (/proc/PID/stat fields 14 and 15, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 def machine() -> None:
     print(uptime()[0])
     flags = next((line for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
@@ -149,11 +155,18 @@ def main() -> int:
 
         print(f"\n1. added latency: 1 client, {args.pairs} pairs of requests (max_tokens 1, one short prompt), each pair "
               "one direct and one through the gateway, in alternating order", flush=True)
+        pids = {n: proc.pid for n, proc, _ in procs}
+        cpu0 = {n: cpu_ms(pid) for n, pid in pids.items()}
         d, g = asyncio.run(paired(direct, g1, args.pairs))
+        cpu = {n: (cpu_ms(pid) - cpu0[n]) for n, pid in pids.items()}
         diff = [b - a for a, b in zip(d, g)]
         print(f"  p50 direct {pct(d, 0.5):.2f} ms, through the gateway {pct(g, 0.5):.2f} ms; p50 of the pairs' "
               f"differences {pct(diff, 0.5):+.2f} ms (goal <= 2 ms; p25 {pct(diff, 0.25):+.2f}, "
               f"p75 {pct(diff, 0.75):+.2f})")
+        # CPU time is what the gateway costs whatever the load: on a busy box the wall-clock difference is mostly
+        # the gateway process waiting for a core (several wake-ups per request), not work
+        print(f"  CPU per request: gateway G1 {cpu['G1'] / args.pairs:.2f} ms, upstream A "
+              f"{cpu['A'] / (2 * args.pairs):.2f} ms (A served both halves of each pair)")
 
         print(f"\n2. throughput: {args.clients} clients x {args.requests_per_client} requests of max_tokens "
               f"{args.max_tokens} per round", flush=True)

@@ -120,12 +120,18 @@ class OpenAIEngine:
         self._thread = threading.Thread(target=self._loop.run_forever, name="llmkit-upstream", daemon=True)
         self._thread.start()
         self._rr = 0
+        self._headers = headers
+        # the server calls submit on its own event loop: the upstream request then runs as a task there, with a
+        # client of that loop (httpx clients belong to one loop), so that no request crosses a thread (a hand-off
+        # between threads waits for the GIL: ~0.5 ms each, several per request). Other callers (chat, eval:
+        # plain threads) use the engine's own loop thread and its client.
+        self._clients: dict[asyncio.AbstractEventLoop, object] = {}
+        self._tasks: set[asyncio.Task] = set()
         self.retries = 0  # requests sent again to another replica after a failure there
         self._closed = False
 
         async def make_client():
-            return httpx.AsyncClient(headers=headers, timeout=self._timeout,
-                                     limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+            return self._new_client()
 
         self._client = self._call(make_client())
         try:
@@ -135,6 +141,12 @@ class OpenAIEngine:
             raise
         self.model = ModelRef(served_name or self.upstream_model, "remote", Path(), "remote")
         self._health = asyncio.run_coroutine_threadsafe(self._health_loop(), self._loop)
+
+    def _new_client(self):
+        import httpx
+
+        return httpx.AsyncClient(headers=self._headers, timeout=self._timeout,
+                                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
 
     def _call(self, coro, timeout: float | None = None):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
@@ -234,17 +246,28 @@ class OpenAIEngine:
         else:
             path, body["prompt"] = "/completions", prompt
         gen = Generation()
-        asyncio.run_coroutine_threadsafe(self._run(gen, path, body, params.streamed), self._loop)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or loop is self._loop:
+            asyncio.run_coroutine_threadsafe(self._run(gen, path, body, params.streamed, self._client), self._loop)
+        else:
+            if loop not in self._clients:
+                self._clients[loop] = self._new_client()
+            task = loop.create_task(self._run(gen, path, body, params.streamed, self._clients[loop]))
+            self._tasks.add(task)  # held until done: the loop keeps only a weak reference to its tasks
+            task.add_done_callback(self._tasks.discard)
         return gen
 
-    async def _run(self, gen: Generation, path: str, body: dict, streamed: bool) -> None:
+    async def _run(self, gen: Generation, path: str, body: dict, streamed: bool, client) -> None:
         try:
-            await self._generate(gen, path, body, streamed)
+            await self._generate(gen, path, body, streamed, client)
         except Exception as e:  # noqa: BLE001 -- whatever happens, the generation ends and its consumer hears why
             if gen.finish_reason is None:
                 gen.close("error", e)
 
-    async def _generate(self, gen: Generation, path: str, body: dict, streamed: bool) -> None:
+    async def _generate(self, gen: Generation, path: str, body: dict, streamed: bool, client) -> None:
         import httpx
 
         tried: set[int] = set()
@@ -257,7 +280,7 @@ class OpenAIEngine:
             finish, usage, chunks = "stop", None, 0
             rep.outstanding += 1
             try:
-                async with self._client.stream("POST", rep.url + path, json=body) as r:
+                async with client.stream("POST", rep.url + path, json=body) as r:
                     if r.status_code >= 400:
                         message, code, param = _message(await r.aread(), r.status_code)
                         if r.status_code in RETRY_STATUSES:
@@ -276,8 +299,8 @@ class OpenAIEngine:
                         if not line.startswith("data:"):
                             continue
                         data = line[5:].strip()
-                        if data == "[DONE]":
-                            break
+                        if data == "[DONE]":  # read on to the end all the same: a response left unread closes
+                            continue  # its connection, and a new one costs a connect per request
                         obj = json.loads(data)
                         if "error" in obj:  # an error after the upstream's headers: the same envelope, in the stream
                             message, code, param = _message(data.encode(), 502)
@@ -348,6 +371,16 @@ class OpenAIEngine:
             try:
                 self._call(self._client.aclose(), timeout=10)
             except Exception:  # noqa: BLE001 -- closing: connections the upstream already dropped may fail to close
+                pass
+        for t in list(self._tasks):
+            try:
+                t.get_loop().call_soon_threadsafe(t.cancel)
+            except RuntimeError:  # its loop is closed: the task went with it
+                pass
+        for loop, c in self._clients.items():  # the server's loop: close there, without waiting (it may be this one)
+            try:
+                loop.call_soon_threadsafe(lambda c=c, loop=loop: loop.create_task(c.aclose()))
+            except RuntimeError:  # a loop already closed took its connections with it
                 pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
