@@ -185,6 +185,7 @@ def test_a_replica_killed_under_load_fails_no_request(upstreams):
         for t in threads:
             t.start()
         wait_until(lambda: len(done) >= 8, 60, "the first requests")
+        assert all(r.served > 0 for r in engine.replicas)  # balanced: both replicas answered before the kill
         b.kill()  # SIGKILL while requests run on it
         for t in threads:
             t.join(120)
