@@ -204,7 +204,7 @@ class GuardConfig(Section):
 class ServeConfig(Section):
     """`serve:` how `llmkit serve` serves models over OpenAI's HTTP API (`llmkit serve --help` has the same)."""
 
-    engine: Literal["llamacpp", "transformers", "vllm"] = "llamacpp"
+    engine: Literal["llamacpp", "transformers", "vllm", "openai"] = Field("llamacpp", description="llamacpp (GGUF), transformers (HF folders, adapters), openai (a gateway: each --model is [NAME=]URL[,URL...] of OpenAI-compatible upstream servers — vLLM, llama.cpp's server, another llmkit — replicas of one model, balanced by outstanding requests, health-checked, retried), or vllm (starts `vllm serve` from --vllm-python and uses it as an upstream).")
     host: str = Field("127.0.0.1", description="Address to bind; anything but loopback needs API keys (or allow_public_without_keys).")
     port: int = Field(8000, gt=0, lt=65536)
     api_keys_file: str | None = Field(None, description="One key per line: plaintext `sk-...` or `sha256:<hex>` (`llmkit keys hash`); `#` comments. Also $LLMKIT_API_KEYS (comma-separated).")
@@ -233,6 +233,8 @@ class ServeConfig(Section):
     max_adapters: int = Field(4, gt=0, description="LoRA adapters loaded at once; the least recently used is unloaded beyond it.")
     registry_poll_s: float = Field(10.0, ge=0, description="A model served as `registry:NAME@ALIAS` follows its alias: every this many seconds the server asks MLflow where it points, loads a new version beside the old one and switches between requests (no request fails); 0: serve the version found at start.")
     drain_timeout_s: float = Field(30.0, ge=0, description="On shutdown, how long in-flight requests may finish (new ones get 503).")
+    upstream_health_s: float = Field(5.0, gt=0, description="openai/vllm engines: how often each upstream replica is health-checked (GET /v1/models); a replica that fails a request is taken out at once and back when it answers.")
+    vllm_python: str | None = Field(None, description="vllm engine: the python of a venv with vllm installed (vLLM runs as its own process in its own environment).")
 
 
 class RegistryConfig(Section):

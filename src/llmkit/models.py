@@ -60,9 +60,9 @@ class ModelRef:
     name: str
     # quantized: a transformers weight-only int8/int4 export (`llmkit compress --quantize int8|int4`), an HF
     # folder whose weights only optimum-quanto can read; the transformers engine loads it, nothing converts it
-    kind: Literal["gguf", "hf", "adapter", "quantized"]
+    kind: Literal["gguf", "hf", "adapter", "quantized", "remote"]  # remote: served by an upstream (engines/upstream.py)
     path: Path
-    source: Literal["registry", "local", "hub"]
+    source: Literal["registry", "local", "hub", "remote"]
     base: str | None = None  # for a PEFT adapter: the base model it was trained on, as the user named it
 
 

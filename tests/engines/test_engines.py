@@ -6,8 +6,8 @@ from llmkit.models import resolve_model
 
 
 def test_engine_registry_is_a_plain_dict():
-    assert list(ENGINES) == ["llamacpp", "transformers"]
-    with pytest.raises(LlmkitError, match="available: llamacpp, transformers"):
+    assert list(ENGINES) == ["llamacpp", "transformers", "openai", "vllm"]
+    with pytest.raises(LlmkitError, match="available: llamacpp, transformers, openai, vllm"):
         load_engine("vllm-typo", resolve_model("smollm2-135m-instruct"))
 
 

@@ -124,7 +124,13 @@ def add_parser(sub) -> None:
                                     "\"rag\": {\"collection\": NAME, \"top_k\": 4} gets NAME's chunks as numbered "
                                     "sources and a top-level citations list. Listening on anything but loopback "
                                     "needs API keys. Ctrl-C (SIGTERM) drains: new requests get 503, running ones "
-                                    "finish; a second Ctrl-C stops at once.")
+                                    "finish; a second Ctrl-C stops at once. "
+                                    "--engine openai makes it a gateway in front of upstream OpenAI-compatible "
+                                    "servers (vLLM, llama.cpp's server, another llmkit): --model "
+                                    "[NAME=]http://HOST:PORT/v1[,URL...] serves one upstream model (replicas "
+                                    "comma-separated: least outstanding requests first, health-checked, a request "
+                                    "retried on another replica when one fails before the client got anything), "
+                                    "with this server's keys, limits, guards, RAG, metrics and request log on top.")
     sv.add_argument("--recipe", help="serve this recipe's model, with its serve: section as the defaults")
     from llmkit.config import ServeConfig
 

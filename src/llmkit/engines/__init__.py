@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from llmkit.engines.base import Engine, Generation, GenParams, Piece, UnsupportedFeature, default_threads
+from llmkit.engines.base import Engine, Generation, GenParams, Piece, UnsupportedFeature, UpstreamError, default_threads
 from llmkit.errors import LlmkitError
 from llmkit.models import ModelRef
 
-__all__ = ["ENGINES", "Engine", "GenParams", "Generation", "Piece", "UnsupportedFeature", "default_threads",
-           "load_engine"]
+__all__ = ["ENGINES", "Engine", "GenParams", "Generation", "Piece", "UnsupportedFeature", "UpstreamError",
+           "default_threads", "load_engine"]
 
 
 def _load_llamacpp(model: ModelRef, **opts) -> Engine:
@@ -32,9 +32,25 @@ def _load_transformers(model: ModelRef, **opts) -> Engine:
     return TransformersEngine(model, **opts)
 
 
+def _load_openai(urls: str, **opts) -> Engine:
+    """`urls`: one upstream base URL, or several (comma-separated) replicas of one model."""
+    from llmkit.engines.upstream import OpenAIEngine
+
+    return OpenAIEngine(urls, **opts)
+
+
+def _load_vllm(model: ModelRef, **opts) -> Engine:
+    """`vllm serve` started from its own venv (`python=`), then used as an openai upstream."""
+    from llmkit.engines.vllm import start_vllm
+
+    return start_vllm(model, **opts)
+
+
 ENGINES: dict[str, Callable[..., Engine]] = {
     "llamacpp": _load_llamacpp,
     "transformers": _load_transformers,
+    "openai": _load_openai,  # any OpenAI-compatible upstream: vLLM, llama.cpp's server, another llmkit
+    "vllm": _load_vllm,
 }
 
 

@@ -30,6 +30,9 @@ class GenParams:
     # computed (the fast path); k: each prompt token's logprob and the k most likely tokens at its position
     prompt_logprobs: int | None = None
     response_format: dict | None = None  # OpenAI's {"type": "json_object"} or {"type": "json_schema", ...}
+    # False: the caller shows nothing until the generation ends (a non-streaming request), so an engine that can
+    # (the openai upstream engine) may start it again on another replica after a failure mid-way
+    streamed: bool = True
 
 
 def template_uses_tools(template: str | None) -> bool:
@@ -50,6 +53,16 @@ def template_uses_tools(template: str | None) -> bool:
 
 class UnsupportedFeature(LlmkitError):
     """The engine cannot honour a request parameter (e.g. constrained decoding on transformers)."""
+
+
+class UpstreamError(LlmkitError):
+    """An upstream server (the openai engine) refused or failed a request: its 4xx passed on with its message,
+    or 502 (unreachable, failed mid-stream) / 503 (every replica answered 5xx), naming the upstream."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.http_status, self.code, self.param = status, code, param
+        self.type = "invalid_request_error" if status < 500 else "server_error"
 
 
 @dataclass

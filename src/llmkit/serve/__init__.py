@@ -95,6 +95,8 @@ def load_state(cfg: ServeConfig, models: list[str] | None = None, keys: KeyStore
         policy = load_policy(cfg.guard)  # a bad policy fails before any model loads
     guard = Guard(policy, progress=log.info) if policy is not None and not policy.empty() else None
     specs = [split_spec(s) for s in (models or cfg.models or [DEFAULT_MODEL])]
+    if cfg.engine == "openai":  # a gateway: each spec is upstream URL(s), no local model to resolve
+        return _gateway_state(cfg, specs, keys, guard)
     refs, pinned = [], {}  # pinned: served id -> (registry name, alias or None, version)
     for name, spec in specs:
         if spec.startswith("registry:"):
@@ -126,6 +128,8 @@ def load_state(cfg: ServeConfig, models: list[str] | None = None, keys: KeyStore
     opts: dict = {"n_threads": cfg.threads} if cfg.threads else {}
     if cfg.engine == "llamacpp":
         opts.update(n_ctx=cfg.n_ctx, parallel=cfg.max_inflight)
+    if cfg.engine == "vllm":
+        opts = {"python": cfg.vllm_python, "health_s": cfg.upstream_health_s}
     def load(ref: ModelRef):
         engine = load_engine(cfg.engine, serving_weights(ref, cfg), **opts)
         if not hasattr(engine, "submit"):  # an engine of the Protocol's older, one-call-at-a-time shape
@@ -156,6 +160,33 @@ def load_state(cfg: ServeConfig, models: list[str] | None = None, keys: KeyStore
     except BaseException:
         table.close()
         raise
+    return _finish_state(cfg, table, keys, guard, followers)
+
+
+def _gateway_state(cfg: ServeConfig, specs: list[tuple[str | None, str]], keys: KeyStore,
+                   guard: Guard | None) -> ServerState:
+    """`--engine openai`: each `[NAME=]URL[,URL...]` is one model served by its upstream replicas; NAME is the
+    id clients send (default: the upstream's own model id)."""
+    from llmkit.engines import load_engine
+
+    table = ModelTable(cfg.max_adapters)
+    try:
+        for name, spec in specs:
+            engine = load_engine("openai", spec, served_name=name, health_s=cfg.upstream_health_s)
+            try:
+                table.add_base(name or engine.upstream_model, engine, engine.n_ctx or cfg.n_ctx)
+            except ValueError as e:
+                engine.close()
+                raise ConfigError([str(e)]) from None
+    except BaseException:
+        table.close()
+        raise
+    return _finish_state(cfg, table, keys, guard, [])
+
+
+def _finish_state(cfg: ServeConfig, table: ModelTable, keys: KeyStore, guard: Guard | None,
+                  followers: list) -> ServerState:
+    """The collections, request log and embedder around a loaded model table (closed again if one fails)."""
     try:
         collections = Collections(cfg.rag) if cfg.rag else None
     except BaseException:

@@ -54,6 +54,8 @@ class EngineSlot:
     closed: bool = False
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        if getattr(self.engine, "remote", False):  # an upstream engine never blocks: its calls run inline, and its
+            return fn(*args, **kw)  # requests run on this loop (engines/upstream.py), with no thread hand-off
         return await asyncio.get_running_loop().run_in_executor(self.pool, lambda: fn(*args, **kw))
 
     def close(self) -> None:

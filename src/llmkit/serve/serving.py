@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from llmkit.engines import Generation, GenParams, Piece, UnsupportedFeature
+from llmkit.engines import Generation, GenParams, Piece, UnsupportedFeature, UpstreamError
 from llmkit.serve import protocol as p
 from llmkit.serve import rag, recording, tools
 from llmkit.serve.errors import APIError, bug
@@ -103,11 +103,20 @@ class Run:
         self._tasks: list[asyncio.Task] = []
         self._cleanups: list[Callable[[], None]] = [lambda: state.models.release(served)]
         self.ttft: float | None = None  # seconds from the request to its first generated text
+        self._it: AsyncIterator | None = None  # the events, once started (`peek`)
+        self._peeked: list[tuple[int, Piece | None]] = []
+
+    @property
+    def remote(self) -> bool:
+        """An upstream engine (engines/upstream.py): no local tokenizer; the upstream checks the context."""
+        return getattr(self.served.slot.engine, "remote", False)
 
     async def prepare(self, prompts: list[str | list[int]], max_tokens: int | None,
                       param: str) -> list[tuple[str | list[int], int, int]]:
         """(prompt, prompt tokens, max_tokens) of each prompt, checked against the context length."""
         slot = self.served.slot
+        if self.remote:  # prompt tokens unknown until the upstream reports them (Run.usage)
+            return [(x, 0, DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens) for x in prompts]
         counts = await slot.call(lambda: [len(x) if isinstance(x, list) else len(slot.engine.tokenize(x))
                                           for x in prompts])
         out = []
@@ -147,7 +156,10 @@ class Run:
 
     def _refund(self) -> None:
         if self._reserved:
-            used = sum(j.prompt_tokens for j in self.jobs) + sum(g.completion_tokens for g in self.gens)
+            # an upstream engine's prompt tokens are known only once it reported them (j.prompt_tokens is 0)
+            used = (sum(j.prompt_tokens or g.prompt_tokens for j, g in zip(self.jobs, self.gens))
+                    + sum(j.prompt_tokens for j in self.jobs[len(self.gens):])
+                    + sum(g.completion_tokens for g in self.gens))
             self.state.limiter.refund(self.ctx.client, self._reserved - used)
 
     def cancel(self, reason: str) -> None:
@@ -157,9 +169,26 @@ class Run:
         for g in self.gens:
             g.cancel()
 
+    async def peek(self) -> None:
+        """Wait for the first event, so that an upstream's refusal is the response's HTTP status rather than an
+        error event inside a 200 stream (streams send their headers before their first chunk)."""
+        self._it = self._events()
+        try:
+            self._peeked.append(await anext(self._it))
+        except StopAsyncIteration:
+            pass
+
     async def events(self) -> AsyncIterator[tuple[int, Piece | None]]:
         """(choice index, piece) as the engine makes them, and (index, None) when that choice is finished.
         Raises APIError 503 at the request timeout and ClientGone when a polled client disconnected."""
+        if self._it is None:
+            self._it = self._events()
+        while self._peeked:
+            yield self._peeked.pop(0)
+        async for event in self._it:
+            yield event
+
+    async def _events(self) -> AsyncIterator[tuple[int, Piece | None]]:
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump(i: int, gen: Generation) -> None:
@@ -187,6 +216,8 @@ class Run:
                     self.cancel("disconnect")
                     raise ClientGone() from None
                 continue
+            if isinstance(item, UpstreamError):  # the upstream's status and message, in our envelope
+                raise APIError(item.http_status, str(item), code=item.code, param=item.param, type=item.type)
             if isinstance(item, Exception):
                 raise item
             if item is None:
@@ -201,8 +232,10 @@ class Run:
 
     def usage(self) -> p.Usage:
         seen: dict[str, int] = {}  # n choices of one prompt count its tokens once, as OpenAI does
-        for j in self.jobs:
-            seen[j.prompt if isinstance(j.prompt, str) else tuple(j.prompt)] = j.prompt_tokens
+        for k, j in enumerate(self.jobs):
+            # an upstream engine's prompt tokens are the count its upstream reported
+            n = j.prompt_tokens or (self.gens[k].prompt_tokens if k < len(self.gens) else 0)
+            seen[j.prompt if isinstance(j.prompt, str) else tuple(j.prompt)] = n
         return p.Usage.of(sum(seen.values()), sum(g.completion_tokens for g in self.gens))
 
     def close(self) -> None:
@@ -231,7 +264,7 @@ def gen_params(req: p.Sampling, max_tokens: int, i: int, logprobs: int | None = 
                      top_p=1.0 if req.top_p is None else req.top_p,
                      seed=None if req.seed is None else req.seed + i,  # n choices differ, yet reproducibly
                      stop=req.stops(), logprobs=logprobs, response_format=response_format,
-                     prompt_logprobs=prompt_logprobs)
+                     prompt_logprobs=prompt_logprobs, streamed=req.stream)
 
 
 async def start_run(state: ServerState, req: p.Sampling, route: str, ctx: Context, prompts: list[str | list[int]],
@@ -246,6 +279,8 @@ async def start_run(state: ServerState, req: p.Sampling, route: str, ctx: Contex
         jobs = [Job(prompt, n, gen_params(req, max_tokens, i, **extra))
                 for prompt, n, max_tokens in prepared for i in range(req.n)]
         await run.start(jobs)
+        if run.remote:  # an upstream's refusal (4xx, none reachable) becomes this response's status
+            await run.peek()
     except BaseException:
         run.close()
         raise
@@ -437,6 +472,8 @@ class ServingChat:
         out first; the citations then list exactly the sources the model saw."""
         slot = served.slot
         budget = slot.n_ctx - (max_tokens or 1)
+        if getattr(slot.engine, "remote", False):  # no local tokenizer: every source goes; the upstream checks length
+            return await slot.call(tools.render, slot.engine, rag.augment(messages, hits), plan), hits
         for n in range(len(hits), -1, -1):
             prompt = await slot.call(tools.render, slot.engine, rag.augment(messages, hits[:n]), plan)
             if n == 0 or len(await slot.call(slot.engine.tokenize, prompt)) <= budget:
@@ -532,6 +569,9 @@ class ServingCompletion:
         if all(isinstance(x, str) for x in prompts):
             return list(prompts)
         model, slot = served.id, served.slot
+        if getattr(slot.engine, "remote", False):
+            raise APIError(400, f"'{model}' is served by an upstream: token-id prompts need its tokenizer; send text",
+                           param=params[0], code="unsupported_parameter")
         n = slot.engine.n_vocab
         for param, x in zip(params, prompts):
             bad = [t for t in x if t >= n] if isinstance(x, list) else []
