@@ -264,6 +264,7 @@ def generate(inp: Path, out: Path, spec: BatchSpec, progress: bool = True,
         pool = RayPool(spec)
     else:
         pool = LocalPool(spec)
+    stats["startup_s"] = round(time.perf_counter() - t0, 3)  # engines loaded (and Ray joined, actors placed)
     chunks = [todo[i:i + spec.parallel] for i in range(0, len(todo), spec.parallel)]
     by_line = {r.line: r for r in todo}
     order = [r.line for r in todo]

@@ -39,17 +39,23 @@ class EmbedWorker:
 
 def encode_on_ray(spec: str, texts: list[str], batch_size: int, *, workers: int = 2, cpus_per_worker: float = 1.0,
                   address: str | None = None, progress: bool = True,
-                  after_batch: Callable[[int], None] | None = None) -> np.ndarray:
-    """(N, D) float32, L2-normalized, as embed.encode gives, computed by `workers` Ray actors."""
+                  after_batch: Callable[[int], None] | None = None, stats: dict | None = None) -> np.ndarray:
+    """(N, D) float32, L2-normalized, as embed.encode gives, computed by `workers` Ray actors. `stats`, when
+    given, gets `startup_s`: joining Ray and loading the embedders (bench/ray_scale.py)."""
+    import time
+
     from tqdm import tqdm
 
     from llmkit.rag.embed import batches
 
+    t0 = time.perf_counter()
     ray = connect(address, "rag.backend: ray")
     actor = ray.remote(num_cpus=cpus_per_worker)(EmbedWorker)
     actors = [actor.remote(spec, max(1, int(cpus_per_worker))) for _ in range(workers)]
     try:
-        dim = ray.get(actors[0].dim.remote())
+        dim = ray.get([a.dim.remote() for a in actors])[0]  # every actor has its embedder loaded
+        if stats is not None:
+            stats["startup_s"] = time.perf_counter() - t0
         out = np.zeros((len(texts), dim), dtype=np.float32)
         todo = iter(batches(texts, batch_size))
         inflight: dict = {}  # ObjectRef -> (actor index, rows)
