@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 
-from llmkit.engines.batch import BatchSpec, EngineWorker
+from llmkit.engines.batch_worker import BatchSpec, EngineWorker
 from llmkit.engines.ray_cluster import connect
 from llmkit.errors import LlmkitError
 

@@ -34,6 +34,8 @@ def connect(address: str | None = None, what: str = "backend: ray"):
     else:
         from llmkit.models import home
 
+        # Ray 2.60 warns that a new local cluster has token authentication on: what we want, nothing to do
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  _node_ip_address="127.0.0.1", _temp_dir=str(home() / "ray"), logging_level=logging.WARNING)
     return ray
