@@ -2,7 +2,8 @@
 Debian's `postgresql` on 127.0.0.1 (installing the package when it is missing and we are root); a tiny recipe
 whose `track.mlflow_uri` is `postgresql://llmkit@127.0.0.1:PORT/mlflow` (the password from $PGPASSWORD, never in
 the recipe) runs, and its runs are read back through MlflowClient and, to be sure they live in PostgreSQL, with
-plain SQL. Skipped only when PostgreSQL is absent and cannot be installed. ~30 s."""
+plain SQL; then the tracking server on that PostgreSQL with its own artifact root (scripts/mlflow_server.sh) takes
+a recipe that names only its URL. Skipped only when PostgreSQL is absent and cannot be installed. ~80 s."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -96,3 +98,45 @@ def test_a_recipe_tracked_in_postgresql(postgres, tiny_gguf, tmp_path, monkeypat
         cur.execute("SELECT count(*) FROM metrics WHERE run_uuid = %s AND key = 'train_loss'", (train.info.run_id,))
         assert cur.fetchone()[0] == len(losses)
     assert os.environ["PGPASSWORD"] == password  # the password came from the environment only
+
+
+def test_the_tracking_server_on_postgresql_with_an_artifact_root(postgres, tiny_gguf, tmp_path, monkeypatch):
+    """`mlflow server` (scripts/mlflow_server.sh, BACKEND_STORE_URI) on the same PostgreSQL: the recipe names only
+    the server's URL; runs land in PostgreSQL and files in the server's artifact root (~40 s to start)."""
+    pytest.importorskip("flask")
+    uri, password = postgres
+    srv = tmp_path / "server"
+    port = _free_port()
+    script = SCRIPT.parent / "mlflow_server.sh"
+    env = {**os.environ, "PGPASSWORD": password, "BACKEND_STORE_URI": uri, "PYTHON": sys.executable}
+    up = subprocess.run([str(script), "start", str(srv), str(port)], capture_output=True, text=True, timeout=300,
+                        env=env)
+    try:
+        assert up.returncode == 0, up.stderr + (srv / "server.log").read_text()[-3000:]
+        monkeypatch.setenv("LLMKIT_TRACK", "1")
+        monkeypatch.delenv("PGPASSWORD", raising=False)  # the client needs no database access at all
+        rows = [{"prompt": f"question {i}", "completion": f"answer {i}"} for i in range(20)]
+        (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (tmp_path / "srv.yaml").write_text(f"name: pgsrv\nmodel: {tiny_gguf}\ndata: {{train: t.jsonl}}\n"
+                                           f"track: {{mlflow_uri: 'http://127.0.0.1:{port}'}}\n")
+        recipe = load_recipe(tmp_path / "srv.yaml")
+        lines: list[str] = []
+        run_recipe(recipe, echo=lines.append)
+        assert not [x for x in lines if x.startswith("warning")], lines
+
+        from mlflow import MlflowClient
+
+        c = MlflowClient(f"http://127.0.0.1:{port}")
+        exp = c.get_experiment_by_name("pgsrv")
+        runs = {r.info.run_name: r for r in c.search_runs([exp.experiment_id])}
+        assert set(runs) == {"pgsrv pipeline", "model", "data"}
+        assert {a.path for a in c.list_artifacts(runs["data"].info.run_id)} >= {"data_card.md"}
+        # files in the server's artifact root, rows in PostgreSQL
+        assert list(srv.glob(f"artifacts/{exp.experiment_id}/*/artifacts/data_card.md"))
+        host, port_ = uri.split("@", 1)[1].split("/", 1)[0].split(":")
+        with psycopg.connect(host=host, port=int(port_), user="llmkit", password=password, dbname="mlflow") as db:
+            names = {r[0] for r in db.execute("SELECT name FROM runs WHERE experiment_id = %s",
+                                              (int(exp.experiment_id),)).fetchall()}
+        assert names == set(runs)
+    finally:
+        subprocess.run([str(script), "stop", str(srv)], capture_output=True, timeout=120)
