@@ -85,3 +85,17 @@ def test_the_cli_answers_and_resumes(tiny_gguf, tmp_path, capsys):
     assert "answered 3 prompts" in capsys.readouterr().out
     assert main(args) == 0
     assert "all 3 prompts already answered" in capsys.readouterr().out
+
+
+def test_a_prompt_longer_than_the_context_gets_an_error_row_in_its_place(tiny_gguf, tmp_path, capsys):
+    inp = _write(tmp_path / "p.jsonl", [{"prompt": "hi"}, {"prompt": "word " * 300}, {"prompt": "bye"}])
+    args = ["generate", "--input", str(inp), "--out", str(tmp_path / "o.jsonl"), "--model", str(tiny_gguf),
+            "--threads", "1", "--max-tokens", "4", "--n-ctx", "256", "--quiet"]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "answered 2 prompts" in out and "1 failed" in out
+    assert f"not answered: {inp}:2: prompt (" in out and "exceeds the context of 256 tokens" in out
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rows] == [1, 2, 3] and "error" in rows[1] and "answer" not in rows[1]
+    assert main(args) == 0  # final, like an answer: the same prompt and settings would fail the same way
+    assert "all 3 prompts already answered" in capsys.readouterr().out

@@ -10,7 +10,9 @@ The output is JSON lines in input order, one per prompt: the input row plus `lin
 the token counts and `key` (a hash of the prompt, model and generation settings). It is appended one whole line
 per write and flushed, so a killed run leaves complete rows and at most one torn last line. A second run reads it
 back, cuts a torn tail, skips the lines already answered with the same key, and refuses rows made with another
-model or other settings (mixing them would make a file nobody can trust).
+model or other settings (mixing them would make a file nobody can trust). A prompt the engine refuses (longer than
+the context) gets a row with `error` instead of `answer`, in its place; it is final like an answer, since the same
+prompt and settings fail the same way again (`generate` reports those lines and the CLI exits 1).
 
 Workers (`workers` engines) each take chunks of `parallel` prompts, which the engine decodes together (llama.cpp's
 continuous batching: a sequence's greedy output is the same in a batch as alone, engines/llamacpp.py); results
@@ -123,8 +125,6 @@ def read_done(out: Path, keys: dict[int, str]) -> set[int]:
         except (json.JSONDecodeError, KeyError, TypeError):
             problems.append(f"{out}:{n}: not an answer row of `llmkit generate` (expected JSON with line and key)")
             continue
-        if "error" in obj:
-            continue  # failed before: tried again
         if keys.get(line) != key:
             problems.append(f"{out}:{n}: line {line} was answered from another prompt, model or settings")
             continue
@@ -187,6 +187,7 @@ def generate(inp: Path, out: Path, spec: BatchSpec, progress: bool = True,
     ready: dict[int, dict] = {}
     nxt = 0  # index into `order` of the next row to write
     inflight: dict[Future, int] = {}
+    failed: list[str] = []
     depth = 2  # chunks queued per worker: the next one is there when the engine finishes the current
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -212,6 +213,8 @@ def generate(inp: Path, out: Path, spec: BatchSpec, progress: bool = True,
                     row = {"line": line, **by_line[line].data, **res, "key": keys[line]}
                     f.write(json.dumps(row, ensure_ascii=False).encode() + b"\n")  # one write per whole row
                     stats["errors" if "error" in res else "answered"] += 1
+                    if "error" in res:
+                        failed.append(f"{inp}:{line}: {res['error']}")
                     nxt += 1
                 f.flush()
             os.fsync(f.fileno())
@@ -219,4 +222,6 @@ def generate(inp: Path, out: Path, spec: BatchSpec, progress: bool = True,
         stats["nodes"] = len(set(pool.nodes))
         pool.close()
     stats["seconds"] = round(time.perf_counter() - t0, 3)
+    for f in failed[:MAX_PROBLEMS]:
+        echo(f"not answered: {f}")
     return stats
