@@ -4,11 +4,13 @@ GGUF, llama.cpp) and the rag stage's embedding (the bundled all-MiniLM-L6-v2).
     .venv/bin/python bench/ray_scale.py [--prompts 32] [--max-tokens 32] [--chunks 800] [--rounds 2]
 
 Configurations, each run --rounds times round-robin (the box is shared; the best round is the least disturbed):
-    generate   local-1: one engine, 2 threads        embed   local: embed.encode, torch on 2 threads
+    generate   local-1: one engine, 1 thread         embed   local: embed.encode, torch on 2 threads
                local-2: two engines, 1 thread each           ray-1: one actor, 2 CPUs / 2 threads
-               ray-1:   one actor, 2 CPUs, 2 threads          ray-2: two actors, 1 CPU / 1 thread each
+               ray-1:   one actor, 1 CPU, 1 thread            ray-2: two actors, 1 CPU / 1 thread each
                ray-2:   two actors, 1 CPU / 1 thread each
-all greedy, 4 prompts decoded together per engine. Ray is a local Ray in this process (llmkit's own
+all greedy, 4 prompts decoded together per engine. Engines run 1 thread each: on a busy 2-core box two ggml
+threads spin-wait on each other and collapse (FACTS.md; a first run here: one engine on 2 threads took 256 s
+where two 1-thread engines took 32 s), which would measure the contention, not Ray. Ray is a local Ray in this process (llmkit's own
 `connect()`), joined once; its start-up is printed on its own. For every run: startup (engines or actors
 loaded, the Ray join excluded) and work seconds, and the work rate. "Where Ray pays" is the job size at which
 a Ray configuration's startup + N / rate drops below the fastest local one's, if its rate is higher at all.
@@ -49,8 +51,8 @@ def machine() -> None:
           f"| cores: {os.cpu_count()}")
 
 
-GEN = {"local-1": dict(backend="local", workers=1, threads=2), "local-2": dict(backend="local", workers=2, threads=1),
-       "ray-1": dict(backend="ray", workers=1, threads=2, cpus_per_worker=2.0),
+GEN = {"local-1": dict(backend="local", workers=1, threads=1), "local-2": dict(backend="local", workers=2, threads=1),
+       "ray-1": dict(backend="ray", workers=1, threads=1, cpus_per_worker=1.0),
        "ray-2": dict(backend="ray", workers=2, threads=1, cpus_per_worker=1.0)}
 EMB = {"local": None, "ray-1": (1, 2.0), "ray-2": (2, 1.0)}
 

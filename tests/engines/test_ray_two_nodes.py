@@ -80,11 +80,14 @@ def test_rag_embedding_on_two_nodes_equals_local(cluster, tmp_path, llmkit_home)
     for i in range(10):
         (docs / f"d{i}.md").write_text(f"# Device {i}\n\n" + f"Device {i} restarts when you hold its button "
                                        f"for {i + 3} seconds. " * (1 + i % 4))
+    from llmkit.config import RagConfig
+    from llmkit.rag import index
+
+    index(RagConfig(sources=[str(docs)], batch_size=3), tmp_path / "local" / "docs", progress=False)
+    _cli(cluster, llmkit_home, "rag", "index", str(docs), "--collection", "docs", "--store", str(tmp_path / "ray"),
+         "--batch-size", "3", "--backend", "ray", "--workers", "2", "--quiet")
     vec = {}
     for backend in ("local", "ray"):
-        args = ["rag", "index", str(docs), "--collection", "docs", "--store", str(tmp_path / backend),
-                "--batch-size", "3", "--backend", backend, "--workers", "2", "--quiet"]
-        _cli(cluster, llmkit_home, *args)
         t = LanceStore(tmp_path / backend / "docs" / "lance", "docs").read().sort_by("id")
         vec[backend] = (t["id"].to_pylist(), np.array(t["vector"].to_pylist(), dtype=np.float32))
     ids, local = vec["local"]
@@ -92,9 +95,6 @@ def test_rag_embedding_on_two_nodes_equals_local(cluster, tmp_path, llmkit_home)
     # the same batches on the same CPU; torch runs 1 thread in an actor and 2 here, which may reorder sums
     np.testing.assert_allclose(vec["ray"][1], local, rtol=0, atol=1e-6)
     # where it ran is not part of the index's identity: the local index, asked again on Ray, is skipped
-    from llmkit.config import RagConfig
-    from llmkit.rag import index
-
     again = index(RagConfig(sources=[str(docs)], batch_size=3, backend="ray", ray_address=cluster[0]),
                   tmp_path / "local" / "docs", progress=False)
     assert again["status"] == "skipped"
