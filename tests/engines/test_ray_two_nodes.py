@@ -23,7 +23,7 @@ from ray_helpers import two_node_cluster  # noqa: E402
 from llmkit.engines import GenParams  # noqa: E402
 from llmkit.engines.batch import BatchSpec, generate  # noqa: E402
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(300)
 
 PROMPTS = [{"prompt": f"Customer {i} asks: my router {i} blinks amber, what now?"} for i in range(14)] + \
     [{"messages": [{"role": "user", "content": "Reset the modem?"}]},
