@@ -32,6 +32,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/llmkit guard train > /dev/null
 	# Prometheus for the monitoring tests (Debian's package; needs root, else the tests that need it skip)
 	scripts/prometheus.sh install || echo "no prometheus: tests/monitor/test_prometheus.py will be skipped"
+	# PostgreSQL for MLflow on a database server (Debian's package; the test starts a throwaway cluster of its own)
+	scripts/postgres.sh install || echo "no postgresql: tests/track/test_mlflow_postgres.py will be skipped"
 	touch $(STAMP)
 
 run: export LLMKIT_MAKE_RUN_T0 := $(shell date +%s)

@@ -5,6 +5,8 @@
 #   scripts/mlflow_server.sh stop DIR
 #   PYTHON=/path/to/python scripts/mlflow_server.sh start DIR   # another environment's MLflow
 #   MLFLOW_TRACKING_URI=http://127.0.0.1:PORT llmkit run recipe.yaml
+#   BACKEND_STORE_URI=postgresql://llmkit@127.0.0.1:5432/mlflow PGPASSWORD=... scripts/mlflow_server.sh start DIR
+#       # runs and the registry in PostgreSQL (scripts/postgres.sh), files in DIR/artifacts
 #
 # `mlflow server` takes ~40 s to answer on 2 cores and spawns uvicorn workers and a job runner that outlive a
 # plain kill of the parent, so it runs in its own session (setsid) and stop kills the whole process group.
@@ -23,7 +25,7 @@ start)
   mkdir -p "$dir/artifacts"
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then echo "already running: $(cat "$pidfile")"; exit 0; fi
   MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true setsid "$python" -m mlflow server --host 127.0.0.1 --port "$port" \
-      --workers 1 --backend-store-uri "sqlite:///$dir/mlflow.db" --artifacts-destination "$dir/artifacts" \
+      --workers 1 --backend-store-uri "${BACKEND_STORE_URI:-sqlite:///$dir/mlflow.db}" --artifacts-destination "$dir/artifacts" \
       > "$dir/server.log" 2>&1 < /dev/null &
   echo $! > "$pidfile"
   for _ in $(seq 1 240); do  # up to 120 s

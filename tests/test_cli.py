@@ -9,7 +9,7 @@ from llmkit.cli import build_parser, main
 def test_every_command_has_help(capsys):
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"models", "chat", "validate", "run", "lineage", "data", "train", "compress", "eval", "serve", "keys",
+    assert set(sub.choices) == {"models", "chat", "generate", "validate", "run", "lineage", "data", "train", "compress", "eval", "serve", "keys",
                                   "rag", "guard", "monitor", "track", "register", "promote", "dashboard", "report"}
     for name in [*sub.choices, "rag index", "rag query", "rag eval", "guard check", "guard train", "track sync"]:
         with pytest.raises(SystemExit) as e:

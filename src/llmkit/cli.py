@@ -1,7 +1,7 @@
 """The `llmkit` command: the root parser, `--debug`, and the translation of library errors; nothing else.
 
 Each command group lives in `llmkit/commands/`, one module each with `add_parser(sub)` and the functions it
-dispatches to (models, chat, validate and run, data, train, compress, eval, serve, rag, guard, keys, lineage,
+dispatches to (models, chat, generate, validate and run, data, train, compress, eval, serve, rag, guard, keys, lineage,
 track, register and promote, monitor, dashboard, report).
 Library errors (LlmkitError) become one clear line on stderr and a non-zero exit; `--debug` shows the
 traceback and the library chatter that a normal run leaves out (`commands.quiet_known_noise`). Heavy libraries are imported inside the commands that need them, so `llmkit --help` is instant.
@@ -19,6 +19,7 @@ from llmkit.commands import (
     compress,
     dashboard,
     data,
+    generate,
     guard,
     keys,
     lineage,
@@ -37,7 +38,7 @@ from llmkit.commands import eval as eval_
 from llmkit.errors import LlmkitError
 
 # in the order `llmkit --help` lists them
-GROUPS = (models, chat, recipe, data, train, compress, eval_, serve, rag, guard, keys, lineage, track, registry, monitor, dashboard, report)
+GROUPS = (models, chat, generate, recipe, data, train, compress, eval_, serve, rag, guard, keys, lineage, track, registry, monitor, dashboard, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -182,6 +182,10 @@ class RagConfig(Section):
     ann_min_rows: int | None = Field(50_000, ge=0, description="Build an approximate (HNSW) vector index when the collection has at least this many chunks; fewer are searched exactly. null: always exact.")
     rrf_k: int = Field(60, gt=0, description="Reciprocal-rank fusion constant: score = sum of 1 / (rrf_k + rank) over dense and BM25.")
     on_error: Literal["skip", "fail"] = Field("skip", description="A file that cannot be read: `skip` reports it and indexes the rest; `fail` stops.")
+    # where the embedding runs changes nothing in the index: these three are left out of its fingerprint
+    backend: Literal["local", "ray"] = Field("local", description="Where chunks are embedded: in this process, or on Ray actors (llmkit[scale]), each loading the embedder once; the same batches either way, so the same vectors.")
+    ray_address: str | None = Field(None, description="Ray cluster to join (host:port of `ray start --head`); default $RAY_ADDRESS, else a local Ray on 127.0.0.1.")
+    workers: int = Field(2, gt=0, description="backend ray: embedder actors, one CPU each.")
 
     @model_validator(mode="after")
     def _overlap_below_chunk(self) -> RagConfig:

@@ -29,7 +29,7 @@ def _rag(args: argparse.Namespace) -> int:
         from llmkit.rag import index
 
         given = {k: v for k in ("include", "exclude", "chunk_tokens", "chunk_overlap", "embedder", "batch_size",
-                                "on_error") if (v := getattr(args, k)) is not None}
+                                "on_error", "backend", "ray_address", "workers") if (v := getattr(args, k)) is not None}
         cfg = validated(RagConfig, {"sources": args.sources, "collection": args.collection, **given})
         r = index(cfg, out, force=args.force, progress=not args.quiet)
         for f in r["failed"]:
@@ -154,6 +154,9 @@ def add_parser(sub) -> None:
     ri.add_argument("--embedder", help=doc("embedder"))
     ri.add_argument("--batch-size", type=int, help=doc("batch_size"))
     ri.add_argument("--on-error", choices=["skip", "fail"], help=doc("on_error"))
+    ri.add_argument("--backend", choices=["local", "ray"], help=doc("backend"))
+    ri.add_argument("--ray-address", help=doc("ray_address"))
+    ri.add_argument("--workers", type=int, help=doc("workers"))
     ri.add_argument("--force", action="store_true", help="rebuild even when the index matches the files and config")
     ri.add_argument("--quiet", action="store_true", help="no progress bar")
     rg.set_defaults(fn=_rag)

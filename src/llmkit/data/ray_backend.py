@@ -12,13 +12,12 @@ On the 2-core machines here Ray was 4–13× slower than in-process (start-up ~1
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
 from llmkit.data.item import Item
-from llmkit.errors import DataError, MissingExtra
+from llmkit.errors import DataError
 
 SHARD_BYTES = 16 << 20  # 16 MiB of JSONL per task
 
@@ -59,21 +58,9 @@ def _process_shard(rec: dict, fmt: str, transform) -> dict:
 
 
 def _init_ray(address: str | None):
-    try:
-        import ray
-    except ImportError:
-        raise MissingExtra("backend: ray needs Ray Data: pip install 'llmkit[scale]'") from None
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports leave the machine
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            from llmkit.models import home
+    from llmkit.engines.ray_cluster import connect
 
-            # Ray writes sessions into the system temp folder by default; keep them in llmkit's own
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     _node_ip_address="127.0.0.1", _temp_dir=str(home() / "ray"))
-    return ray
+    return connect(address, "backend: ray (Ray Data)")
 
 
 def ray_items(source, fmt: str, transform, address: str | None = None) -> Iterator[list]:

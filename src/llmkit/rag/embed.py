@@ -64,15 +64,25 @@ def encode(model, texts: list[str], batch_size: int, progress: bool = True,
 
     dim = model.get_embedding_dimension()
     out = np.zeros((len(texts), dim), dtype=np.float32)
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     with tqdm(total=len(texts), desc="embed", unit="chunk", disable=not progress) as bar:
-        for b, i in enumerate(range(0, len(texts), batch_size)):
-            rows = order[i:i + batch_size]
-            out[rows] = model.encode([texts[r] for r in rows], batch_size=batch_size, convert_to_numpy=True,
-                                     normalize_embeddings=True, show_progress_bar=False)
+        for b, rows in enumerate(batches(texts, batch_size)):
+            out[rows] = encode_batch(model, [texts[r] for r in rows])
             bar.update(len(rows))
             if after_batch is not None:
                 after_batch(b + 1)
     return out
+
+
+def batches(texts: list[str], batch_size: int) -> list[list[int]]:
+    """Row indices of `texts` in batches of `batch_size`, longest first (what `encode` runs, in this process or on
+    Ray actors: the same batches give the same padding, so the same vectors)."""
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    return [order[i:i + batch_size] for i in range(0, len(texts), batch_size)]
+
+
+def encode_batch(model, texts: list[str]) -> np.ndarray:
+    """(len(texts), D) float32, L2-normalized: one batch, as one `encode` call."""
+    return model.encode(texts, batch_size=len(texts), convert_to_numpy=True, normalize_embeddings=True,
+                        show_progress_bar=False)
 
 

@@ -42,6 +42,8 @@ from llmkit.rag.store import STORES, open_store, store_path
 KIND = "rag-index"
 # What a previous index must share for its vectors to be reused.
 REUSE_KEYS = ("embedder", "chunk_tokens", "chunk_overlap", "store")
+# Where the embedding runs: not part of the index's identity (Ray and local give the same vectors)
+RUN_ON = ("backend", "ray_address", "workers")
 
 
 def bm25_tokens(texts: list[str]):
@@ -62,7 +64,7 @@ def index(cfg: RagConfig, out: Path, *, base_dir: Path | None = None, force: boo
     roots = [p if (p := Path(s).expanduser()).is_absolute() else base / p for s in cfg.sources]
     files, failed = ingest.walk(roots, cfg.include, cfg.exclude)
     inputs = {f.source: {"path": str(f.path.resolve()), "sha256": artifacts.sha256_file(f.path)} for f in files}
-    config = cfg.model_dump()
+    config = cfg.model_dump(exclude=set(RUN_ON))
     fp = artifacts.fingerprint(KIND, {**config, "refused": [f.source for f in failed]}, inputs)
     if not force and (m := artifacts.finished(out, fp)):
         return {"status": "skipped", "out": out, "metrics": m["metrics"], "failed": m["outputs"]["failed"]}
@@ -111,8 +113,16 @@ def index(cfg: RagConfig, out: Path, *, base_dir: Path | None = None, force: boo
         b.fingerprint = fp  # what the skip check above computes: the files found (a failed one is retried)
         t = time.perf_counter()
         new = [(s, i, c) for s in sorted(chunks) for i, c in enumerate(chunks[s])]
-        vectors = embed.encode(model, [c.embed_text() for _, _, c in new], cfg.batch_size, progress,
-                               after_batch=lambda _: artifacts.kill_point("embed.batch"))
+        texts = [c.embed_text() for _, _, c in new]
+        if cfg.backend == "ray" and texts:
+            from llmkit.rag.ray_embed import encode_on_ray
+
+            vectors = encode_on_ray(cfg.embedder, texts, cfg.batch_size, workers=cfg.workers,
+                                    address=cfg.ray_address, progress=progress,
+                                    after_batch=lambda _: artifacts.kill_point("embed.batch"))
+        else:
+            vectors = embed.encode(model, texts, cfg.batch_size, progress,
+                                   after_batch=lambda _: artifacts.kill_point("embed.batch"))
         timings["embed_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -139,6 +149,7 @@ def index(cfg: RagConfig, out: Path, *, base_dir: Path | None = None, force: boo
                      "ann": STORES[cfg.store].ANN if store.has_ann else None,
                      "failed": [vars(x) for x in failed]}
         removed = sorted(set(previous["outputs"]["files"]) - set(tables)) if previous else []
+        b.outputs["embedded_on"] = f"ray ({cfg.workers} actors)" if cfg.backend == "ray" else "local"
         b.metrics = {"files": len(files_out), "chunks": int(rows.num_rows), "embedded_files": len(chunks),
                      "unchanged_files": len(kept), "removed_files": len(removed), "failed_files": len(failed),
                      "embedded_chunks": len(new), **{k: round(v, 3) for k, v in timings.items()},

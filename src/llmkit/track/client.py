@@ -32,12 +32,24 @@ def local_db(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
+# Database servers MLflow writes to directly through SQLAlchemy (`postgresql://user@host:port/db`, drivers too:
+# `postgresql+psycopg2://`); unlike an `mlflow server`, they hold no files, so the client names where files go.
+DATABASES = ("postgresql", "mysql", "mssql")
+
+
 def artifact_root(uri: str) -> str | None:
-    """Where new experiments keep their files: beside a sqlite database; a server decides for itself.
+    """Where new experiments keep their files: beside a sqlite database; for a database server,
+    `$LLMKIT_MLFLOW_ARTIFACTS` (a folder or a URI such as s3://bucket/path) else $LLMKIT_HOME/mlflow-artifacts;
+    an `mlflow server` decides for itself (its --artifacts-destination).
 
     Without this MLflow would put them in `./mlruns` below whatever folder the command ran in."""
     db = local_db(uri)
-    return (db.parent / "mlflow-artifacts").resolve().as_uri() if db is not None else None
+    if db is not None:
+        return (db.parent / "mlflow-artifacts").resolve().as_uri()
+    if uri.split(":", 1)[0].split("+", 1)[0] in DATABASES:
+        root = os.environ.get("LLMKIT_MLFLOW_ARTIFACTS") or str(home() / "mlflow-artifacts")
+        return root if "://" in root else Path(root).expanduser().resolve().as_uri()
+    return None
 
 
 def available() -> bool:
