@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,9 +66,12 @@ def two_node_cluster(tmp: Path, cpus: int = 1) -> Iterator[tuple[str, dict]]:
     common = ["--num-cpus", str(cpus), "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block"]
     procs: list[subprocess.Popen] = []
     deadline = time.monotonic() + START_TIMEOUT_S
+    # Ray's sockets live under its temp dir and an AF_UNIX path is at most 107 bytes: pytest's tmp paths under
+    # xdist (`.../popen-gw0/ray20/...`) are too long, so the sessions go to a short folder of their own
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     try:
         for i, args in enumerate([["--head", "--port", str(port), "--include-dashboard", "false",
-                                   "--temp-dir", str(tmp / "ray")],
+                                   "--temp-dir", str(ray_tmp)],
                                   ["--address", f"127.0.0.1:{port}"]]):
             log = tmp / f"node{i}.log"
             with open(log, "wb") as f:
@@ -78,3 +83,4 @@ def two_node_cluster(tmp: Path, cpus: int = 1) -> Iterator[tuple[str, dict]]:
     finally:
         for p in reversed(procs):
             _stop(p)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
