@@ -153,3 +153,13 @@ def test_kill_9_then_resume_continues_the_same_run(tiny_llama, prompts, tmp_path
     # the sampling RNG is in the checkpoint: the resumed steps draw the same completions, so the same rewards
     assert [e["reward"] for e in b] == pytest.approx([e["reward"] for e in a], abs=1e-6)
     assert [e["loss"] for e in b] == pytest.approx([e["loss"] for e in a], rel=1e-3, abs=1e-6)
+
+
+def test_the_example_recipe_is_valid():
+    from llmkit.config import load_recipe
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_recipe(root / "examples" / "grpo.yaml").train
+    rs = build(cfg.rewards, None)
+    per, _ = score(rs, ["q"] * 3, ["3 + 19 = 22", "The sum is 21.", "22\nok"], {"completion": ["22"] * 3})
+    assert per.tolist() == [[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]]  # correct (the last number); format (one short line)

@@ -44,6 +44,13 @@ def test_reward_model_learns_a_separable_preference(tiny_llama, pref_dataset, tm
     good = rm([p["prompt"] for p in fresh], [p["chosen"] for p in fresh])
     bad = rm([p["prompt"] for p in fresh], [p["rejected"] for p in fresh])
     assert sum(g > b for g, b in zip(good, bad)) >= 9
+    # the same artifact as a GRPO reward, named in a recipe
+    from llmkit.config import RewardConfig
+    from llmkit.train.rewards import build, score
+
+    rs = build([RewardConfig(fn="reward_model", path=str(tmp_path / "rm"))], None)
+    per, total = score(rs, [fresh[0]["prompt"]] * 2, [fresh[0]["chosen"], fresh[0]["rejected"]], {})
+    assert per[0].tolist() == pytest.approx([good[0], bad[0]], abs=1e-4) and total[0] > total[1]
 
 
 def test_scores_pool_at_the_last_real_token(tiny_llama):

@@ -241,13 +241,16 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
         state = sft.load_checkpoint(ckpts, model, opt, sched, fp)
         if state is None:
             raise ConfigError([f"--resume: no checkpoint in {ckpts}"])
+    bar = tqdm(total=total, initial=state.step if state else 0, desc="train grpo", unit="step", disable=not progress)
     if state is None:
         shutil.rmtree(ckpts, ignore_errors=True)
         state = sft.State()
         if val_p:  # the base's held-out reward: the "before"
+            bar.set_postfix_str(f"greedy reward of the base on {len(val_p)} held-out prompts")
             state.val_losses.append((0, evaluate(model, tok, val_p, rewards, cfg, bf16, eos, pad)))
-
-    bar = tqdm(total=total, initial=state.step, desc="train grpo", unit="step", disable=not progress)
+            if progress:
+                bar.write(f"step 0: val reward {state.val_losses[0][1]['reward']:.3f} " + " ".join(
+                    f"{k} {x:.3f}" for k, x in state.val_losses[0][1].items() if k != "reward" and x is not None))
     t_start = time.perf_counter() - state.seconds
     while state.step < total:
         if state.micro + B > len(train_p):
