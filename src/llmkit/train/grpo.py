@@ -28,6 +28,7 @@ sampling and training).
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import time
@@ -198,6 +199,8 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
         return {"metrics": m["metrics"], "out": str(out), "status": "skipped"}
     if cfg.method != "grpo":
         raise ConfigError([f"train.method: grpo.finetune runs method grpo, not {cfg.method}"])
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each rank would sample, train and write the artifact alone
+        raise ConfigError(["train.method grpo runs in one process; --nproc (data parallel) is not supported for it"])
     base_dir = hf_folder(ref, progress=progress)
     cfg = cfg.model_copy(update={"precision": sft.resolve_precision(cfg.precision)})
     tok = AutoTokenizer.from_pretrained(base_dir)

@@ -506,9 +506,10 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
 def summary(metrics: dict) -> str:
     """The one-line result the CLI and `llmkit run` print."""
     if "reward_first" in metrics:  # GRPO (grpo.py)
+        val = (f"val reward {metrics['val_reward_first']:.3f} → {metrics['val_reward_last']:.3f}, "
+               if metrics.get("val_reward_first") is not None else "")
         return (f"{metrics['steps']} steps, mean reward {metrics['reward_first']:.3f} → {metrics['reward_last']:.3f}, "
-                f"val reward {metrics['val_reward_first']:.3f} → {metrics['val_reward_last']:.3f}, "
-                f"{metrics['seconds_per_step']:.1f} s/step")
+                f"{val}{metrics['seconds_per_step']:.1f} s/step")
     val = f", val {metrics['val_loss']:.4f}" if metrics.get("val_loss") is not None else ""
     if metrics.get("val_pairwise_accuracy") is not None:  # a reward model
         val += f", val pairwise accuracy {metrics['val_pairwise_accuracy']:.3f}"
