@@ -359,9 +359,9 @@ def metrics(state, cfg: TrainConfig, n_prompts: int) -> dict:
         "generate_share": round(gen / max(1e-9, sum(e["step_s"] for e in log)), 3),
         "completion_tokens": state.tokens, "completion_tokens_per_s": round(state.tokens / max(1e-9, state.seconds), 1),
         "reward_first": log[0]["reward"], "reward_last": log[-1]["reward"],
-        # a step's mean reward is noisy (B·G samples): the first and last tenth of the run, averaged
-        "reward_first_tenth": _mean([e["reward"] for e in log[:max(1, len(log) // 10)]]),
-        "reward_last_tenth": _mean([e["reward"] for e in log[-max(1, len(log) // 10):]]),
+        # a step's mean reward is noisy (B·G samples): the first and last quarter of the run, averaged
+        "reward_first_quarter": _mean([e["reward"] for e in log[:max(1, len(log) // 4)]]),
+        "reward_last_quarter": _mean([e["reward"] for e in log[-max(1, len(log) // 4):]]),
         "val_reward_first": val[0]["reward"] if val else None, "val_reward_last": val[-1]["reward"] if val else None,
         "val_before": val[0] if val else None, "val_after": val[-1] if val else None,
         "train_loss_first": state.losses[0][1], "train_loss_last": state.losses[-1][1],

@@ -508,7 +508,8 @@ def summary(metrics: dict) -> str:
     if "reward_first" in metrics:  # GRPO (grpo.py)
         val = (f"val reward {metrics['val_reward_first']:.3f} → {metrics['val_reward_last']:.3f}, "
                if metrics.get("val_reward_first") is not None else "")
-        return (f"{metrics['steps']} steps, mean reward {metrics['reward_first']:.3f} → {metrics['reward_last']:.3f}, "
+        return (f"{metrics['steps']} steps, mean reward (first → last quarter of the steps) "
+                f"{metrics['reward_first_quarter']:.3f} → {metrics['reward_last_quarter']:.3f}, "
                 f"{val}{metrics['seconds_per_step']:.1f} s/step")
     val = f", val {metrics['val_loss']:.4f}" if metrics.get("val_loss") is not None else ""
     if metrics.get("val_pairwise_accuracy") is not None:  # a reward model
