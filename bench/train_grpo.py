@@ -10,7 +10,8 @@ epsilon 0.2, one optimizer step per generation batch, AdamW lr 3e-4, seed 0, the
 — trl is handed llmkit's reward callables with its `reward_weights`, so both score identically. trl runs with
 `loss_type="grpo"` (the paper's per-sequence mean, as llmkit) and `scale_rewards="group"` (its default).
 trl runs in fp32 (its CPU default); llmkit as a user runs it: precision auto (bf16 on CPUs with AVX-512 bf16
-kernels). Each side runs in its own process (peak RSS is its own), one after the other.
+kernels). Learning-rate schedule: each side's default (llmkit cosine, trl linear decay), no warmup. Each side
+runs in its own process (peak RSS is its own), one after the other.
 
 Reported: seconds per step of the training loop (sampling, rewards, reference pass, update), the mean reward of
 the first and the last quarter of the steps, peak RSS. Check `uptime` first: a busy box lies.
@@ -90,7 +91,7 @@ def child_trl(work: Path, steps: int) -> dict:
                       max_completion_length=LENGTH, temperature=1.0, top_k=0, top_p=1.0, learning_rate=LR,
                       beta=BETA, epsilon=0.2, loss_type="grpo", num_iterations=1, max_steps=steps,
                       logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False,
-                      dataloader_num_workers=0, seed=0, gradient_checkpointing=False, warmup_ratio=0.0,
+                      dataloader_num_workers=0, seed=0, gradient_checkpointing=False,
                       reward_weights=[r.weight for r in rs], shuffle_dataset=False)
     peft_cfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
