@@ -41,6 +41,7 @@ from llmkit.train.template import IGNORE, encode_chat, encode_text, pack
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_METHODS = ("lora", "qlora", "dpo", "reward", "grpo")  # the methods that train a LoRA adapter
+GRPO_FIELDS = {"num_generations", "max_completion_length", "temperature", "epsilon", "num_iterations", "rewards"}
 
 
 @dataclass
@@ -329,7 +330,10 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
     data, out = Path(data).resolve(), Path(out).resolve()
     ref = resolve_model(base)
     inputs = {"data": artifacts.input_ref(data), "base": artifacts.input_ref(ref.path)}
-    config = {"train": cfg.model_dump(), "base": base, "max_steps": max_steps}
+    # GRPO's settings are left out of the other methods' config, so their artifacts hash as before those existed
+    config = {"train": cfg.model_dump(exclude=GRPO_FIELDS), "base": base, "max_steps": max_steps}
+    if cfg.method == "dpo" and cfg.beta == 0:
+        raise ConfigError(["train.beta: DPO needs beta > 0 (with 0 every pair's loss is log 2 and nothing is learned)"])
     fp = artifacts.fingerprint("model", config, inputs)
     if not force and (m := artifacts.finished(out, fp)):
         return {"metrics": m["metrics"], "out": str(out), "status": "skipped"}
