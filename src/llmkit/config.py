@@ -64,10 +64,29 @@ class LoraConfig(Section):
     target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Module names to adapt.")
 
 
+class RewardConfig(Section):
+    """One reward of `train.rewards` (method grpo); a completion's reward is the weighted sum of all of them."""
+
+    fn: str = Field(description="A built-in: `exact` (the answer equals the row's reference), `regex` (the completion "
+                                "matches `pattern`: 1 or 0), `json_schema` (the completion parses as JSON valid against "
+                                "`json_schema`), `length` (penalty -max(0, tokens - target_length) / target_length), "
+                                "`reward_model` (the score of a `method: reward` artifact at `path`); or `module:function` "
+                                "called as fn(prompts, completions, **row_fields) -> list[float] (trl's signature).")
+    weight: float = Field(1.0, description="Weight of this reward in the sum.")
+    name: str | None = Field(None, description="Name in the logs and metrics (default: fn).")
+    field: str = Field("completion", description="exact: the row field holding the reference answer.")
+    pattern: str | None = Field(None, description="regex: the pattern a completion must contain (re.search); exact: "
+                                                  "a pattern whose first group extracts the answer from both the "
+                                                  "completion and the reference (default: compare the stripped texts).")
+    json_schema: dict | None = Field(None, description="json_schema: the JSON Schema the completion must satisfy.")
+    target_length: int = Field(64, gt=0, description="length: completion tokens above which the penalty starts.")
+    path: str | None = Field(None, description="reward_model: the reward model artifact folder.")
+
+
 class TrainConfig(Section):
     """`train:` fine-tunes the base model on the dataset artifact."""
 
-    method: Literal["lora", "qlora", "full", "dpo", "pretrain"] = "lora"
+    method: Literal["lora", "qlora", "full", "dpo", "pretrain", "reward", "grpo"] = "lora"
     epochs: float = Field(1.0, gt=0)
     lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
     batch_size: int = Field(4, gt=0)
@@ -84,7 +103,15 @@ class TrainConfig(Section):
     fast_kernels: bool = Field(
         True, description="Attention per packed sequence and LoRA linears as one fused function: exact (same loss and "
                           "gradients to float rounding), faster on CPU; false = the stock transformers/peft paths.")
-    beta: float = Field(0.1, gt=0, description="DPO only: how strongly the policy is held to the reference (the base).")
+    beta: float = Field(0.1, ge=0, description="DPO and GRPO: how strongly the policy is held to the reference (the "
+                                                "base); GRPO: the KL penalty's weight (0 = no reference pass).")
+    # GRPO (method grpo); names as trl's GRPOConfig. batch_size counts prompts per step here.
+    num_generations: int = Field(8, ge=2, description="GRPO: completions sampled per prompt (the group).")
+    max_completion_length: int = Field(64, gt=0, description="GRPO: tokens generated per completion.")
+    temperature: float = Field(1.0, gt=0, description="GRPO: sampling temperature of the rollouts.")
+    epsilon: float = Field(0.2, gt=0, lt=1, description="GRPO: the policy ratio is clipped to [1 - epsilon, 1 + epsilon].")
+    num_iterations: int = Field(1, gt=0, description="GRPO: optimizer steps on each batch of rollouts (trl's mu).")
+    rewards: list[RewardConfig] = Field(default_factory=list, description="GRPO: the rewards, summed with their weights.")
     seed: int = 0
     lora: LoraConfig = Field(default_factory=LoraConfig)
 

@@ -96,15 +96,16 @@ def _torchrun(nproc: int, nodes: tuple[int, int, str, int] | None = None) -> int
 
 
 def add_parser(sub) -> None:
-    t = sub.add_parser("train", help="fine-tune the recipe's model on its dataset (LoRA, QLoRA, full, DPO, pretrain)",
+    t = sub.add_parser("train", help="fine-tune the recipe's model on its dataset (LoRA, QLoRA, full, DPO, pretrain, reward, GRPO)",
                        description="Fine-tune the recipe's model on the dataset artifact of its data stage. Shows "
                                    "loss, real (non-padding) tokens/s and ETA; checkpoints every train.save_every "
                                    "steps (atomically); --resume continues exactly where a killed run stopped.")
     t.add_argument("--recipe", required=True, help="recipe YAML with train: (and data:) sections")
-    t.add_argument("--method", choices=["lora", "qlora", "full", "dpo", "pretrain"],
+    t.add_argument("--method", choices=["lora", "qlora", "full", "dpo", "pretrain", "reward", "grpo"],
                    help="override train.method: lora (peft), qlora (LoRA over a 4-bit NF4 base, bitsandbytes), "
                         "full (every weight), dpo (LoRA preference tuning on prompt/chosen/rejected rows), "
-                        "pretrain (text rows, every token a target)")
+                        "pretrain (text rows, every token a target), reward (a reward model on preference rows), "
+                        "grpo (online RL: sampled completions scored by train.rewards)")
     t.add_argument("--data", help="dataset artifact folder (default: RUN_DIR/data)")
     t.add_argument("--out", help="output artifact folder (default: RUN_DIR/train)")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of this config")

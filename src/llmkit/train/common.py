@@ -46,11 +46,11 @@ def with_positions(seq: dict) -> dict:
     return {**seq, "position_ids": list(range(len(seq["input_ids"])))}
 
 
-def row_logps(model, batch: dict):
-    """(R,) sum of log p(target token) for each row of a micro-batch, computing logits only at targets.
+def token_logps(model, batch: dict):
+    """((N,) log p(target token), (N,) row of each target) over a micro-batch's target tokens, in (row, t) order.
 
-    hidden: (R, T, C); a target at t+1 is predicted from position t, so positions are shifted by one.
-    Shared by the SFT loss (all rows summed) and DPO (per-sequence log-probs, preference.py).
+    hidden: (R, T, C); a target at t+1 is predicted from position t, so positions are shifted by one. Logits
+    exist only for a chunk of targets at a time, never as (R, T, V). GRPO's per-token ratios use this directly.
     """
     import torch
     import torch.nn.functional as F
@@ -62,8 +62,17 @@ def row_logps(model, batch: dict):
     mask = labels != IGNORE
     rows = torch.arange(labels.shape[0])[:, None].expand_as(labels)[mask]  # (N,) row of each target
     h, y = hidden[:, :-1][mask], labels[mask]  # (N, C), (N,)
-    out = torch.zeros(labels.shape[0], dtype=torch.float32)
-    for i in range(0, len(y), LOGIT_CHUNK):
-        logits = lm.lm_head(h[i:i + LOGIT_CHUNK]).float()  # (chunk, V) — never (R, T, V)
-        out = out.index_add(0, rows[i:i + LOGIT_CHUNK], -F.cross_entropy(logits, y[i:i + LOGIT_CHUNK], reduction="none"))
-    return out
+    parts = [-F.cross_entropy(lm.lm_head(h[i:i + LOGIT_CHUNK]).float(), y[i:i + LOGIT_CHUNK], reduction="none")
+             for i in range(0, len(y), LOGIT_CHUNK)]  # each (chunk,), from (chunk, V) logits
+    return (torch.cat(parts) if parts else torch.zeros(0)), rows
+
+
+def row_logps(model, batch: dict):
+    """(R,) sum of log p(target token) for each row of a micro-batch, computing logits only at targets.
+
+    Shared by the SFT loss (all rows summed) and DPO (per-sequence log-probs, preference.py).
+    """
+    import torch
+
+    logps, rows = token_logps(model, batch)
+    return torch.zeros(batch["labels"].shape[0], dtype=torch.float32).index_add(0, rows, logps)

@@ -26,12 +26,13 @@ from llmkit.train.common import collate, read_split, row_logps, with_positions
 from llmkit.train.template import encode_chat
 
 
-def load_pairs(dataset: Path, split: str, tok, max_length: int) -> list[dict]:
-    """Tokenized {chosen, rejected} examples (prompt + reply, labels on the reply) from `{split}.jsonl`."""
+def load_pairs(dataset: Path, split: str, tok, max_length: int, method: str = "dpo") -> list[dict]:
+    """Tokenized {chosen, rejected} examples (prompt + reply, labels on the reply) from `{split}.jsonl`.
+    Also the rows of `method: reward` (reward.py)."""
     out = []
     for where, row in read_split(dataset, split):
         if not {"prompt", "chosen", "rejected"} <= row.keys():
-            raise DataError(f"{where}: method dpo trains on preference rows (prompt, chosen, rejected); "
+            raise DataError(f"{where}: method {method} trains on preference rows (prompt, chosen, rejected); "
                             f"this row has {sorted(row)}")
         user = {"role": "user", "content": row["prompt"]}
         out.append({side: encode_chat(tok, [user, {"role": "assistant", "content": row[side]}], max_length)

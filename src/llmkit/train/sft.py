@@ -11,7 +11,9 @@ per packed sequence and each LoRA linear as one fused function (fast.py; exact) 
 (bench/train_lora.py measures it side by side with trl).
 
 QLoRA is the same loop over a base loaded in 4-bit NF4 by bitsandbytes (CPU or GPU). DPO swaps in
-preference.py's pairs, batches and loss; the loop, checkpoints, eval and early stopping stay these.
+preference.py's pairs, batches and loss; a reward model (`method: reward`) the same pairs with a scalar head
+and reward.py's Bradley–Terry loss; the loop, checkpoints, eval and early stopping stay these. GRPO (online,
+with rollouts) has its own loop in grpo.py over this module's model, checkpoints and state.
 
 Resume is exact: a checkpoint holds the trainable weights, optimizer, scheduler, RNG state and the position
 in the seeded data order, written atomically; `resume=True` continues from the newest one and every later
@@ -38,6 +40,8 @@ from llmkit.train.common import collate, read_split, row_logps, with_positions
 from llmkit.train.template import IGNORE, encode_chat, encode_text, pack
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ADAPTER_METHODS = ("lora", "qlora", "dpo", "reward", "grpo")  # the methods that train a LoRA adapter
+GRPO_FIELDS = {"num_generations", "max_completion_length", "temperature", "epsilon", "num_iterations", "rewards"}
 
 
 @dataclass
@@ -53,6 +57,7 @@ class State:
     bad_evals: int = 0  # evaluations in a row without improvement (early stopping)
     tokens: int = 0  # real (non-padding) tokens seen
     seconds: float = 0.0  # training time so far, across resumes
+    log: list = field(default_factory=list)  # GRPO: one dict of metrics per step (grpo.py)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -64,7 +69,8 @@ def load_examples(dataset: Path, split: str, tok, method: str, max_length: int) 
     out = []
     for where, row in read_split(dataset, split):
         if "chosen" in row:
-            raise DataError(f"{where}: preference rows (prompt/chosen/rejected) are for method dpo, not {method}")
+            raise DataError(f"{where}: preference rows (prompt/chosen/rejected) are for method dpo or reward, "
+                            f"not {method}")
         if method == "pretrain":
             if "text" not in row:
                 raise DataError(f"{where}: method pretrain trains on text rows; this row has {sorted(row)}")
@@ -129,7 +135,7 @@ def load_model(cfg: TrainConfig, base_dir: Path):
     from transformers import AutoModelForCausalLM
 
     bf16 = cfg.precision == "bf16"
-    adapter = cfg.method in ("lora", "qlora", "dpo")
+    adapter = cfg.method in ADAPTER_METHODS
     kwargs = {}
     if cfg.method == "qlora":
         # frozen base in 4-bit NF4 (bitsandbytes; runs on CPU too), LoRA weights in fp32, compute in bf16/fp32
@@ -145,7 +151,18 @@ def load_model(cfg: TrainConfig, base_dir: Path):
     # LoRA: frozen base stored in bf16 (half the memory; autocast would otherwise keep a bf16 copy of each
     # fp32 weight as well). Full: fp32 master weights, bf16 compute under autocast.
     dtype = torch.bfloat16 if bf16 and adapter else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, **kwargs)
+    if cfg.method == "reward":  # a scalar head over the last hidden state (reward.py)
+        from transformers import AutoModelForSequenceClassification
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # "score weights newly initialized": that head is what we train
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(base_dir, dtype=dtype, num_labels=1, **kwargs)
+        finally:
+            hf_logging.set_verbosity(level)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, **kwargs)
     if cfg.method == "qlora":
         _keep_nf4_trainable(model)
     # transformers 5.24 detects packed sequences from position_ids only when use_cache is off
@@ -160,7 +177,12 @@ def load_model(cfg: TrainConfig, base_dir: Path):
             raise ConfigError([f"train.lora.target_modules: {', '.join(missing)} not in the model; its linear "
                                f"modules are: {', '.join(sorted(names))}"])
         model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                                                 target_modules=targets, task_type="CAUSAL_LM"))
+                                                 target_modules=targets,
+                                                 task_type="SEQ_CLS" if cfg.method == "reward" else "CAUSAL_LM"))
+        if cfg.method == "reward":
+            from llmkit.train.reward import float_trainables
+
+            float_trainables(model)
     return model
 
 
@@ -308,7 +330,10 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
     data, out = Path(data).resolve(), Path(out).resolve()
     ref = resolve_model(base)
     inputs = {"data": artifacts.input_ref(data), "base": artifacts.input_ref(ref.path)}
-    config = {"train": cfg.model_dump(), "base": base, "max_steps": max_steps}
+    # GRPO's settings are left out of the other methods' config, so their artifacts hash as before those existed
+    config = {"train": cfg.model_dump(exclude=GRPO_FIELDS), "base": base, "max_steps": max_steps}
+    if cfg.method == "dpo" and cfg.beta == 0:
+        raise ConfigError(["train.beta: DPO needs beta > 0 (with 0 every pair's loss is log 2 and nothing is learned)"])
     fp = artifacts.fingerprint("model", config, inputs)
     if not force and (m := artifacts.finished(out, fp)):
         return {"metrics": m["metrics"], "out": str(out), "status": "skipped"}
@@ -330,6 +355,13 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
             return preference.load_pairs(data, split, tok, cfg.max_length)
 
         batcher, loss_fn = preference.make_batches, partial(preference.loss_sum, beta=cfg.beta)
+    elif cfg.method == "reward":  # the same pairs, a scalar head, the Bradley–Terry loss
+        from llmkit.train import preference, reward
+
+        def load(split):
+            return preference.load_pairs(data, split, tok, cfg.max_length, method="reward")
+
+        batcher, loss_fn = preference.make_batches, reward.loss_sum
     else:
         def load(split):
             return load_examples(data, split, tok, cfg.method, cfg.max_length)
@@ -438,11 +470,14 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
 
     fast.restore_lora(model)  # what is saved is the stock peft / transformers model
     fast.restore_attention(model)
-    adapter = cfg.method in ("lora", "qlora", "dpo")
+    adapter = cfg.method in ADAPTER_METHODS
     extra = {}
     if cfg.method == "dpo" and val_batches:
         acc, margin = preference.reward_accuracy(model, val_batches, bf16)
         extra = {"val_reward_accuracy": round(acc, 4), "val_reward_margin": round(margin, 4)}
+    if cfg.method == "reward" and val_batches:
+        acc, margin = reward.pairwise_accuracy(model, val_batches, bf16)
+        extra = {"val_pairwise_accuracy": round(acc, 4), "val_score_margin": round(margin, 4)}
     with artifacts.build("model", out, config, inputs) as b:
         if adapter:
             model.save_pretrained(b.tmp)
@@ -458,7 +493,8 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
         _plot(state, b.tmp / "loss.png")
         b.outputs = {"format": "peft-adapter" if adapter else "hf-model", "base": base,
                      # a QLoRA adapter was trained against the NF4-quantized base
-                     **({"base_quantization": "bitsandbytes-nf4"} if cfg.method == "qlora" else {})}
+                     **({"base_quantization": "bitsandbytes-nf4"} if cfg.method == "qlora" else {}),
+                     **({"head": "reward"} if cfg.method == "reward" else {})}  # reward.RewardModel.load checks it
         b.metrics = {
             "steps": state.step, "epochs": round(state.step / max(1, per_epoch), 2), "real_tokens": state.tokens,
             "seconds": round(state.seconds, 2), "real_tokens_per_s": round(state.tokens / max(1e-9, state.seconds), 1),
@@ -473,7 +509,15 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
 
 def summary(metrics: dict) -> str:
     """The one-line result the CLI and `llmkit run` print."""
+    if "reward_first" in metrics:  # GRPO (grpo.py)
+        val = (f"val reward {metrics['val_reward_first']:.3f} → {metrics['val_reward_last']:.3f}, "
+               if metrics.get("val_reward_first") is not None else "")
+        return (f"{metrics['steps']} steps, mean reward (first → last quarter of the steps) "
+                f"{metrics['reward_first_quarter']:.3f} → {metrics['reward_last_quarter']:.3f}, "
+                f"{val}{metrics['seconds_per_step']:.1f} s/step")
     val = f", val {metrics['val_loss']:.4f}" if metrics.get("val_loss") is not None else ""
+    if metrics.get("val_pairwise_accuracy") is not None:  # a reward model
+        val += f", val pairwise accuracy {metrics['val_pairwise_accuracy']:.3f}"
     return (f"{metrics['steps']} steps, loss {metrics['train_loss_first']:.4f} → {metrics['train_loss_last']:.4f}{val}, "
             f"{metrics['real_tokens_per_s']:.0f} real tok/s")
 

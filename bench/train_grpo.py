@@ -1,0 +1,143 @@
+"""GRPO speed, reward and memory: llmkit's `train.method: grpo` beside trl's GRPOTrainer, one script.
+
+    .venv/bin/python bench/train_grpo.py [--steps 8]
+
+Setup (both sides): SmolLM2-135M-Instruct (the bundled GGUF, dequantized), LoRA r=16 alpha=32 on all 7 linear
+projections, the prompts of examples/grpo/train.jsonl in file order (run examples/make_grpo_data.py first),
+2 prompts x 8 generations per step, 20 completion tokens, temperature 1, top_k 0, top_p 1, beta 0.04,
+epsilon 0.2, one optimizer step per generation batch, AdamW lr 3e-4, seed 0, the same two rewards
+(examples/grpo.yaml's: the last number equals the answer; one short line ending with the number, weight 0.5)
+— trl is handed llmkit's reward callables with its `reward_weights`, so both score identically. trl runs with
+`loss_type="grpo"` (the paper's per-sequence mean, as llmkit) and `scale_rewards="group"` (its default).
+trl runs in fp32 (its CPU default); llmkit as a user runs it: precision auto (bf16 on CPUs with AVX-512 bf16
+kernels). Learning-rate schedule: each side's default (llmkit cosine, trl linear decay), no warmup. Each side
+runs in its own process (peak RSS is its own), one after the other.
+
+Reported: seconds per step of the training loop (sampling, rewards, reference pass, update), the mean reward of
+the first and the last quarter of the steps, peak RSS. Check `uptime` first: a busy box lies.
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ROOT / "examples" / "grpo" / "train.jsonl"
+RECIPE = ROOT / "examples" / "grpo.yaml"
+B, G, LENGTH, LR, BETA = 2, 8, 20, 3e-4, 0.04
+
+
+def _rewards():
+    from llmkit.config import load_recipe
+    from llmkit.train import rewards
+
+    return rewards.build(load_recipe(RECIPE).train.rewards, None)
+
+
+def child_llmkit(work: Path, steps: int) -> dict:
+    from llmkit.config import TrainConfig, load_recipe
+    from llmkit.train import finetune
+
+    work.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(x) for x in PROMPTS.read_text().splitlines()]
+    (work / "data").mkdir(exist_ok=True)
+    (work / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))  # {prompt, completion}
+    cfg = TrainConfig(method="grpo", lr=LR, batch_size=B, num_generations=G, max_completion_length=LENGTH,
+                      max_length=128, beta=BETA, epsilon=0.2, warmup_ratio=0.0, precision="auto",
+                      eval_every=10**6, save_every=10**6, lora={"r": 16, "alpha": 32},
+                      rewards=load_recipe(RECIPE).train.rewards)
+    m = finetune(cfg, work / "data", "smollm2-135m-instruct", work / "llmkit-grpo", progress=False,
+                 max_steps=steps, force=True)["metrics"]
+    return {"steps": m["steps"], "loop_seconds": m["seconds"], "rewards": [e["reward"] for e in m["log"]],
+            "generate_share": m["generate_share"], "precision": m["precision"]}
+
+
+def child_trl(work: Path, steps: int) -> dict:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from llmkit.models import hf_folder, resolve_model
+
+    base = hf_folder(resolve_model("smollm2-135m-instruct"), progress=False)
+    tok = AutoTokenizer.from_pretrained(base)
+    rows = [json.loads(x) for x in PROMPTS.read_text().splitlines()]
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}], "completion_ref": r["completion"]}
+                              for r in rows])
+    rs = _rewards()
+
+    def wrap(r):
+        def fn(prompts, completions, completion_ref, **kw):
+            texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+            return r.fn(prompts, texts, completion=completion_ref)
+
+        fn.__name__ = r.name
+        return fn
+
+    rewards = []
+
+    class Log(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "reward" in logs:
+                rewards.append(logs["reward"])
+
+    args = GRPOConfig(output_dir=str(work / "trl-out"), per_device_train_batch_size=B * G, num_generations=G,
+                      max_completion_length=LENGTH, temperature=1.0, top_k=0, top_p=1.0, learning_rate=LR,
+                      beta=BETA, epsilon=0.2, loss_type="grpo", num_iterations=1, max_steps=steps,
+                      logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False,
+                      dataloader_num_workers=0, seed=0, gradient_checkpointing=False,
+                      reward_weights=[r.weight for r in rs], shuffle_dataset=False)
+    peft_cfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(base), args=args, train_dataset=data,
+                          processing_class=tok, peft_config=peft_cfg, reward_funcs=[wrap(r) for r in rs],
+                          callbacks=[Log()])
+    t0 = time.perf_counter()
+    trainer.train()
+    return {"steps": steps, "loop_seconds": time.perf_counter() - t0, "rewards": rewards, "generate_share": None,
+            "precision": "fp32"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=8, help="steps (one generation batch and one update each) per side")
+    ap.add_argument("--child", choices=["llmkit", "trl"])
+    ap.add_argument("--work")
+    args = ap.parse_args()
+    if args.child:
+        res = (child_trl if args.child == "trl" else child_llmkit)(Path(args.work), args.steps)
+        res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(json.dumps(res))
+        return
+    print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    flags = [x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags")][:1]
+    print("avx512_bf16:", any("avx512_bf16" in f for f in flags))
+    work = Path(tempfile.mkdtemp(prefix="bench-grpo-"))
+    results = {}
+    for side in ("llmkit", "trl"):
+        p = subprocess.run([sys.executable, __file__, "--work", str(work / side), "--steps", str(args.steps),
+                            "--child", side], capture_output=True, text=True)
+        if p.returncode:
+            sys.exit(f"{side} failed:\n{p.stderr[-3000:]}")
+        results[side] = r = json.loads(p.stdout.strip().splitlines()[-1])
+        print(side, json.dumps(r))
+    q = max(1, args.steps // 4)
+    print(f"\n{'':7} {'steps':>5} {'s/step':>7} {'steps/s':>8} {'reward first¼→last¼':>20} {'peak RSS GB':>11}")
+    for k, r in results.items():
+        rw = r["rewards"]
+        first, last = sum(rw[:q]) / q, sum(rw[-q:]) / q
+        print(f"{k:7} {r['steps']:>5} {r['loop_seconds'] / r['steps']:>7.2f} {r['steps'] / r['loop_seconds']:>8.3f} "
+              f"{first:>9.3f} → {last:<8.3f} {r['peak_rss_gb']:>11.2f}")
+    a, t = results["llmkit"], results["trl"]
+    print(f"llmkit / trl steps/s: {(a['steps'] / a['loop_seconds']) / (t['steps'] / t['loop_seconds']):.2f}x, "
+          f"peak RSS {a['peak_rss_gb'] / t['peak_rss_gb']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
