@@ -231,6 +231,9 @@ class ServeConfig(Section):
     max_queue: int = Field(64, ge=0, description="Requests waiting for a generation slot; beyond it new ones get 503.")
     weights: Literal["auto", "as-is"] = Field("auto", description="llamacpp: `auto` serves a Q4_1 GGUF as Q8_0, requantized once and cached (+0.3% perplexity; llama.cpp has no batched CPU kernel for Q4_1, so batches of 8 decode ~1.4× faster); `as-is` serves the file unchanged.")
     max_adapters: int = Field(4, gt=0, description="LoRA adapters loaded at once; the least recently used is unloaded beyond it.")
+    speculative: Literal["off", "prompt_lookup"] = Field("off", description="llamacpp: speculative decoding of a request that decodes alone. `prompt_lookup` drafts tokens that followed the reply's last n-gram earlier in the prompt or reply (llama-cpp-python's LlamaPromptLookupDecoding) and keeps those the model itself samples (same output under greedy decoding); pays when replies copy their sources (RAG, extraction).")
+    draft_tokens: int = Field(8, gt=0, description="speculative: the longest draft, in tokens (adapted per request to what was accepted).")
+    draft_ngram: int = Field(3, gt=0, description="speculative: the longest n-gram looked up (shorter ones are tried after it).")
     registry_poll_s: float = Field(10.0, ge=0, description="A model served as `registry:NAME@ALIAS` follows its alias: every this many seconds the server asks MLflow where it points, loads a new version beside the old one and switches between requests (no request fails); 0: serve the version found at start.")
     drain_timeout_s: float = Field(30.0, ge=0, description="On shutdown, how long in-flight requests may finish (new ones get 503).")
 
