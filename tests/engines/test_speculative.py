@@ -120,15 +120,18 @@ def test_the_draft_schedule():
     assert d.propose(history, limit=100) == [3, 4, 5, 6, 7, 8]  # what followed the last 2-gram before
     assert d.propose(history, limit=3) == [3, 4, 5]
     assert d.propose([9, 8, 7], limit=5) == []  # no earlier n-gram: no draft
-    d.update(6, 1)
-    assert d.length == 2  # partly accepted: twice what was taken, at least 2
-    d.update(2, 2)
-    assert d.length == 4  # wholly accepted: 2 longer
-    d.update(4, 0)  # rejected outright: pause 1 step, then 2, 4, ...
-    assert d.propose(history, limit=100) == [] and d.propose(history, limit=100) == [3, 4]
-    d.update(2, 0)
-    assert [d.propose(history, limit=100) for _ in range(3)] == [[], [], [3, 4]]
-    assert (d.proposed, d.accepted) == (14, 3)
+    assert d.propose([5, 9, 5], limit=5) == []  # only [9, 5] follows: shorter than MIN_DRAFT, not worth a step
+    d.update(6, 1)  # fewer than 2 tokens taken: pause 1 step, then 2, 4 ...; the length halves (at least 3)
+    assert d.propose(history, limit=100) == [] and d.propose(history, limit=100) == [3, 4, 5]
+    d.update(3, 3)
+    assert d.length == 5  # wholly accepted: 2 longer
+    d.update(5, 2)
+    assert d.length == 4  # partly: twice what was taken
+    d.update(4, 0)
+    assert [d.propose(history, limit=100) for _ in range(2)] == [[], [3, 4, 5]]
+    d.update(3, 1)
+    assert [d.propose(history, limit=100) for _ in range(3)] == [[], [], [3, 4, 5]]
+    assert (d.proposed, d.accepted) == (21, 7)
 
 
 def test_bad_settings_are_refused(tiny_gguf):

@@ -18,9 +18,9 @@ nothing is approximated, and the sampler consumes one random draw per emitted to
 A draft row costs compute: on 2 cores a decode of 2 rows takes ~2× one of 1 row, and each row after that
 ~0.4× more (bench/spec_decode.py prints the figures), so a draft pays only when ≥ 2-3 of its tokens are accepted.
 Hence the schedule per sequence: after a draft that was wholly accepted the next may be 2 tokens longer (up to
-`max_tokens`); after a partly accepted one it is twice what was accepted (at least 2: a 1-token draft costs a
-whole extra step for at most one token); after one rejected outright drafting pauses for 1, 2, 4 ... 32 steps,
-so free-form text with only chance n-gram matches decodes almost as without drafts.
+`max_tokens`); after a partly accepted one it is twice what was accepted, at least 3 (MIN_DRAFT: a shorter draft
+costs about what the tokens it could give cost without it); after one that gave fewer than 2 tokens drafting pauses for
+1, 2, 4 ... 32 steps, so free-form text with only chance n-gram matches decodes almost as without drafts.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import numpy as np
 
 Speculative = Literal["off", "prompt_lookup"]
 SPECULATIVE: tuple[str, ...] = ("off", "prompt_lookup")
+MIN_DRAFT = 3  # shorter drafts are not fed: a 2-row decode costs about what two 1-row decodes do (on 2 cores)
 
 
 @dataclass
@@ -60,15 +61,16 @@ class Drafter:
         if k <= 0 or len(history) < 2:
             return []
         ids = np.asarray(history, dtype=np.intc)
-        return LlamaPromptLookupDecoding.find_candidate_pred_tokens(ids, self.ngram, k).tolist()
+        draft = LlamaPromptLookupDecoding.find_candidate_pred_tokens(ids, self.ngram, k).tolist()
+        return draft if len(draft) >= min(MIN_DRAFT, limit) else []
 
     def update(self, proposed: int, accepted: int) -> None:
         self.proposed += proposed
         self.accepted += accepted
-        if accepted == 0:
+        if accepted < 2:  # the step cost more than the tokens it gave (see above): back off
             self.pause, self.backoff = self.backoff, min(2 * self.backoff, 32)
-            self.length = max(2, self.length // 2)
+            self.length = max(MIN_DRAFT, self.length // 2)
             return
         self.backoff = 1
         grown = proposed + 2 if accepted == proposed else 2 * accepted
-        self.length = min(self.max_tokens, max(2, grown))
+        self.length = min(self.max_tokens, max(MIN_DRAFT, grown))
