@@ -108,7 +108,9 @@ async def replies(servers: dict, workloads: dict, args) -> dict:
                     body = {"model": model_id, "messages": [{"role": "user", "content": p}],
                             "max_tokens": args.max_tokens, "temperature": 0.0}
                     r = await client.post(base + "/v1/chat/completions", json=body)
-                    out[(name, kind, i)] = r.json()["choices"][0]["message"]["content"]
+                    got = r.json()
+                    out[(name, kind, i)] = (got["choices"][0]["message"]["content"] if r.status_code == 200
+                                            else f"HTTP {r.status_code}: {got}")
     return out
 
 

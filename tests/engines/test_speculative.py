@@ -164,3 +164,17 @@ def test_rag_answer_on_the_bundled_model_is_unchanged_and_drafts_pay():
     assert "paperclip" in text  # it does copy its source
     assert spec["draft_accepted"] >= 0.25 * spec["draft_tokens"] > 0
     assert spec["decode_calls"] < 0.75 * plain["decode_calls"]
+
+
+def test_the_serve_setting_reaches_the_engine(make_server, engines):
+    """`serve: {speculative: prompt_lookup}` (CLI --speculative): the server's engine drafts, and its greedy reply
+    through the OpenAI client is the plain engine's."""
+    from serve_helpers import MODEL
+
+    srv = make_server(engine="llamacpp", speculative="prompt_lookup", draft_tokens=5, draft_ngram=2)
+    engine = srv.state.models.entries[MODEL].slot.engine
+    assert (engine.speculative, engine.draft_tokens, engine.draft_ngram) == ("prompt_lookup", 5, 2)
+    r = srv.openai().completions.create(model=MODEL, prompt=PROMPTS[2], max_tokens=40, temperature=0)
+    off, _ = engines
+    assert r.choices[0].text == off.submit(PROMPTS[2], GenParams(max_tokens=40)).text()
+    assert engine.stats["draft_accepted"] > 0
