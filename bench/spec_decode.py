@@ -146,7 +146,11 @@ def main() -> int:
                                                 env=env, cwd=ROOT, start_new_session=True), log)
             base = f"http://127.0.0.1:{port}"
             try:
-                servers[name] = (base, wait_ready(base, procs[name][0], time.monotonic() + args.start_timeout))
+                wait_ready(base, procs[name][0], time.monotonic() + args.start_timeout)
+                # the id from /v1/models with room to answer (wait_ready falls back to "default" when only /health
+                # answered within its 2 s, as happens on a busy box); the peer serves any id
+                ids = httpx.get(base + "/v1/models", timeout=60).json()["data"]
+                servers[name] = (base, ids[0]["id"])
             except Exception as e:
                 print(f"!! {name} did not start: {e}\n{log_tail(log)}", file=sys.stderr)
                 return 1
