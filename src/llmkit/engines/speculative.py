@@ -10,8 +10,8 @@ sampler chain and keeps drafts while the sampled token equals the draft (`LlamaC
     sample:  s0 == d1? s1 == d2? s2 ...  the first mismatch's sample is still emitted, the rest is dropped
 
 Every emitted token is sampled from the model's own distribution given the tokens before it, so greedy output is
-the non-speculative output (up to the rounding of a batched matmul; tests/engines/test_speculative.py compares
-token for token), and with temperature > 0 this is exactly the rejection rule of speculative sampling for a
+the non-speculative output up to the rounding of a batched matmul (tests/engines/test_speculative.py compares
+token for token at 1 thread; at 2 threads bench/spec_decode.py saw the 135M model's RAG answers flip at near-ties), and with temperature > 0 this is exactly the rejection rule of speculative sampling for a
 draft that puts all its mass on one token (accept d with probability p(d), else sample from p without d):
 nothing is approximated, and the sampler consumes one random draw per emitted token as without drafts.
 
