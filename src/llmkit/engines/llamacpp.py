@@ -20,6 +20,11 @@ Requests join and leave between steps. Each slot is a llama.cpp sequence with it
 (`kv_unified=False`): a sequence's output is the same as when it runs alone (with a unified cache greedy
 output drifted from batch-1 after ~14 tokens, FACTS.md), at the price of `n_ctx` being per slot.
 
+With `speculative="prompt_lookup"` a sequence that decodes alone also feeds draft tokens found earlier in its own
+prompt + reply and keeps those its sampler agrees with (engines/speculative.py): one decode of a few rows gives
+several tokens when the reply copies its sources. In a batch of several decoding sequences it drafts nothing:
+there the step is no longer bound by streaming the weights, and draft rows would take compute from the others.
+
 LoRA adapters (llama.cpp's GGUF adapter format) are set per context, not per sequence, so a step decodes one
 group per adapter in use, switching the context's adapter set between them. A slot's cached prefix is only
 reused by a request for the same adapter.
@@ -40,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from llmkit.engines.base import Generation, GenParams, Piece, UnsupportedFeature, default_threads
+from llmkit.engines.speculative import SPECULATIVE, Drafter
 from llmkit.errors import LlmkitError, MissingExtra, UnsupportedModel
 from llmkit.models import ModelRef
 
@@ -67,6 +73,8 @@ class _Slot:
     pending: int = -1  # the token sampled last step, fed to the model this step
     scored: tuple[int, int, int] = (0, 0, 0)  # prompt rows scored in this batch: (first batch row, position, count)
     batch_index: int = -1  # where this slot's logits are in the current batch, -1 if none
+    drafter: Drafter | None = None  # prompt-lookup drafting (speculative="prompt_lookup")
+    draft: list[int] = field(default_factory=list)  # draft tokens fed after `pending` in this batch
 
     @property
     def busy(self) -> bool:
@@ -125,8 +133,16 @@ class LlamaCppEngine:
     name = "llamacpp"
 
     def __init__(self, model: ModelRef, n_ctx: int = 4096, n_threads: int | None = None, seed: int = 0,
-                 parallel: int = 1, n_batch: int = 512):
-        """`n_ctx` is per sequence; `parallel` sequences decode together (the KV cache is parallel × n_ctx)."""
+                 parallel: int = 1, n_batch: int = 512, speculative: str = "off", draft_tokens: int = 8,
+                 draft_ngram: int = 3):
+        """`n_ctx` is per sequence; `parallel` sequences decode together (the KV cache is parallel × n_ctx).
+        `speculative="prompt_lookup"`: a sequence decoding alone drafts up to `draft_tokens` tokens that followed
+        its last `draft_ngram`-gram (or shorter) earlier in the sequence, verified by the model (speculative.py)."""
+        if speculative not in SPECULATIVE:
+            raise LlmkitError(f"speculative must be one of {', '.join(SPECULATIVE)}, got {speculative!r}")
+        if draft_tokens < 1 or draft_ngram < 1:
+            raise LlmkitError(f"draft_tokens and draft_ngram must be ≥ 1, got {draft_tokens} and {draft_ngram}")
+        self.speculative, self.draft_tokens, self.draft_ngram = speculative, draft_tokens, draft_ngram
         if model.kind == "quantized":
             raise UnsupportedModel(
                 f"the llamacpp engine runs GGUF files; '{model.name}' is a transformers int8/int4 export "
@@ -174,7 +190,9 @@ class LlamaCppEngine:
         self._lock = threading.Lock()  # guards adapter loading against the scheduler's use of them
         self._closed = False
         # counters for /metrics and the tests: prompt tokens computed vs. served from a slot's cached prefix
-        self.stats = {"prompt_tokens_computed": 0, "prompt_tokens_reused": 0, "decode_calls": 0, "max_batch_seqs": 0}
+        # and draft tokens fed vs. accepted (speculative decoding)
+        self.stats = {"prompt_tokens_computed": 0, "prompt_tokens_reused": 0, "decode_calls": 0, "max_batch_seqs": 0,
+                      "draft_tokens": 0, "draft_accepted": 0}
         self._thread = threading.Thread(target=self._run, daemon=True, name="llmkit-llamacpp")
         self._thread.start()
 
@@ -331,6 +349,8 @@ class LlamaCppEngine:
             slot.sampler = sampler
             slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             slot.held, slot.n_out = "", 0
+            slot.drafter = (Drafter(self.draft_tokens, self.draft_ngram) if self.speculative == "prompt_lookup"
+                            else None)
         return rest
 
     def _sampler(self, req: _Request):
@@ -378,14 +398,21 @@ class LlamaCppEngine:
     def _decode_group(self, slots: list[_Slot]) -> None:
         lc, b = self._lc, self._batch
         n = 0
-        # decoding sequences first: one token each; then prompt chunks in the room that is left
+        # decoding sequences first: one token each (plus drafts when one decodes alone); then prompt chunks in the
+        # room that is left
+        decoding = sum(1 for s in slots if not s.todo)
         for s in sorted(slots, key=lambda s: bool(s.todo)):
             s.batch_index = -1
             s.scored = (0, 0, 0)
+            s.draft = []
             room = self.n_batch - n
             if room <= 0:
                 break
-            chunk = s.todo[:room] if s.todo else [s.pending]
+            if not s.todo and s.drafter is not None and decoding == 1:
+                # at most the tokens still allowed after `pending`'s successor, and what fits in the batch
+                limit = min(room - 1, s.req.params.max_tokens - s.n_out - 1)
+                s.draft = s.drafter.propose(s.cached + [s.pending], limit)
+            chunk = s.todo[:room] if s.todo else [s.pending, *s.draft]
             score = bool(s.todo) and s.req.params.prompt_logprobs is not None  # logits for every prompt row
             if score:
                 s.scored = (n, len(s.cached), len(chunk))
@@ -399,7 +426,11 @@ class LlamaCppEngine:
             s.cached.extend(chunk)  # (a slice of the request's tokens, owned by the slot)
             if s.todo:
                 s.todo = s.todo[len(chunk):]
-            if not s.todo:  # the last prompt token, or a generated one: its logits pick the next token
+            if s.draft:  # every row's logits: row i checks draft i (and the last row gives one more token)
+                for i in range(n - len(chunk), n):
+                    b.logits[i] = 1
+                s.batch_index = n - len(chunk)
+            elif not s.todo:  # the last prompt token, or a generated one: its logits pick the next token
                 b.logits[n - 1] = 1
                 s.batch_index = n - 1
         if n == 0:
@@ -413,8 +444,29 @@ class LlamaCppEngine:
         for s in slots:
             if s.scored[2]:
                 self._score_prompt(s)
-            if s.batch_index >= 0:
+            if s.draft:
+                self._verify(s)
+            elif s.batch_index >= 0:
                 self._emit(s, s.batch_index)
+
+    def _verify(self, s: _Slot) -> None:
+        """Sample row by row, as `_emit` would step by step, while each sample equals the next draft token; then
+        drop the rejected drafts' KV, so the slot's cache holds exactly the tokens it has emitted and fed."""
+        draft, drafter, first = s.draft, s.drafter, s.batch_index
+        accepted = 0
+        for i in range(len(draft) + 1):
+            token = self._emit(s, first + i)
+            if token is None or i == len(draft) or token != draft[i]:
+                break
+            accepted += 1
+        rejected = len(draft) - accepted
+        if rejected:
+            self._lc.llama_memory_seq_rm(self._mem, s.seq, len(s.cached) - rejected, -1)
+            del s.cached[-rejected:]
+        drafter.update(len(draft), accepted)
+        self.stats["draft_tokens"] += len(draft)
+        self.stats["draft_accepted"] += accepted
+        s.draft = []
 
     def _logprob(self, idx: int, token: int, k: int) -> tuple[float, list[tuple[str, float]] | None]:
         """log p(token) under batch row `idx`'s logits, and the k most likely tokens' (None when k is 0)."""
@@ -441,12 +493,14 @@ class LlamaCppEngine:
                 s.req.gen.prompt_logprobs.append(Piece(text, token=token, logprob=logprob, top_logprobs=top,
                                                        token_text=text))
 
-    def _emit(self, s: _Slot, idx: int) -> None:
+    def _emit(self, s: _Slot, idx: int) -> int | None:
+        """Sample the next token from batch row `idx` and hand out its text; the token, or None if it ended the
+        generation."""
         lc, req = self._lc, s.req
         p = req.params
         if p.max_tokens == 0:  # only the prompt was wanted (scored in `_score_prompt`)
             self._finish(s, "length")
-            return
+            return None
         token = lc.llama_sampler_sample(s.sampler, self._ctx, idx)
         logprob = top = None
         if p.logprobs is not None:
@@ -456,15 +510,18 @@ class LlamaCppEngine:
         if lc.llama_vocab_is_eog(self._vocab, token):  # like OpenAI, the end token is not part of the reply
             self._flush(s, None, None, None, final=True)
             self._finish(s, "stop")
-            return
+            return None
         s.pending = token
         text = s.decoder.decode(self._token_bytes(token))
         stopped = self._flush(s, token, logprob, top, new=text)
         if stopped:
             self._finish(s, "stop")
-        elif s.n_out >= p.max_tokens:
+            return None
+        if s.n_out >= p.max_tokens:
             self._flush(s, None, None, None, final=True)
             self._finish(s, "length")
+            return None
+        return token
 
     def _flush(self, s: _Slot, token, logprob, top, new: str = "", final: bool = False) -> bool:
         """Hand out the text that can no longer be part of a stop string; True when a stop string matched."""
