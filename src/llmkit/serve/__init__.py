@@ -127,14 +127,10 @@ def load_state(cfg: ServeConfig, models: list[str] | None = None, keys: KeyStore
         raise ConfigError([f"two served models are both called '{d}'; name one with NAME=SPEC" for d in dupes])
     opts: dict = {"n_threads": cfg.threads} if cfg.threads else {}
     if cfg.engine == "llamacpp":
-<<<<<<< HEAD
-        opts.update(n_ctx=cfg.n_ctx, parallel=cfg.max_inflight)
-    if cfg.engine == "vllm":
-        opts = {"python": cfg.vllm_python, "health_s": cfg.upstream_health_s}
-=======
         opts.update(n_ctx=cfg.n_ctx, parallel=cfg.max_inflight, speculative=cfg.speculative,
                     draft_tokens=cfg.draft_tokens, draft_ngram=cfg.draft_ngram)
->>>>>>> specdec
+    if cfg.engine == "vllm":
+        opts = {"python": cfg.vllm_python, "health_s": cfg.upstream_health_s}
     def load(ref: ModelRef):
         engine = load_engine(cfg.engine, serving_weights(ref, cfg), **opts)
         if not hasattr(engine, "submit"):  # an engine of the Protocol's older, one-call-at-a-time shape
