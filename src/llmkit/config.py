@@ -100,6 +100,9 @@ class TrainConfig(Section):
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="bf16: frozen weights stored and computed in bf16 (autocast); fp32: everything in float32; "
                             "auto: bf16 where the CPU has fast bf16 kernels (AVX-512), else fp32.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when torch sees a GPU (each torchrun process on its LOCAL_RANK's GPU), else the "
+                            "CPU; cpu: always the CPU; cuda: refuse to start without a GPU.")
     fast_kernels: bool = Field(
         True, description="Attention per packed sequence and LoRA linears as one fused function: exact (same loss and "
                           "gradients to float rounding), faster on CPU; false = the stock transformers/peft paths.")
@@ -269,6 +272,7 @@ class ServeConfig(Section):
     drain_timeout_s: float = Field(30.0, ge=0, description="On shutdown, how long in-flight requests may finish (new ones get 503).")
     upstream_health_s: float = Field(5.0, gt=0, description="openai/vllm engines: how often each upstream replica is health-checked (GET /v1/models); a replica that fails a request is taken out at once and back when it answers.")
     vllm_python: str | None = Field(None, description="vllm engine: the python of a venv with vllm installed (vLLM runs as its own process in its own environment).")
+    upstream_full_path: bool = Field(False, description="openai/vllm engines: send every generation request through the full path (parsed, rendered, re-encoded). Off: a request that no guard, RAG or request log needs to read is relayed to the upstream as bytes, its model id renamed (serve/relay.py; measured in bench/gateway.py).")
 
 
 class RegistryConfig(Section):
