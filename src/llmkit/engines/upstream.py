@@ -444,7 +444,7 @@ class OpenAIEngine:
                     rep.served += 1
                     out.body = _once(data)
                     return out
-                held, rest, chunks = [], b"", r.aiter_raw()
+                held, rest, chunks = [], b"", r.aiter_bytes()
                 while out.first_text is None:  # held back until the first text: up to there, a failure is retried
                     chunk = await anext(chunks, None)
                     if chunk is None:
