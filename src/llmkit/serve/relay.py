@@ -75,7 +75,6 @@ class Relay:
         if served is None or served.adapter is not None or not hasattr(served.slot.engine, "relay"):
             return await self.app(scope, replay, send)  # the full path: it validates, refuses, answers
         scope["route"] = ROUTES[scope["path"]]
-        st.metrics.relayed.labels(scope["path"]).inc()
         try:  # `receive`, not `replay`: its body was read, so its next message is the client leaving
             await self._relay(scope, receive, send, body, served)
         except APIError as e:
@@ -85,6 +84,7 @@ class Relay:
         st, route = self.state, scope["path"]
         started = scope.get("llmkit.started", time.perf_counter())
         client = await self.authorize(Request(scope, receive))
+        st.metrics.relayed.labels(route).inc()
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         reserved = st.limiter.reserve(client, max_tokens if isinstance(max_tokens, int) else DEFAULT_MAX_TOKENS)
         lease = st.models.lease(served.id)
