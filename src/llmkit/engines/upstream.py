@@ -480,8 +480,8 @@ class OpenAIEngine:
                           renamed: bytes, drop_usage: bool) -> AsyncIterator[bytes]:
         import httpx
 
-        for part in held:
-            yield part
+        if held:  # one write to the client, not one per chunk read (each is a send syscall and a wake-up there)
+            yield b"".join(held)
         try:
             async for chunk in chunks:
                 part, rest = _lines(rest + chunk)
