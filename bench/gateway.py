@@ -5,16 +5,18 @@ same model, same machine, one script.
                                       [--requests-per-client 4] [--max-tokens 32]
 
 Started here as subprocesses on free 127.0.0.1 ports (their logs under --out): two upstreams A and B (`llmkit
-serve --engine llamacpp`, 1 thread each, batching up to 16), a gateway G1 in front of A alone and a gateway G2
-in front of A and B as replicas of one model. Clients are httpx streams from this process (serve_load.py's
-`one_request`: streamed chat, temperature 0, include_usage). Three measurements, each alternating its two
-targets round by round (--rounds) so that a load change on the box hits both alike:
+serve --engine llamacpp`, 1 thread each, batching up to 16), a gateway G1 in front of A alone (relaying: the
+fast path of serve/relay.py), a gateway F1 in front of A with `--upstream-full-path` (every request parsed,
+rendered and re-encoded: the gateway before the relay) and a gateway G2 in front of A and B as replicas of one
+model. Clients are httpx streams from this process (serve_load.py's `one_request`: streamed chat, temperature 0,
+include_usage). Three measurements, each alternating its targets round by round (--rounds) so that a load change
+on the box hits all alike:
 
-1. added latency, 1 client: --pairs pairs of requests (max_tokens 1, one short prompt whose prefix A caches), one
-   to A directly and one through G1, interleaved; the gateway's added latency is the p50 of the pairs' differences
-   (the goal is <= 2 ms).
-2. throughput, --clients clients x --requests-per-client requests of --max-tokens: A directly vs through G1;
-   ratio = tokens/s through G1 / tokens/s direct (the goal is >= 0.95), and the p50 latencies.
+1. added latency, 1 client: --pairs rounds of one request each to A directly, through G1 and through F1 (max_tokens
+   1, one short prompt whose prefix A caches), interleaved; a gateway's added latency is the p50 of its
+   differences to the direct request of the same round (the goal is <= 2 ms), and its CPU time per request.
+2. throughput, --clients clients x --requests-per-client requests of --max-tokens: A directly vs through G1 and
+   F1; ratio = tokens/s through the gateway / tokens/s direct (the goal is >= 0.95), and the p50 latencies.
 3. replicas: the same load through G1 (one replica) vs G2 (two): the tokens/s ratio (the goal is >= 1.6x where
    the cores allow: each upstream decodes on 1 thread, so two need 2 cores beside the gateway and the clients).
 
@@ -49,10 +51,10 @@ def start(name: str, cmd: list[str], out: Path) -> tuple[subprocess.Popen, Path]
     return proc, log
 
 
-def gateway_cmd(urls: list[str], port: int) -> list[str]:
+def gateway_cmd(urls: list[str], port: int, full_path: bool = False) -> list[str]:
     return [sys.executable, "-m", "llmkit.cli", "serve", "--engine", "openai", "--model", "gw=" + ",".join(urls),
             "--host", "127.0.0.1", "--port", str(port), "--embedder", "none", "--no-ui", "--max-inflight", "64",
-            "--log-level", "warning"]
+            "--log-level", "warning"] + (["--upstream-full-path"] if full_path else [])
 
 
 async def load(base: str, model: str, clients: int, per_client: int, max_tokens: int) -> dict:
@@ -72,20 +74,22 @@ async def load(base: str, model: str, clients: int, per_client: int, max_tokens:
             "latencies": [r["latency"] for r in ok], "first_error": next((r["error"] for r in recs if not r["ok"]), None)}
 
 
-async def paired(direct: tuple[str, str], gateway: tuple[str, str], pairs: int) -> tuple[list[float], list[float]]:
-    """Latencies in ms of `pairs` requests direct and as many through the gateway, interleaved one by one so that
-    both see the same moment's load; the same short prompt each time (its prefix is cached upstream)."""
+async def paired(targets: list[tuple[str, str]], pairs: int) -> list[list[float]]:
+    """Latencies in ms of `pairs` rounds of one request to each target, interleaved one by one (the order
+    rotating each round) so that all see the same moment's load; the same short prompt each time (its prefix is
+    cached upstream)."""
     args = argparse.Namespace(max_tokens=1, temperature=0.0)
-    out: dict[int, list[float]] = {0: [], 1: []}
+    out: list[list[float]] = [[] for _ in targets]
+    n = len(targets)
     async with httpx.AsyncClient(timeout=60) as client:
         for i in range(pairs):
-            for k in ((0, 1) if i % 2 else (1, 0)):
-                base, model = (direct, gateway)[k]
+            for k in [(i + j) % n for j in range(n)]:
+                base, model = targets[k]
                 r = await one_request(client, base, model, "Hi", args, 60)
                 if not r["ok"]:
                     raise RuntimeError(r["error"])
                 out[k].append(1000 * r["latency"])
-    return out[0], out[1]
+    return out
 
 
 def alternate(targets: dict[str, tuple[str, str]], rounds: int, **kw) -> dict[str, list[dict]]:
@@ -135,7 +139,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     machine()
-    ports = {name: free_port() for name in ("A", "B", "G1", "G2")}
+    ports = {name: free_port() for name in ("A", "B", "G1", "F1", "G2")}
     urls = {n: f"http://127.0.0.1:{ports[n]}/v1" for n in ("A", "B")}
     procs = []
     try:
@@ -145,36 +149,41 @@ def main() -> int:
         for n, proc, log in procs:
             wait_ready(f"http://127.0.0.1:{ports[n]}", proc, deadline)
         procs.append(("G1", *start("G1", gateway_cmd([urls["A"]], ports["G1"]), out)))
+        procs.append(("F1", *start("F1", gateway_cmd([urls["A"]], ports["F1"], full_path=True), out)))
         procs.append(("G2", *start("G2", gateway_cmd([urls["A"], urls["B"]], ports["G2"]), out)))
         for n, proc, log in procs[2:]:
             wait_ready(f"http://127.0.0.1:{ports[n]}", proc, deadline)
         direct = (f"http://127.0.0.1:{ports['A']}", "smollm2-135m-instruct")
-        g1, g2 = (f"http://127.0.0.1:{ports['G1']}", "gw"), (f"http://127.0.0.1:{ports['G2']}", "gw")
-        for target in (direct, g1, g2):  # warm: the prompt cache and the connections
+        g1, f1, g2 = ((f"http://127.0.0.1:{ports[n]}", "gw") for n in ("G1", "F1", "G2"))
+        for target in (direct, g1, f1, g2):  # warm: the prompt cache and the connections
             asyncio.run(load(*target, clients=2, per_client=2, max_tokens=4))
 
-        print(f"\n1. added latency: 1 client, {args.pairs} pairs of requests (max_tokens 1, one short prompt), each pair "
-              "one direct and one through the gateway, in alternating order", flush=True)
+        print(f"\n1. added latency: 1 client, {args.pairs} rounds of one request each to A directly, through G1 "
+              "(relay) and through F1 (full path) (max_tokens 1, one short prompt), in rotating order", flush=True)
         pids = {n: proc.pid for n, proc, _ in procs}
         cpu0 = {n: cpu_ms(pid) for n, pid in pids.items()}
-        d, g = asyncio.run(paired(direct, g1, args.pairs))
+        d, g, f = asyncio.run(paired([direct, g1, f1], args.pairs))
         cpu = {n: (cpu_ms(pid) - cpu0[n]) for n, pid in pids.items()}
-        diff = [b - a for a, b in zip(d, g)]
-        print(f"  p50 direct {pct(d, 0.5):.2f} ms, through the gateway {pct(g, 0.5):.2f} ms; p50 of the pairs' "
-              f"differences {pct(diff, 0.5):+.2f} ms (goal <= 2 ms; p25 {pct(diff, 0.25):+.2f}, "
-              f"p75 {pct(diff, 0.75):+.2f})")
+        print(f"  p50 direct {pct(d, 0.5):.2f} ms, through G1 (relay) {pct(g, 0.5):.2f} ms, through F1 (full path) "
+              f"{pct(f, 0.5):.2f} ms")
+        for name, lat, gw in (("G1 relay", g, "G1"), ("F1 full path", f, "F1")):
+            diff = [b - a for a, b in zip(d, lat)]
+            print(f"  {name}: p50 of the differences to direct {pct(diff, 0.5):+.2f} ms (goal <= 2 ms; p25 "
+                  f"{pct(diff, 0.25):+.2f}, p75 {pct(diff, 0.75):+.2f}); gateway CPU {cpu[gw] / args.pairs:.2f} ms "
+                  "per request")
         # CPU time is what the gateway costs whatever the load: on a busy box the wall-clock difference is mostly
         # the gateway process waiting for a core (several wake-ups per request), not work
-        print(f"  CPU per request: gateway G1 {cpu['G1'] / args.pairs:.2f} ms, upstream A "
-              f"{cpu['A'] / (2 * args.pairs):.2f} ms (A served both halves of each pair)")
+        print(f"  upstream A CPU per request: {cpu['A'] / (3 * args.pairs):.2f} ms (A served all three)")
 
         print(f"\n2. throughput: {args.clients} clients x {args.requests_per_client} requests of max_tokens "
               f"{args.max_tokens} per round", flush=True)
         kw = {"clients": args.clients, "per_client": args.requests_per_client, "max_tokens": args.max_tokens}
-        thr = alternate({"direct A": direct, "gateway G1": g1}, args.rounds, **kw)
-        (dt, d50, de), (gt, g50, ge) = total(thr["direct A"]), total(thr["gateway G1"])
-        print(f"  direct {dt:.1f} tok/s (p50 {d50:.0f} ms), gateway {gt:.1f} tok/s (p50 {g50:.0f} ms): ratio "
-              f"{gt / dt:.3f} (goal >= 0.95), added p50 {g50 - d50:+.1f} ms, errors {de}/{ge}")
+        thr = alternate({"direct A": direct, "G1 relay": g1, "F1 full path": f1}, args.rounds, **kw)
+        dt, d50, de = total(thr["direct A"])
+        for name in ("G1 relay", "F1 full path"):
+            gt, g50, ge = total(thr[name])
+            print(f"  {name}: {gt:.1f} tok/s (p50 {g50:.0f} ms) vs direct {dt:.1f} tok/s (p50 {d50:.0f} ms): ratio "
+                  f"{gt / dt:.3f} (goal >= 0.95), added p50 {g50 - d50:+.1f} ms, errors {de}/{ge}")
 
         print("\n3. replicas: the same load through the gateway on one upstream (G1) vs two (G2)", flush=True)
         rep = alternate({"1 replica G1": g1, "2 replicas G2": g2}, args.rounds, **kw)

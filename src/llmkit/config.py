@@ -269,6 +269,7 @@ class ServeConfig(Section):
     drain_timeout_s: float = Field(30.0, ge=0, description="On shutdown, how long in-flight requests may finish (new ones get 503).")
     upstream_health_s: float = Field(5.0, gt=0, description="openai/vllm engines: how often each upstream replica is health-checked (GET /v1/models); a replica that fails a request is taken out at once and back when it answers.")
     vllm_python: str | None = Field(None, description="vllm engine: the python of a venv with vllm installed (vLLM runs as its own process in its own environment).")
+    upstream_full_path: bool = Field(False, description="openai/vllm engines: send every generation request through the full path (parsed, rendered, re-encoded). Off: a request that no guard, RAG or request log needs to read is relayed to the upstream as bytes, its model id renamed (serve/relay.py; measured in bench/gateway.py).")
 
 
 class RegistryConfig(Section):

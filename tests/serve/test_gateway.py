@@ -250,3 +250,72 @@ def test_rag_and_the_request_log_apply_at_the_gateway(upstreams, tmp_path):
         gw.state.recorder.log.flush()
         rows = read_log(gw.state.recorder.log.path)[0]
         assert [x["model"] for x in rows] == ["gw", "gw"] and rows[-1]["rag"][0]["source"] == "docs/router.md"
+
+
+def test_relay_equals_the_full_path_and_keeps_keys_limits_and_counts(upstreams):
+    """A gateway with no guard, RAG or request log relays requests as bytes (serve/relay.py): the same replies as
+    the full path (`upstream_full_path`), the model renamed, usage only when asked, keys, token limits, timeouts
+    and the token counters all still applied."""
+    keys = KeyStore({hash_key("sk-relay")})
+    url = upstreams[0].url
+    with gateway([f"gw={url}"], keys=keys, tokens_per_minute=500) as relay, \
+            gateway([f"gw={url}"], keys=keys, upstream_full_path=True) as full:
+        with pytest.raises(openai.AuthenticationError):
+            relay.openai().chat.completions.create(model="gw", messages=HI, max_tokens=4)
+        r, f = relay.openai("sk-relay"), full.openai("sk-relay")
+        for c in (r, f):
+            whole = c.chat.completions.create(model="gw", messages=HI, max_tokens=12, temperature=0)
+            chunks = list(c.chat.completions.create(model="gw", messages=HI, max_tokens=12, temperature=0, stream=True))
+            counted = list(c.chat.completions.create(model="gw", messages=HI, max_tokens=12, temperature=0,
+                                                     stream=True, stream_options={"include_usage": True}))
+            raw = c.completions.create(model="gw", prompt="Once upon a time", max_tokens=6, temperature=0)
+            texts = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+            assert {whole.model, raw.model} | {ch.model for ch in chunks + counted} == {"gw"}
+            assert all(ch.usage is None for ch in chunks)  # not asked for: the upstream's usage chunk is dropped
+            assert counted[-1].usage.completion_tokens == whole.usage.completion_tokens
+            if c is r:
+                want = (whole.choices[0].message.content, texts, raw.choices[0].text, whole.usage.completion_tokens)
+            else:
+                assert (whole.choices[0].message.content, texts, raw.choices[0].text,
+                        whole.usage.completion_tokens) == want
+        route = "/v1/chat/completions"
+        assert relay.metric("llmkit_relayed_requests_total", route=route) == 3
+        assert full.metric("llmkit_relayed_requests_total", route=route) == 0
+        assert relay.metric("llmkit_requests_total", route=route, status="200") == 3
+        assert relay.metric("llmkit_time_to_first_token_seconds_count", route=route) == 3
+        # the counters hold the upstream's counts: 3 chats and one completion
+        assert relay.metric("llmkit_completion_tokens_total") == 3 * want[3] + raw.usage.completion_tokens
+        assert relay.metric("llmkit_completion_tokens_total") == full.metric("llmkit_completion_tokens_total")
+        with pytest.raises(openai.RateLimitError):  # max_tokens over the tokens per minute: refused before the upstream
+            r.chat.completions.create(model="gw", messages=HI, max_tokens=600)
+        upstream_errors = relay.metric("llmkit_requests_total", route=route, status="400")
+        with pytest.raises(openai.BadRequestError) as e:  # the upstream's own refusal, naming it
+            r.chat.completions.create(model="gw", messages=HI, max_tokens=4, n=0)
+        assert url in e.value.body["message"]
+        assert relay.metric("llmkit_requests_total", route=route, status="400") == upstream_errors + 1
+    with gateway([f"gw={url}"], request_timeout_s=0.001) as slow:
+        with pytest.raises(openai.APIStatusError) as e:
+            slow.openai().chat.completions.create(model="gw", messages=HI, max_tokens=4)
+        assert e.value.status_code == 503 and e.value.body["code"] == "timeout"
+        assert slow.metric("llmkit_cancelled_generations_total", reason="timeout") == 1
+
+
+def test_relay_cancels_the_upstream_request_when_the_client_leaves(upstreams):
+    up = upstreams[0]
+
+    def upstream_cancelled() -> float:
+        text = httpx.get(up.url.removesuffix("/v1") + "/metrics", timeout=5).text
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith('llmkit_cancelled_generations_total{reason="disconnect"}'))
+
+    before = upstream_cancelled()
+    with gateway([f"gw={up.url}"]) as gw:
+        body = {"model": "gw", "messages": HI, "max_tokens": 200, "stream": True,
+                "stream_options": {"include_usage": False}}
+        with httpx.stream("POST", gw.url + "/v1/chat/completions", json=body, timeout=30) as resp:
+            lines = resp.iter_lines()
+            assert next(line for line in lines if '"content":"' in line and '"content":""' not in line)
+        # leaving the block closed the connection mid-stream: the gateway closes its upstream request, and the
+        # upstream (an llmkit server) counts a cancelled generation
+        wait_until(lambda: upstream_cancelled() > before, 30, "the upstream to cancel the generation")
+        assert gw.metric("llmkit_cancelled_generations_total", reason="disconnect") == 1

@@ -33,10 +33,11 @@ import asyncio
 import json
 import logging
 import os
+import re
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmkit.engines.base import Generation, GenParams, Piece, UnsupportedFeature, UpstreamError
@@ -46,6 +47,12 @@ from llmkit.models import ModelRef
 log = logging.getLogger("llmkit.engines")
 
 RETRY_STATUSES = {502, 503, 504}  # an upstream that is overloaded, draining or behind a dead proxy: try another
+JSON = {"content-type": "application/json"}
+# in a relayed body (`OpenAIEngine.relay`), found without parsing: a chunk that carries text (chat or completions;
+# not the empty content of a role chunk), and a usage object. JSON escapes quotes inside strings, so text that
+# merely contains these words never matches.
+TEXT = re.compile(rb'"(?:content|text)":\s*"(?!")')
+USAGE = re.compile(rb'"usage":\s*\{')
 
 
 class ChatPrompt(str):
@@ -95,6 +102,36 @@ def _message(body: bytes, status: int) -> tuple[str, str | None, str | None]:
     return json.dumps(obj)[:500], None, None
 
 
+@dataclass
+class Relayed:
+    """An upstream's answer to a request relayed as bytes (`OpenAIEngine.relay`): its status is known, `body`
+    yields the rest (the upstream's bytes with the model id renamed). The counts fill in as `body` is read."""
+
+    status: int
+    media_type: str
+    body: AsyncIterator[bytes] | None = None
+    usage: dict = field(default_factory=dict)  # the upstream's usage, when it reported one
+    text_chunks: int = 0  # chunks with text (the completion tokens when the upstream reports no usage)
+    first_text: float | None = None  # time.perf_counter() when the first text was read from the upstream
+    _close: object = None  # what `aclose` runs: the upstream response and the replica's outstanding count
+
+    async def aclose(self) -> None:
+        """Close the upstream request (whether or not `body` was read to the end or at all); idempotent."""
+        close, self._close = self._close, None
+        if close is not None:
+            await close()
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def _lines(data: bytes) -> tuple[bytes, bytes]:
+    """(the whole lines of `data`, the incomplete last one): renaming and counting work on whole SSE lines."""
+    cut = data.rfind(b"\n") + 1
+    return data[:cut], data[cut:]
+
+
 class OpenAIEngine:
     name = "openai"
     remote = True  # no local tokenizer: the server leaves context checks to the upstream
@@ -140,6 +177,8 @@ class OpenAIEngine:
             self.close()
             raise
         self.model = ModelRef(served_name or self.upstream_model, "remote", Path(), "remote")
+        # the upstream's model id as it appears in its JSON (with or without a space after the colon)
+        self._model_re = re.compile(rb'"model":\s*' + re.escape(json.dumps(self.upstream_model).encode()))
         self._health = asyncio.run_coroutine_threadsafe(self._health_loop(), self._loop)
 
     def _new_client(self):
@@ -253,12 +292,17 @@ class OpenAIEngine:
         if loop is None or loop is self._loop:
             asyncio.run_coroutine_threadsafe(self._run(gen, path, body, params.streamed, self._client), self._loop)
         else:
-            if loop not in self._clients:
-                self._clients[loop] = self._new_client()
-            task = loop.create_task(self._run(gen, path, body, params.streamed, self._clients[loop]))
+            task = loop.create_task(self._run(gen, path, body, params.streamed, self._loop_client(loop)))
             self._tasks.add(task)  # held until done: the loop keeps only a weak reference to its tasks
             task.add_done_callback(self._tasks.discard)
         return gen
+
+    def _loop_client(self, loop: asyncio.AbstractEventLoop):
+        """The httpx client of `loop` (httpx clients belong to one loop), made on first use."""
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._clients[loop] = self._new_client()
+        return client
 
     async def _run(self, gen: Generation, path: str, body: dict, streamed: bool, client) -> None:
         try:
@@ -341,6 +385,140 @@ class OpenAIEngine:
             raise UpstreamError(503, "every upstream is unavailable: " + "; ".join(failures),
                                 code="upstream_unavailable")
         raise UpstreamError(502, "no upstream could be reached: " + "; ".join(failures), code="upstream_unreachable")
+
+    # -- relaying bytes -----------------------------------------------------------------------------------------
+
+    async def relay(self, path: str, body: dict, name: str) -> Relayed:
+        """Send an OpenAI request body as it came (`model` set to the upstream's id) to /v1`path` on a replica, and
+        hand back the upstream's answer as bytes, with its model id renamed to `name`: nothing is parsed or
+        re-encoded but the usage chunk. The server relays this way when nothing of its own needs the text (no
+        guard, RAG or request log: serve/relay.py). Runs on the caller's event loop.
+
+        Replicas and retries as in `submit`: a request is sent to another replica while nothing reached the caller
+        — for a stream, until the upstream's first chunk with text (the chunks before it are held back); for a
+        plain request, until the whole body is read. Raises UpstreamError as `submit`'s generations end (a 4xx
+        passed on, 502 unreachable, 503 all 5xx). A stream that fails after its first text ends with an `error`
+        event. A streamed request always asks the upstream for usage (the server's token counts and limits use
+        it); the usage chunk is passed on only when the client asked for it too."""
+        import httpx
+
+        client = self._loop_client(asyncio.get_running_loop())
+        stream = body.get("stream") is True
+        asked = stream and isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage")
+        body = {**body, "model": self.upstream_model}
+        if stream:
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        payload = json.dumps(body, ensure_ascii=False).encode()
+        renamed = b'"model":' + json.dumps(name, ensure_ascii=False).encode()
+        tried: set[int] = set()
+        failures: list[str] = []
+        statuses: list[int] = []
+        while (rep := self._pick(tried)) is not None:
+            rep.outstanding += 1
+            r, handed = None, False
+            try:
+                r = await client.send(client.build_request("POST", rep.url + path, content=payload, headers=JSON),
+                                      stream=True)
+                if r.status_code >= 400:
+                    message, code, param = _message(await r.aread(), r.status_code)
+                    if r.status_code in RETRY_STATUSES:
+                        statuses.append(r.status_code)
+                        failures.append(f"{rep.url} answered {r.status_code}: {message}")
+                        self.retries += 1
+                        continue
+                    raise UpstreamError(r.status_code if r.status_code < 500 else 502, f"upstream {rep.url}: {message}",
+                                        code=code, param=param)
+                out = Relayed(200, "text/event-stream" if stream else "application/json")
+                if not stream:
+                    data = await r.aread()
+                    try:
+                        obj = json.loads(data)
+                    except ValueError:  # not JSON: passed on as it came
+                        obj = None
+                    if isinstance(obj, dict):
+                        obj["model"] = name
+                        out.usage = obj.get("usage") or {}
+                        out.text_chunks = len(obj.get("choices") or [])
+                        out.first_text = time.perf_counter() if out.text_chunks else None
+                        data = json.dumps(obj, ensure_ascii=False).encode()
+                    rep.served += 1
+                    out.body = _once(data)
+                    return out
+                held, rest, chunks = [], b"", r.aiter_bytes()
+                while out.first_text is None:  # held back until the first text: up to there, a failure is retried
+                    chunk = await anext(chunks, None)
+                    if chunk is None:
+                        break
+                    part, rest = _lines(rest + chunk)
+                    if part:
+                        held.append(self._scan(out, part, renamed, not asked))
+                out.body = self._relay_rest(out, rep, chunks, held, rest, renamed, not asked)
+
+                async def release(rep: Replica = rep, r=r) -> None:
+                    rep.outstanding -= 1
+                    await r.aclose()
+
+                out._close = release
+                handed = True  # `out` now owns the response and the replica's count
+                return out
+            except httpx.TransportError as e:
+                self._down(rep, e)
+                failures.append(f"{rep.url}: {type(e).__name__}: {e}")
+                self.retries += 1
+                continue
+            finally:
+                if not handed:
+                    rep.outstanding -= 1
+                    if r is not None:
+                        await r.aclose()
+        if statuses and len(statuses) == len(failures):
+            raise UpstreamError(503, "every upstream is unavailable: " + "; ".join(failures),
+                                code="upstream_unavailable")
+        raise UpstreamError(502, "no upstream could be reached: " + "; ".join(failures), code="upstream_unreachable")
+
+    async def _relay_rest(self, out: Relayed, rep: Replica, chunks, held: list[bytes], rest: bytes,
+                          renamed: bytes, drop_usage: bool) -> AsyncIterator[bytes]:
+        import httpx
+
+        if held:  # one write to the client, not one per chunk read (each is a send syscall and a wake-up there)
+            yield b"".join(held)
+        try:
+            async for chunk in chunks:
+                part, rest = _lines(rest + chunk)
+                if part:
+                    yield self._scan(out, part, renamed, drop_usage)
+        except httpx.TransportError as e:
+            self._down(rep, e)
+            err = UpstreamError(502, f"upstream {rep.url} failed mid-stream ({type(e).__name__}: {e}); the reply "
+                                     "is incomplete", code="upstream_failed")
+            envelope = {"error": {"message": str(err), "type": err.type, "param": None, "code": err.code}}
+            yield b"data: " + json.dumps(envelope).encode() + b"\n\ndata: [DONE]\n\n"
+            return
+        if rest:
+            yield self._scan(out, rest, renamed, drop_usage)
+        rep.served += 1
+
+    def _scan(self, out: Relayed, part: bytes, renamed: bytes, drop_usage: bool) -> bytes:
+        """Count the text chunks of `part` (whole SSE lines), read a usage chunk (dropped when the client did not
+        ask for it), and rename the model."""
+        n = len(TEXT.findall(part))
+        if n:
+            out.text_chunks += n
+            if out.first_text is None:
+                out.first_text = time.perf_counter()
+        if USAGE.search(part):
+            lines = part.split(b"\n")
+            for i, line in enumerate(lines):
+                if line.startswith(b"data:") and USAGE.search(line):
+                    try:
+                        obj = json.loads(line[5:])
+                    except ValueError:
+                        continue
+                    out.usage = obj.get("usage") or out.usage
+                    if drop_usage and not obj.get("choices"):
+                        lines[i] = b""  # a blank line more ends no event: clients skip it
+            part = b"\n".join(lines)
+        return self._model_re.sub(lambda m: renamed, part)
 
     # -- the rest of the Engine Protocol -------------------------------------------------------------------------
 

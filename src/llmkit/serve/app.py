@@ -7,7 +7,8 @@
     POST /v1/feedback           a thumbs up/down on a response id, into the request log
     GET  /docs, /openapi.json   FastAPI's
 
-Middleware, outermost first: `Gate` (503 while draining, in-flight count, request metrics), `BodyLimit` (413).
+Middleware, outermost first: `Gate` (503 while draining, in-flight count, request metrics), `BodyLimit` (413),
+`Relay` (generation requests to an upstream relayed as bytes when no guard, RAG or request log needs their text).
 Shutdown (`Server.begin_drain`, or SIGINT/SIGTERM under `llmkit serve`): new requests get 503, running ones
 finish (at most `drain_timeout_s`), then uvicorn stops and the lifespan closes the engines.
 """
@@ -32,6 +33,7 @@ from llmkit.serve.auth import is_loopback
 from llmkit.serve.errors import APIError, log, overloaded
 from llmkit.serve.limits import BodyLimit
 from llmkit.serve.metrics import CONTENT_TYPE
+from llmkit.serve.relay import Relay
 from llmkit.serve.serving import Context, ServingChat, ServingCompletion, ServingEmbedding, ServingModels, Stream
 from llmkit.serve.state import ServerState
 
@@ -223,6 +225,7 @@ def build_app(state: ServerState) -> FastAPI:
     errors.install(app)
     app.include_router(router)
     app.openapi = _true_schema(app, state)
+    app.add_middleware(Relay, state=state, authorize=authorize)  # innermost: the gateway's fast path (relay.py)
     app.add_middleware(BodyLimit, limit=state.cfg.max_body_bytes)
     app.add_middleware(Gate, state=state)  # added last: outermost
     return app

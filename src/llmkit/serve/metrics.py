@@ -23,6 +23,8 @@ class Metrics:
         self.prompt_tokens = Counter("llmkit_prompt_tokens", "Prompt tokens of finished generations", registry=r)
         self.completion_tokens = Counter("llmkit_completion_tokens", "Generated tokens", registry=r)
         self.inflight = Gauge("llmkit_inflight_requests", "Requests being answered now", registry=r)
+        self.relayed = Counter("llmkit_relayed_requests", "Generation requests relayed to an upstream as bytes (the "
+                               "gateway's fast path, serve/relay.py)", ["route"], registry=r)
         self.rag_retrievals = Counter("llmkit_rag_retrievals", "Chat requests answered from a collection",
                                       ["collection"], registry=r)
         self.rate_limited = Counter("llmkit_rate_limited", "Requests refused by a rate limit", registry=r)
