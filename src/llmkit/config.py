@@ -70,7 +70,8 @@ class RewardConfig(Section):
     fn: str = Field(description="A built-in: `exact` (the answer equals the row's reference), `regex` (the completion "
                                 "matches `pattern`: 1 or 0), `json_schema` (the completion parses as JSON valid against "
                                 "`json_schema`), `length` (penalty -max(0, tokens - target_length) / target_length), "
-                                "`reward_model` (the score of a `method: reward` artifact at `path`); or `module:function` "
+                                "`reward_model` (the score of a `method: reward` artifact at `path`), `toxicity` "
+                                "(-P(toxic) from the guard's toxicity classifier: 0 to -1); or `module:function` "
                                 "called as fn(prompts, completions, **row_fields) -> list[float] (trl's signature).")
     weight: float = Field(1.0, description="Weight of this reward in the sum.")
     name: str | None = Field(None, description="Name in the logs and metrics (default: fn).")

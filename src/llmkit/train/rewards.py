@@ -8,6 +8,7 @@
         - {fn: length, target_length: 48, weight: 0.2}                       # -(tokens over 48) / 48
         - {fn: json_schema, json_schema: {type: object, required: [name]}}   # 1 if valid JSON of that schema
         - {fn: reward_model, path: runs/rm/train}                            # a `method: reward` artifact
+        - {fn: toxicity, weight: 0.5}                                        # -P(toxic), the guard's classifier
         - {fn: "mypkg.rewards:brevity", weight: 0.1}                         # your own
 
 A reward function has trl's signature:
@@ -35,7 +36,7 @@ from pathlib import Path
 from llmkit.config import RewardConfig
 from llmkit.errors import ConfigError
 
-BUILTINS = ("exact", "regex", "json_schema", "length", "reward_model")
+BUILTINS = ("exact", "regex", "json_schema", "length", "reward_model", "toxicity")
 
 
 @dataclass
@@ -110,6 +111,16 @@ def length(tok, target: int) -> Callable:
     return fn
 
 
+def toxicity() -> Callable:
+    """-P(toxic) of each completion: 1 - P(ok) of the guard's toxicity classifier (classes ok / hate / harmful;
+    the head the guard's toxicity rail uses, `guard.classify.load_heads`, trained once per machine and cached).
+    0 for a harmless reply, down to -1: a penalty, weighted like any other reward. ~30 µs per completion."""
+    from llmkit.guard.classify import featurize, load_heads
+
+    head = load_heads()["toxicity"]
+    return lambda prompts, completions, **rows: (-head.scores(featurize(list(completions)))).tolist()
+
+
 def _import(spec: str) -> Callable:
     mod, _, name = spec.rpartition(":")
     if mod.endswith(".py"):
@@ -160,6 +171,8 @@ def build(specs: list[RewardConfig], tok) -> list[Reward]:
                 from llmkit.train.reward import RewardModel
 
                 fn = RewardModel.load(s.path)
+            elif s.fn == "toxicity":
+                fn = toxicity()
             elif ":" in s.fn:
                 fn = _import(s.fn)
             else:
