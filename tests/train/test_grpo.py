@@ -163,3 +163,23 @@ def test_the_example_recipe_is_valid():
     rs = build(cfg.rewards, None)
     per, _ = score(rs, ["q"] * 3, ["3 + 19 = 22", "The sum is 21.", "22\nok"], {"completion": ["22"] * 3})
     assert per.tolist() == [[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]]  # correct (the last number); format (one short line)
+
+
+def test_toxicity_reward_is_the_guard_classifier(monkeypatch):
+    # the guard's real toxicity head, trained by its own code on its corpus (what load_heads trains and caches,
+    # without the injection heads' minutes of MiniLM), installed as the process's heads as the guard tests do
+    from llmkit.guard import classify
+    from llmkit.guard.corpora import TOXICITY_CLASSES, toxicity_corpus
+
+    corpus = toxicity_corpus()
+    head = classify._fit("toxicity", TOXICITY_CLASSES, *corpus["train"], C=4.0)
+    monkeypatch.setattr(classify, "_HEADS", {"toxicity": head})
+    texts, y = corpus["test"]
+    rs = build([RewardConfig(fn="toxicity", weight=2.0)], None)
+    per, total = score(rs, ["q"] * len(texts), list(texts), {})
+    want = -head.scores(classify.featurize(list(texts)))
+    assert per[0].tolist() == pytest.approx(want.tolist(), abs=1e-6) and (per[0] <= 0).all()
+    torch.testing.assert_close(total, 2.0 * per[0])
+    toxic, ok = per[0][torch.tensor(y > 0)], per[0][torch.tensor(y == 0)]
+    # held-out texts; measured -0.64 (toxic) vs -0.35 (ok): the head is soft, so the margin is modest
+    assert toxic.mean() < ok.mean() - 0.2, (float(toxic.mean()), float(ok.mean()))
