@@ -18,8 +18,9 @@ import shutil
 import sys
 import time
 
-# `compile: auto` compiles when the run trains on at least this many real tokens (see README, Training: the
-# compile costs about this many tokens' worth of the time it saves per token, measured on SmolLM2-135M)
+# `compile: auto` compiles when the run trains on at least this many real tokens. NOT measured with this code yet:
+# an estimate from FACTS.md's earlier plain-loop figures (warm compile ~109 s, 237-260 -> 295-315 tok/s, i.e.
+# ~0.7 ms saved per token: break-even ~150k tokens). Re-measure with bench/train_lora.py `llmkit-1/compile=on`.
 AUTO_MIN_TOKENS = 150_000
 AUTO_METHODS = ("lora", "full", "pretrain", "dpo")  # plain torch layers; not QLoRA's bitsandbytes ones
 
