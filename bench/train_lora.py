@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/train_lora.py [--tokens 20000] [--sides llmkit-1,trl] [--seeds 0,1,2]
     .venv/bin/python bench/train_lora.py --sides llmkit-1,trl,litgpt --litgpt-python /tmp/lgvenv/bin/python
+    .venv/bin/python bench/train_lora.py --sides llmkit-1,llmkit-1/compile=on,llmkit-1/opt=fused,trl-bf16,trl
 
 Setup (the fine-tuning issue's): SmolLM2-135M-Instruct (the bundled GGUF, dequantized), LoRA r=16 alpha=32 on
 all 7 linear projections, dropout 0 (peft's default), batch 4, max length 256, ~64-token instruction rows,
@@ -10,10 +11,14 @@ it has seen about the same number of real (non-padding) tokens, in its own proce
 then both adapters are scored on the same held-out rows with the same loss (mean over completion tokens).
 
 trl runs with plain settings: prompt/completion rows, no packing, fp32, gradient checkpointing off (trl's default
-turns it on, which trades speed for memory). llmkit runs as a user would: packing, bf16 where the CPU has fast bf16
+turns it on, which trades speed for memory); `trl-bf16` is the same with `bf16=True` (fp32 master weights under
+bf16 autocast, what trl does with bf16 on a CPU). llmkit runs as a user would: packing, bf16 where the CPU has fast bf16
 kernels (precision auto), train.fast_kernels (packed attention, fused LoRA; a `-stock` side such as
 `llmkit-1-stock` turns them off). A second llmkit row uses batch 1 of packed 256-token sequences, so it takes
 about as many optimizer steps per token as trl does — the fair row for "same val loss after the same tokens".
+A side may change llmkit's settings one at a time to measure a lever alone: `llmkit-1/compile=on` (train.compile),
+`llmkit-1/max_length=512` (longer packs), `llmkit-1/opt=fused` (AdamW without the fused kernel); several
+`/key=value` parts combine. Each llmkit side's seconds are the train stage's own, so a compile is counted.
 litgpt (optional: `--litgpt-python`, its own venv) runs finetune_lora with the same LoRA, batch, lr and schedule,
 fp32 (32-true), completion-only loss (mask_prompt) and SmolLM2's chat prompt; its merged weights are scored by the
 same val loss.
@@ -46,15 +51,21 @@ def rows(n: int, seed: int) -> list[dict]:
     return out
 
 
-def child_llmkit(work: Path, tokens: int, batch: int, precision: str, fast_kernels: bool = True, seed: int = 0) -> dict:
+def child_llmkit(work: Path, tokens: int, batch: int, precision: str, fast_kernels: bool = True, seed: int = 0,
+                 sets: tuple = ()) -> dict:
     import torch
 
     from llmkit.config import TrainConfig
     from llmkit.train import finetune
 
-    cfg = TrainConfig(method="lora", lr=5e-4, batch_size=batch, max_length=256, packing=True, precision=precision,
-                      eval_every=10**6, save_every=10**6, warmup_ratio=0.03, lora={"r": 16, "alpha": 32},
-                      fast_kernels=fast_kernels, seed=seed)
+    over = dict(kv.split("=", 1) for kv in sets)
+    if over.pop("opt", "foreach") == "fused":  # the lever "fused AdamW" on (llmkit's default: torch's foreach)
+        from llmkit.train import common, sft
+
+        sft.adamw = lambda params, lr: common.adamw(params, lr, fused=True)
+    cfg = TrainConfig(**{**dict(method="lora", lr=5e-4, batch_size=batch, max_length=256, packing=True,
+                                precision=precision, eval_every=10**6, save_every=10**6, warmup_ratio=0.03,
+                                lora={"r": 16, "alpha": 32}, fast_kernels=fast_kernels, seed=seed), **over})
     # steps for the token budget, from the real tokens per batch of this packing
     from transformers import AutoTokenizer
 
@@ -66,14 +77,14 @@ def child_llmkit(work: Path, tokens: int, batch: int, precision: str, fast_kerne
     per_step = sum(b["real_tokens"] for b in batches) / len(batches)
     steps = max(1, round(tokens / per_step))
     torch.manual_seed(seed)
-    out = work / f"llmkit-{batch}-{precision}-{'fast' if fast_kernels else 'stock'}-{seed}"
-    r = finetune(cfg, work / "data", "smollm2-135m-instruct", out, progress=False, max_steps=steps)
+    out = work / f"llmkit-{batch}-{precision}-{'fast' if fast_kernels else 'stock'}-{'-'.join(sets)}-{seed}"
+    r = finetune(cfg, work / "data", "smollm2-135m-instruct", out, progress=False, max_steps=steps, force=True)
     m = r["metrics"]
     return {"steps": m["steps"], "real_tokens": m["real_tokens"], "seconds": m["seconds"],
-            "adapter": str(out)}
+            "compile": m.get("compile"), "compile_seconds": m.get("compile_seconds"), "adapter": str(out)}
 
 
-def child_trl(work: Path, tokens: int, seed: int = 0) -> dict:
+def child_trl(work: Path, tokens: int, seed: int = 0, bf16: bool = False) -> dict:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -91,7 +102,7 @@ def child_trl(work: Path, tokens: int, seed: int = 0) -> dict:
     steps = max(1, round(tokens / (4 * mean_len)))
     args = SFTConfig(output_dir=str(work / "trl-out"), per_device_train_batch_size=4, max_length=256,
                      learning_rate=5e-4, lr_scheduler_type="cosine", warmup_steps=int(0.03 * steps), max_steps=steps,
-                     logging_steps=10**6, save_strategy="no", report_to=[], use_cpu=True, bf16=False,
+                     logging_steps=10**6, save_strategy="no", report_to=[], use_cpu=True, bf16=bf16,
                      dataloader_num_workers=0, seed=seed, gradient_checkpointing=False)  # trl turns it on by default
     peft_cfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
@@ -101,9 +112,9 @@ def child_trl(work: Path, tokens: int, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0
-    trainer.model.save_pretrained(work / f"trl-adapter-{seed}")
-    return {"steps": steps, "real_tokens": round(steps * 4 * mean_len), "seconds": seconds,
-            "adapter": str(work / f"trl-adapter-{seed}")}
+    adapter = work / f"trl-adapter-{'bf16' if bf16 else 'fp32'}-{seed}"
+    trainer.model.save_pretrained(adapter)
+    return {"steps": steps, "real_tokens": round(steps * 4 * mean_len), "seconds": seconds, "adapter": str(adapter)}
 
 
 def child_litgpt(work: Path, tokens: int, seed: int = 0) -> dict:
@@ -188,11 +199,14 @@ def val_loss(adapter: str, work: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=20000, help="real tokens each side trains on")
-    ap.add_argument("--child", choices=["llmkit-4", "llmkit-1", "llmkit-4-stock", "llmkit-1-stock", "trl", "litgpt",
-                                        "val"])
+    ap.add_argument("--child", choices=["llmkit-4", "llmkit-1", "llmkit-4-stock", "llmkit-1-stock", "trl", "trl-bf16",
+                                        "litgpt", "val"])
+    ap.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)  # a side's /key=value parts
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="llmkit's training precision")
     ap.add_argument("--sides", default="llmkit-4,llmkit-1,trl",
-                    help="which runs, comma-separated; a -stock suffix runs llmkit with train.fast_kernels off")
+                    help="which runs, comma-separated; a -stock suffix runs llmkit with train.fast_kernels off; "
+                         "/key=value parts change one llmkit setting (compile=on, max_length=512, opt=fused); "
+                         "trl-bf16 runs trl with bf16=True")
     ap.add_argument("--seeds", default="0", help="training seeds (LoRA init, data order), comma-separated: "
                     "each side runs once per seed, so the val-loss spread between seeds shows the noise")
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -207,15 +221,20 @@ def main() -> None:
             res = {"val_loss": val_loss(args.adapter, work)}
         elif args.child == "litgpt":
             res = child_litgpt(work, args.tokens, args.seed)
-        elif args.child == "trl":
-            res = child_trl(work, args.tokens, args.seed)
+        elif args.child in ("trl", "trl-bf16"):
+            res = child_trl(work, args.tokens, args.seed, bf16=args.child == "trl-bf16")
         else:
             res = child_llmkit(work, args.tokens, int(args.child.split("-")[1]), args.precision,
-                               fast_kernels=not args.child.endswith("-stock"), seed=args.seed)
+                               fast_kernels=not args.child.endswith("-stock"), seed=args.seed, sets=tuple(args.set))
         res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        # inductor compiles in worker processes: their peak is reported beside the side's own
+        res["children_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
         print(json.dumps(res))
         return
     print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n")[0].split() \
+        if Path("/proc/cpuinfo").is_file() else []
+    print("cpu flags:", " ".join(f for f in flags if f.startswith(("avx2", "avx512", "amx"))))
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     for name, n, seed in (("train", 2000, 0), ("val", 100, 1)):
         (work / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(n, seed)))
@@ -251,7 +270,8 @@ def main() -> None:
     for seed in [int(x) for x in args.seeds.split(",")]:
         for side in sides:
             python = args.litgpt_python if side == "litgpt" else sys.executable
-            r = run("--child", side, "--seed", str(seed), python=python)
+            name, *sets = side.split("/")
+            r = run("--child", name, "--seed", str(seed), *(x for kv in sets for x in ("--set", kv)), python=python)
             if side == "litgpt":
                 r["adapter"] = litgpt_to_hf(args.litgpt_python, Path(r["adapter"]))
             r["val_loss"] = run("--child", "val", "--adapter", r["adapter"])["val_loss"]
@@ -262,13 +282,14 @@ def main() -> None:
     def mean(side, key):
         return sum(r[key] for r in results[side]) / len(results[side])
 
-    print(f"\n{'':14} {'runs':>4} {'steps':>6} {'real tok':>9} {'seconds':>8} {'real tok/s':>10} {'peak RSS GB':>11}"
+    print(f"\n{'':28} {'runs':>4} {'steps':>6} {'real tok':>9} {'seconds':>8} {'real tok/s':>10} {'peak RSS GB':>11}"
           f" {'val loss (each seed)':>28}")
     for k, rs in results.items():
         vals = " ".join(f"{r['val_loss']:.4f}" for r in rs)
-        print(f"{k:14} {len(rs):>4} {rs[0]['steps']:>6} {rs[0]['real_tokens']:>9} {mean(k, 'seconds'):>8.1f}"
+        print(f"{k:28} {len(rs):>4} {rs[0]['steps']:>6} {rs[0]['real_tokens']:>9} {mean(k, 'seconds'):>8.1f}"
               f" {mean(k, 'tok_s'):>10.0f} {max(r['peak_rss_gb'] for r in rs):>11.2f} {vals:>28}")
-    peers = [k for k in ("trl", "litgpt") if k in results]
+    print("uptime at the end:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    peers = [k for k in ("trl-bf16", "trl", "litgpt") if k in results]
     for k in [k for k in results if k not in peers]:
         for peer in peers:
             print(f"{k} / {peer}: speed {mean(k, 'tok_s') / mean(peer, 'tok_s'):.2f}x, peak RSS "

@@ -104,6 +104,11 @@ class TrainConfig(Section):
     fast_kernels: bool = Field(
         True, description="Attention per packed sequence and LoRA linears as one fused function: exact (same loss and "
                           "gradients to float rounding), faster on CPU; false = the stock transformers/peft paths.")
+    compile: Literal["auto", "on", "off"] = Field(
+        "off", description="torch.compile each decoder layer (inductor fuses the work between the matmuls); the "
+                           "compile runs before the first step and its time counts in the run's tokens/s; if it "
+                           "fails the run says so and trains without it. auto: on in bf16 for runs long enough to "
+                           "pay for the compile (an estimate, not yet measured: off is the default; README, Training).")
     beta: float = Field(0.1, ge=0, description="DPO and GRPO: how strongly the policy is held to the reference (the "
                                                 "base); GRPO: the KL penalty's weight (0 = no reference pass).")
     # GRPO (method grpo); names as trl's GRPOConfig. batch_size counts prompts per step here.

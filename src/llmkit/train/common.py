@@ -1,6 +1,6 @@
-"""What both training methods use: the rows of a dataset artifact, right-padded batches, and per-row
-log-probabilities computed only at target tokens. sft.py (the loop, SFT's examples and loss) and preference.py
-(DPO's pairs and loss) both import this; neither imports the other's helpers back.
+"""What the training methods use: the rows of a dataset artifact, right-padded batches, per-row
+log-probabilities computed only at target tokens, and the optimizer and its step. sft.py (the loop, SFT's
+examples and loss), preference.py (DPO's pairs and loss) and grpo.py import this; none imports the others' helpers back.
 """
 
 from __future__ import annotations
@@ -76,3 +76,33 @@ def row_logps(model, batch: dict):
 
     logps, rows = token_logps(model, batch)
     return torch.zeros(batch["labels"].shape[0], dtype=torch.float32).index_add(0, rows, logps)
+
+
+def adamw(params: list, lr: float, fused: bool = False):
+    """AdamW without weight decay. fused=True takes torch's fused kernel where the parameters' device has one (CPU:
+    torch >= 2.4), one kernel over all tensors instead of a few foreach passes, the same update to float rounding;
+    off by default until bench/train_lora.py shows it pays (`llmkit-1/opt=fused` beside `llmkit-1`)."""
+    import torch
+
+    if fused:
+        try:
+            return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
+        except (RuntimeError, TypeError):  # no fused kernel for this device or dtype
+            pass
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
+def optimizer_step(params: list, opt, sched, state=None, micro_batches: int = 0, max_norm: float = 1.0) -> float:
+    """One optimizer step after the gradients of a step are in: clip their norm, step the optimizer and the
+    schedule, drop the gradients; with a training `state`, count the step and the micro-batches it used.
+    Returns the gradient norm before clipping."""
+    import torch
+
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    if state is not None:
+        state.micro += micro_batches
+        state.step += 1
+    return float(norm)

@@ -35,13 +35,15 @@ from pathlib import Path
 from llmkit import artifacts
 from llmkit.config import TrainConfig
 from llmkit.errors import ConfigError, DataError, MissingExtra
-from llmkit.train import fast
-from llmkit.train.common import collate, read_split, row_logps, with_positions
+from llmkit.train import compiled, fast
+from llmkit.train.common import adamw, collate, optimizer_step, read_split, row_logps, with_positions
 from llmkit.train.template import IGNORE, encode_chat, encode_text, pack
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_METHODS = ("lora", "qlora", "dpo", "reward", "grpo")  # the methods that train a LoRA adapter
 GRPO_FIELDS = {"num_generations", "max_completion_length", "temperature", "epsilon", "num_iterations", "rewards"}
+# speed-only settings: the same model to float rounding, so a finished artifact is not trained again for them
+SPEED_FIELDS = {"compile"}
 
 
 @dataclass
@@ -330,8 +332,9 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
     data, out = Path(data).resolve(), Path(out).resolve()
     ref = resolve_model(base)
     inputs = {"data": artifacts.input_ref(data), "base": artifacts.input_ref(ref.path)}
-    # GRPO's settings are left out of the other methods' config, so their artifacts hash as before those existed
-    config = {"train": cfg.model_dump(exclude=GRPO_FIELDS), "base": base, "max_steps": max_steps}
+    # GRPO's settings are left out of the other methods' config, so their artifacts hash as before those existed;
+    # so are the speed-only settings
+    config = {"train": cfg.model_dump(exclude=GRPO_FIELDS | SPEED_FIELDS), "base": base, "max_steps": max_steps}
     if cfg.method == "dpo" and cfg.beta == 0:
         raise ConfigError(["train.beta: DPO needs beta > 0 (with 0 every pair's loss is log 2 and nothing is learned)"])
     fp = artifacts.fingerprint("model", config, inputs)
@@ -381,17 +384,17 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
     if cfg.method == "dpo":
         preference.add_reference_logps(model, train_ex + val_ex, bf16, pad)
     model.train()
-    forward = loss_module(model, loss_fn)
+    forward = loss_mod = loss_module(model, loss_fn)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        forward = DistributedDataParallel(forward)  # syncs the trainable (LoRA or all) gradients only
+        forward = DistributedDataParallel(loss_mod)  # syncs the trainable (LoRA or all) gradients only
     span = cfg.grad_accum * world  # micro-batches per optimizer step, over all ranks
     batches = batcher(train_ex, cfg, 0, pad)
     per_epoch = len(batches) // span
     total = max(1, int(per_epoch * cfg.epochs)) if max_steps is None else max_steps
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    opt = adamw(params, cfg.lr)
     sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
     val_batches = batcher(val_ex, cfg, 0, pad) if val_ex else []
 
@@ -415,6 +418,20 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
     if state.epoch:  # resumed in a later epoch: its own seeded order
         batches = batcher(train_ex, cfg, state.epoch, pad)
     t_start = time.perf_counter() - state.seconds
+    per_step = sum(b["real_tokens"] for b in batches) / max(1, len(batches)) * span
+    on, why = compiled.wanted(cfg.compile, cfg.method, cfg.precision, int(per_step * (total - state.step)))
+    compile_info = {"compile": "off", "compile_reason": why}
+    if on:  # inside the timed part: the compile is paid for by this run's tokens/s
+
+        def train_step(b):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss_mod(**tensors(b)).backward()
+
+        compile_info = {**compiled.warm_up(model, train_step, batches[0],
+                                           lambda b: evaluate(model, [b], bf16, loss_fn), (val_batches or [None])[0]),
+                        "compile_reason": why}
+        if progress:
+            bar.write(f"train.compile: {compile_info['compile']} ({why}), {compile_info['compile_seconds']} s")
     while state.step < total:
         if state.micro + span > len(batches):  # next epoch, new seeded order
             state.epoch, state.micro = state.epoch + 1, 0
@@ -432,12 +449,7 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
                 (s * world / max(1.0, targets)).backward()
             step_loss += float(s.detach())
             step_tokens += b["real_tokens"]
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        state.micro += span
-        state.step += 1
+        optimizer_step(params, opt, sched, state, span)
         state.tokens += int(_all_sum(step_tokens))
         state.losses.append((state.step, _all_sum(step_loss) / max(1.0, targets)))
         state.seconds = time.perf_counter() - t_start
@@ -468,6 +480,7 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
         if rank != 0:
             return {"metrics": {}, "out": str(out), "status": "worker"}  # rank 0 writes the artifact
 
+    compiled.uncompile(model)
     fast.restore_lora(model)  # what is saved is the stock peft / transformers model
     fast.restore_attention(model)
     adapter = cfg.method in ADAPTER_METHODS
@@ -500,7 +513,7 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
             "seconds": round(state.seconds, 2), "real_tokens_per_s": round(state.tokens / max(1e-9, state.seconds), 1),
             "train_loss_first": state.losses[0][1], "train_loss_last": state.losses[-1][1],
             "val_loss": state.val_losses[-1][1] if state.val_losses else None,
-            "losses": state.losses, "val_losses": state.val_losses, "precision": cfg.precision, **extra,
+            "losses": state.losses, "val_losses": state.val_losses, "precision": cfg.precision, **compile_info, **extra,
         }
         manifest_metrics = b.metrics
     shutil.rmtree(ckpts, ignore_errors=True)
