@@ -45,7 +45,8 @@ PROMPTS = ["How do I reset my password?", "What does HTTP status code 404 mean?"
 
 def start(name: str, cmd: list[str], out: Path) -> tuple[subprocess.Popen, Path]:
     log = out / f"gateway-{name}.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "LLMKIT_THREADS": "1"}
+    path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))  # a caller's extra paths
+    env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "LLMKIT_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env,  # noqa: SIM115
                             start_new_session=True)
     return proc, log
