@@ -36,7 +36,7 @@ from llmkit.rag.store import LanceStore  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "milvus.sh"
 EXAMPLES = ROOT / "examples"
-SOURCES = ["a.md", "b.md", 'c "quoted".md', "d.md"]  # a quote: the sources filter must escape it
+SOURCES = ["a.md", "b.md", 'c "quoted".md', "d-café.md"]  # the sources filter must quote these
 
 
 def _free_port() -> int:
@@ -110,7 +110,7 @@ def test_search_agrees_with_lance_exact_search(stores):
 
 def test_sources_filter(stores):
     _, queries, lance, mv = stores
-    only = ["b.md", 'c "quoted".md']
+    only = ["b.md", 'c "quoted".md', "d-café.md"]
     for q in queries[:3]:
         got = mv.search(q, 10, only)
         assert len(got) == 10 and {i.split("#")[0] for i, _ in got} <= set(only)
@@ -174,6 +174,47 @@ def test_reindex_is_incremental_and_drops_the_superseded_collection(uri, tmp_pat
     assert second != first and second in _names(uri) and first not in _names(uri)
     hit = open_index(tmp_path / "idx").search("Where is the serial number of the Mini modem?", 1)[0]
     assert hit.source == "docs/mini-modem.txt" and "serial number" in hit.text
+
+
+def test_a_failed_run_leaves_the_published_index_and_its_collection(uri, tmp_path, monkeypatch):
+    docs = shutil.copytree(EXAMPLES / "support" / "docs", tmp_path / "docs")
+    cfg = RagConfig(sources=[str(docs)], collection="nimbus", store="milvus")
+    index(cfg, tmp_path / "idx", progress=False)
+    first = json.loads((tmp_path / "idx" / "milvus" / "milvus.json").read_text())
+    (docs / "mini-modem.txt").write_text("The Mini modem's serial number is printed on its box.\n")
+    before = set(_names(uri))
+    write = MilvusStore.write
+
+    def write_then_fail(self, rows, ann_min_rows=None):
+        write(self, rows, ann_min_rows)
+        raise RuntimeError("killed after writing")
+
+    monkeypatch.setattr(MilvusStore, "write", write_then_fail)
+    with pytest.raises(RuntimeError, match="killed"):
+        index(cfg, tmp_path / "idx", progress=False)
+    assert json.loads((tmp_path / "idx" / "milvus" / "milvus.json").read_text()) == first
+    orphans = set(_names(uri)) - before
+    assert first["collection"] in _names(uri) and len(orphans) == 1  # what the module docstring says is left
+    assert next(iter(orphans)).startswith("nimbus__")
+    hit = open_index(tmp_path / "idx").search("Where is the MAC address of the Mini modem?", 1)[0]
+    assert hit.source == "docs/mini-modem.txt"
+
+
+def test_an_index_survives_a_server_restart(tmp_path, monkeypatch):
+    """A restarted milvus-lite has released its collections: the store loads the one it opens."""
+    folder = tmp_path / "server"
+    assert _script("start", str(folder), str(_free_port())).returncode == 0
+    try:
+        monkeypatch.setenv(milvus.URI_ENV, _script("uri", str(folder)).stdout.strip())
+        rows, queries = random_rows(SOURCES, n=40)
+        MilvusStore(tmp_path / "m", "docs").write(rows)
+        want = MilvusStore(tmp_path / "m", "docs").search(queries[0], 5)
+        assert _script("stop", str(folder)).returncode == 0
+        assert _script("start", str(folder)).returncode == 0  # the same port and data, from DIR/port
+        again = MilvusStore(tmp_path / "m", "docs")
+        assert again.search(queries[0], 5) == want and again.read().to_pylist() == rows.to_pylist()
+    finally:
+        _script("stop", str(folder))
 
 
 def test_the_example_recipes_rag_section_runs_on_milvus_by_configuration(uri, tmp_path, capsys):

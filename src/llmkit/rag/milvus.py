@@ -112,8 +112,8 @@ def collection_name(collection: str) -> str:
 
 def _sources_filter(sources: list[str]) -> str:
     # a Milvus string literal is double-quoted with backslash escapes, as JSON's (milvus-lite 3.2.2 has no filter
-    # templates, which would spare the quoting)
-    return f"source in [{', '.join(json.dumps(s) for s in sources)}]"
+    # templates, which would spare the quoting); other characters as they are
+    return f"source in [{', '.join(json.dumps(s, ensure_ascii=False) for s in sources)}]"
 
 
 class MilvusStore:
