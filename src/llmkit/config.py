@@ -194,7 +194,7 @@ class EvalConfig(Section):
 
 
 class RagConfig(Section):
-    """`rag:` indexes documents (.md, .txt, .html, .pdf) for retrieval: dense vectors in LanceDB + BM25, fused."""
+    """`rag:` indexes documents (.md, .txt, .html, .pdf) for retrieval: dense vectors in a vector store + BM25, fused."""
 
     sources: list[str] = Field(description="Folders or files to index; folders are walked (see include/exclude).")
     include: list[str] = Field(default_factory=lambda: ["*.md", "*.markdown", "*.txt", "*.html", "*.htm", "*.pdf"],
@@ -202,9 +202,11 @@ class RagConfig(Section):
     exclude: list[str] = Field(default_factory=list, description="Globs that drop a file, e.g. 'drafts/*' (matched like include).")
     collection: str = Field("docs", min_length=3, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
                             description="Name clients ask for (`rag: {collection: ...}` in a chat request).")
-    # Both behind the `Store` Protocol (rag/store.py). qdrant's local mode is exact search only and locks its folder to
-    # one process; a Qdrant server (LLMKIT_QDRANT_URL) is the scale-out path (rag/qdrant.py).
-    store: Literal["lancedb", "qdrant"] = Field("lancedb", description="Vector store: lancedb (embedded, on disk in the index folder) or qdrant (a Qdrant server when $LLMKIT_QDRANT_URL is set, e.g. http://host:6333, else qdrant-client's local mode in the index folder: exact search only, one process at a time; needs the qdrant extra).")
+    # All behind the `Store` Protocol (rag/store.py). qdrant's local mode is exact search only and locks its folder to
+    # one process; a Qdrant server (LLMKIT_QDRANT_URL) or a Milvus server (LLMKIT_MILVUS_URI) is the scale-out path
+    # (rag/qdrant.py, rag/milvus.py). The server's address is an environment variable, not a field: the same recipe
+    # runs against whichever server a machine reaches.
+    store: Literal["lancedb", "qdrant", "milvus"] = Field("lancedb", description="Vector store: lancedb (embedded, on disk in the index folder), qdrant (a Qdrant server when $LLMKIT_QDRANT_URL is set, e.g. http://host:6333, else qdrant-client's local mode in the index folder: exact search only, one process at a time; needs the qdrant extra) or milvus (a Milvus server at $LLMKIT_MILVUS_URI, e.g. http://127.0.0.1:19530; scripts/milvus.sh starts one; needs the milvus extra).")
     # MiniLM reads at most 256 tokens with its 2 special ones, and the heading is embedded with each chunk:
     # chunks of 200 leave room for it. Longer than the embedder reads is an error, never silent truncation.
     chunk_tokens: int = Field(200, ge=16, description="Chunk length in the embedder's tokens (heading included).")

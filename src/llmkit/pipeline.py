@@ -307,6 +307,10 @@ def run_recipe(recipe: Recipe, force: bool = False, echo: Echo = print) -> list[
 
             raise MissingExtra(f"{recipe.source or 'the recipe'}: registry: keeps model versions in MLflow, which is "
                                f"not installed: {INSTALL}")
+    if recipe.rag is not None and recipe.rag.store == "milvus":  # its server must answer before any slow stage runs
+        from llmkit.rag.milvus import check_server
+
+        check_server()
     if recipe.eval is not None:  # the eval's task files are checked before any slow stage runs
         from llmkit.eval import load_tasks, recipe_inputs
 

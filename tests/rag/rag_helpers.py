@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+
 from llmkit.config import RagConfig
+from llmkit.rag.schema import schema
 
 DOCS = {
     "router.md": "# Router guide\n\nThe router connects your home to the internet.\n\n"
@@ -53,3 +58,25 @@ def make_pdf(path: Path, pages: list[str]) -> Path:
 
 def cfg(*sources: Path, **kw) -> RagConfig:
     return RagConfig(sources=[str(s) for s in sources], **kw)
+
+
+def random_rows(sources: list[str], n=160, dim=384, seed=0) -> tuple[pa.Table, np.ndarray]:
+    """`n` rows of unit random vectors spread over `sources` (some pages and headings null), and 8 unit queries:
+    what the store tests compare stores on."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    src = [sources[i] for i in rng.integers(0, len(sources), n)]
+    rows = pa.Table.from_pylist(
+        [{"id": f"{s}#{i}", "source": s, "page": i % 5 if i % 3 else None, "heading": f"h{i % 7}" if i % 2 else None,
+          "start": 10 * i, "end": 10 * i + 9, "text": f"chunk {i} of {s}", "vector": v.tolist()}
+         for i, (s, v) in enumerate(zip(src, x))], schema=schema(dim))
+    q = rng.normal(size=(8, dim)).astype(np.float32)
+    return rows, q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def block_import(monkeypatch, prefix: str) -> None:
+    """Make every import of `prefix` (and its submodules) fail, as when the package is not installed."""
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **kw: (_ for _ in ()).throw(ImportError(name))
+                        if name.startswith(prefix) else real(name, *a, **kw))

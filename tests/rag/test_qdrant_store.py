@@ -7,35 +7,21 @@ in for the server."""
 import json
 
 import numpy as np
-import pyarrow as pa
 import pytest
-from rag_helpers import cfg, write_docs
+from rag_helpers import block_import, cfg, random_rows, write_docs
 
 pytest.importorskip("qdrant_client")
 
 from llmkit.rag import index, qdrant, retrieve  # noqa: E402
 from llmkit.rag.qdrant import QdrantStore  # noqa: E402
-from llmkit.rag.store import LanceStore, schema  # noqa: E402
+from llmkit.rag.store import LanceStore  # noqa: E402
 
 SOURCES = ["a.md", "b.md", "c.md", "d.md"]
 
 
-def _rows(n=160, dim=384, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, dim)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    src = [SOURCES[i] for i in rng.integers(0, len(SOURCES), n)]
-    rows = pa.Table.from_pylist(
-        [{"id": f"{s}#{i}", "source": s, "page": i % 5 if i % 3 else None, "heading": f"h{i % 7}" if i % 2 else None,
-          "start": 10 * i, "end": 10 * i + 9, "text": f"chunk {i} of {s}", "vector": v.tolist()}
-         for i, (s, v) in enumerate(zip(src, x))], schema=schema(dim))
-    q = rng.normal(size=(8, dim)).astype(np.float32)
-    return rows, x, q / np.linalg.norm(q, axis=1, keepdims=True)
-
-
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
-    rows, x, queries = _rows()
+    rows, queries = random_rows(SOURCES)
     folder = tmp_path_factory.mktemp("stores")
     lance, qd = LanceStore(folder / "lance", "docs"), QdrantStore(folder / "qdrant", "docs")
     lance.write(rows, ann_min_rows=None)
@@ -150,12 +136,8 @@ def _write_then_fail(write):
 
 
 def test_missing_client_is_a_missing_extra(monkeypatch):
-    import builtins
-
     from llmkit.errors import MissingExtra
 
-    real = builtins.__import__
-    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **kw: (_ for _ in ()).throw(ImportError(name))
-                        if name.startswith("qdrant_client") else real(name, *a, **kw))
+    block_import(monkeypatch, "qdrant_client")
     with pytest.raises(MissingExtra, match=r"pip install 'llmkit\[qdrant\]'"):
         QdrantStore("/nonexistent", "docs")

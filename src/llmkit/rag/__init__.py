@@ -5,8 +5,9 @@
     for hit in retrieve(Path("runs/x/rag"), "How do I reset the R2?"):
         print(hit.rank, hit.source, hit.heading, hit.text)
 
-ingest.py reads files, chunk.py cuts them, embed.py embeds, store.py holds vectors (LanceDB; or Qdrant, qdrant.py),
-index.py is the stage, retrieve.py fuses dense and BM25 results, evaluate.py scores retrieval on a question set.
+ingest.py reads files, chunk.py cuts them, embed.py embeds, store.py holds vectors (LanceDB; or Qdrant, qdrant.py;
+or a Milvus server, milvus.py), index.py is the stage, retrieve.py fuses dense and BM25 results, evaluate.py scores
+retrieval on a question set.
 """
 
 from llmkit.rag.evaluate import evaluate

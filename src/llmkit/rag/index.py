@@ -1,4 +1,4 @@
-"""The rag stage: documents → an index artifact (LanceDB vectors + a BM25 index + manifest), incrementally.
+"""The rag stage: documents → an index artifact (a vector store + a BM25 index + manifest), incrementally.
 
     index(RagConfig(sources=["docs"]), Path("runs/x/rag"))
 
@@ -10,6 +10,8 @@ The artifact folder:
     qdrant/         store qdrant: qdrant.json naming the collection (`<collection>__<hex>`) and, in local mode,
                     its data; on a server (LLMKIT_QDRANT_URL) the superseded collection is dropped once the new
                     index is published (rag/qdrant.py says what a killed run leaves there)
+    milvus/         store milvus: milvus.json naming the collection on the Milvus server ($LLMKIT_MILVUS_URI) and
+                    the server's URI; the superseded collection is dropped the same way (rag/milvus.py)
     bm25/           the bm25s index over the same chunks, and ids.json (its row order)
 
 Incremental: a file whose content hash is the previous index's is not read or embedded again (its rows and
@@ -35,9 +37,9 @@ from llmkit import artifacts
 from llmkit.config import RagConfig
 from llmkit.errors import DataError
 from llmkit.rag import chunk as chunking
-from llmkit.rag import embed, ingest, qdrant
+from llmkit.rag import embed, ingest
 from llmkit.rag.schema import schema
-from llmkit.rag.store import STORES, open_store, store_path
+from llmkit.rag.store import STORES, drop_server_collections, open_store, server_collections, store_path
 
 KIND = "rag-index"
 # What a previous index must share for its vectors to be reused.
@@ -105,9 +107,7 @@ def index(cfg: RagConfig, out: Path, *, base_dir: Path | None = None, force: boo
                         "".join(f"\n  - {x.path}: {x.reason}" for x in failed))
 
     # the server collection the published index points to (if any), dropped once this one replaces it
-    superseded = qdrant.read_record(store_path("qdrant", out))
-    if superseded is not None and not superseded["url"]:
-        superseded = None  # local mode: its data goes with the old folder
+    superseded = server_collections(out)
     with artifacts.build(KIND, out, {**config, "refused": [f.source for f in failed if f.source not in inputs]},
                          {s: inputs[s] for s in inputs if s in kept or s in chunks}) as b:
         b.fingerprint = fp  # what the skip check above computes: the files found (a failed one is retried)
@@ -154,8 +154,7 @@ def index(cfg: RagConfig, out: Path, *, base_dir: Path | None = None, force: boo
                      "unchanged_files": len(kept), "removed_files": len(removed), "failed_files": len(failed),
                      "embedded_chunks": len(new), **{k: round(v, 3) for k, v in timings.items()},
                      "seconds": round(time.perf_counter() - t0, 3)}
-    if superseded is not None:
-        qdrant.drop_server_collection(superseded)
+    drop_server_collections(superseded)
     return {"status": "ran", "out": out, "metrics": b.metrics, "failed": b.outputs["failed"]}
 
 

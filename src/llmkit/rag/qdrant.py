@@ -94,6 +94,13 @@ def read_record(folder: Path) -> dict | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def server_record(folder: Path) -> dict | None:
+    """The record of the server collection the store in `folder` points to; None in local mode (its data goes
+    with the folder)."""
+    rec = read_record(folder)
+    return rec if rec is not None and rec["url"] else None
+
+
 def drop_server_collection(record: dict) -> None:
     """Delete the server collection `record` (from `read_record`) names; a failure is a warning naming it, since
     the new index is already published by then."""

@@ -1,5 +1,5 @@
-"""The rows of a collection: one Arrow schema that every store (store.py's LanceStore, qdrant.py's QdrantStore)
-writes and reads, here below both so that no store imports the registry that imports it."""
+"""The rows of a collection: one Arrow schema that every store (store.py's LanceStore, qdrant.py's QdrantStore,
+milvus.py's MilvusStore) writes and reads, here below them so that no store imports the registry that imports it."""
 
 from __future__ import annotations
 

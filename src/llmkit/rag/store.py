@@ -1,11 +1,13 @@
-"""Where the chunks and their vectors live, behind a small Protocol: embedded LanceDB, or Qdrant (qdrant.py; a
-server for scale-out, or its in-process local mode).
+"""Where the chunks and their vectors live, behind a small Protocol: embedded LanceDB, Qdrant (qdrant.py; a
+server for scale-out, or its in-process local mode), or a Milvus server (milvus.py).
 
-    STORES = {"lancedb": LanceStore, "qdrant": QdrantStore}     # another adapter registers here, same methods
+    STORES = {"lancedb": LanceStore, "qdrant": QdrantStore, "milvus": MilvusStore}   # another adapter registers
+                                                                                       # here, same methods
 
 A store holds one collection: rows of `SCHEMA` (the chunk's id, text, metadata and vector). The index stage
 writes a whole collection at once into a fresh folder, `store_path(kind, index folder)` (so a killed write never
-touches the published index); retrieval reads it. A server store keeps only a record of its collection there.
+touches the published index); retrieval reads it. A server store keeps only a record of its collection there,
+and the index stage drops the superseded collection once the new index is published (`server_collections`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 
 from llmkit.errors import ArtifactError, MissingExtra
+from llmkit.rag import milvus, qdrant
+from llmkit.rag.milvus import MilvusStore
 from llmkit.rag.qdrant import QdrantStore
 from llmkit.rag.schema import schema  # noqa: F401 -- re-exported: the stores' row schema
 
@@ -102,8 +106,10 @@ def _sql_str(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-STORES = {"lancedb": LanceStore, "qdrant": QdrantStore}
-DIRS = {"lancedb": "lance", "qdrant": "qdrant"}  # each store's folder inside the index folder
+STORES = {"lancedb": LanceStore, "qdrant": QdrantStore, "milvus": MilvusStore}
+DIRS = {"lancedb": "lance", "qdrant": "qdrant", "milvus": "milvus"}  # each store's folder inside the index folder
+# stores whose collection may live on a server: their modules' server_record(folder), drop_server_collection(record)
+SERVERS = {"qdrant": qdrant, "milvus": milvus}
 
 
 def _known(kind: str) -> str:
@@ -118,3 +124,16 @@ def store_path(kind: str, index_folder: Path) -> Path:
 
 def open_store(kind: str, folder: Path, collection: str) -> Store:
     return STORES[_known(kind)](folder, collection)
+
+
+def server_collections(index_folder: Path) -> list[tuple[str, dict]]:
+    """The server collections the index in `index_folder` points to, as (store kind, record); whatever store it
+    was written with, so a re-index into another store still drops them."""
+    return [(kind, rec) for kind, mod in SERVERS.items()
+            if (rec := mod.server_record(store_path(kind, index_folder))) is not None]
+
+
+def drop_server_collections(found: list[tuple[str, dict]]) -> None:
+    """Drop what `server_collections` found, once the index that superseded them is published (a failure warns)."""
+    for kind, rec in found:
+        SERVERS[kind].drop_server_collection(rec)
