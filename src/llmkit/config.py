@@ -179,6 +179,7 @@ class EvalConfig(Section):
     rag_index: str | None = Field(None, description="The built-in `rag` task's index folder (`llmkit rag index` output, or a recipe's runs/NAME/rag).")
     rag_questions: str | None = Field(None, description="The built-in `rag` task's questions: JSONL of {question, source, heading?}, as `llmkit rag eval` reads.")
     rag_top_k: int = Field(4, gt=0, description="Chunks the `rag` task retrieves per question (recall@k, MRR, and the sources the answer is given).")
+    reward_model: str | None = Field(None, description="A `method: reward` artifact (folder): every generate item's reply, of the model and the baseline, is scored by it as the chat (prompt + reply) it was trained on; metric TASK.reward = the mean score (higher is better; gate it like any other, e.g. `>= baseline`). Needs the train extras (torch, peft).")
     interpret: list[str] | None = Field(None, description="Prompts explained in interpret.json and the report (in-process models only): each reply token's logprob with the 5 most likely alternatives, input-token attributions (Captum gradient x input on the embeddings; transformers engine) and a logit lens. Default: the first 2 generation prompts of the tasks; [] turns it off.")
     gates: dict[str, str] = Field(default_factory=dict, description='Metric thresholds, e.g. {"support.contains": ">= 0.8", "perplexity.perplexity": "<= baseline"}; a failing gate exits 1 and stops `llmkit run`.')
 

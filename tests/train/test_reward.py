@@ -67,3 +67,55 @@ def test_scores_pool_at_the_last_real_token(tiny_llama):
         both = scores(model, batch)
         alone = scores(model, collate(seqs[1:], pad_id=2))
     torch.testing.assert_close(both[1], alone[0], rtol=1e-4, atol=1e-5)  # padding changes nothing
+
+
+class Scripted:
+    """A model under evaluation that answers every prompt in one fixed style (the reward model scoring it is real)."""
+
+    concurrency = 1
+
+    def __init__(self, name, reply):
+        self.name, self.reply = name, reply
+
+    def ref(self):
+        return {"path": self.name, "sha256": self.name}
+
+    def chat_prompt(self, messages):
+        return messages[-1]["content"]
+
+    def generate(self, messages, max_tokens):
+        i = int(messages[-1]["content"].split(" the line ")[1].split()[0])
+        return self.reply(i)
+
+    def loglikelihood(self, context, continuation):
+        raise AssertionError("not asked: generate items only")
+
+    def close(self):
+        pass
+
+
+def test_reward_model_as_an_eval_metric_ranks_models_and_gates(tiny_llama, pref_dataset, tmp_path):
+    from llmkit.config import EvalConfig
+    from llmkit.errors import ConfigError, GateFailed
+    from llmkit.eval import evaluate
+
+    finetune(TrainConfig(**CFG), pref_dataset, str(tiny_llama), tmp_path / "rm", progress=False)
+    fresh = _pairs(8, offset=2000)
+    (tmp_path / "ask.jsonl").write_text("".join(json.dumps({"type": "generate", "prompt": p["prompt"],
+                                                            "checks": {"contains": "router"}}) + "\n"
+                                                for p in fresh))
+    polite = Scripted("polite", lambda i: _pairs(1, offset=i)[0]["chosen"])
+    curt = Scripted("curt", lambda i: _pairs(1, offset=i)[0]["rejected"])
+    cfg = EvalConfig(tasks=[str(tmp_path / "ask.jsonl")], reward_model=str(tmp_path / "rm"),
+                     gates={"ask.reward": ">= baseline"}, interpret=[],
+                     baseline="scripted")  # the gate's baseline; the Target given to evaluate takes its place
+    m = evaluate(cfg, polite, tmp_path / "eval", baseline=curt, progress=False)["metrics"]
+    assert m["model"]["ask.reward"] > m["baseline"]["ask.reward"] and m["delta"]["ask.reward"] > 0
+    assert m["passed"]
+    items = [json.loads(x) for x in (tmp_path / "eval" / "items.jsonl").read_text().splitlines()]
+    assert all(isinstance(r["scores"]["reward"], float) for r in items) and len(items) == 16
+    with pytest.raises(GateFailed):  # the curt model against the polite one fails the same gate
+        evaluate(cfg, curt, tmp_path / "eval2", baseline=polite, progress=False)
+    with pytest.raises(ConfigError, match="not a reward model artifact"):
+        evaluate(cfg.model_copy(update={"reward_model": str(pref_dataset)}), polite, tmp_path / "eval3", baseline=curt,
+                 progress=False)

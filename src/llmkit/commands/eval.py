@@ -21,7 +21,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.tasks:
         cfg["tasks"] = args.tasks
     for k in ("engine", "generate_engine", "max_tokens", "concurrency", "limit", "prompts", "judge_endpoint", "judge_model",
-              "judge_api_key", "rag_index", "rag_questions", "rag_top_k"):
+              "judge_api_key", "rag_index", "rag_questions", "rag_top_k", "reward_model"):
         if getattr(args, k) is not None:
             cfg[k] = getattr(args, k)
     if args.baseline:
@@ -131,5 +131,7 @@ def add_parser(sub) -> None:
     e.add_argument("--rag-index", metavar="DIR", help="the built-in `rag` task's index folder (llmkit rag index)")
     e.add_argument("--rag-questions", metavar="JSONL", help="the `rag` task's questions: {question, source, heading?}")
     e.add_argument("--rag-top-k", type=int, help="chunks the `rag` task retrieves per question (default 4)")
+    e.add_argument("--reward-model", metavar="DIR", help="a `method: reward` artifact that scores every generate "
+                   "item's reply (metric TASK.reward, higher is better)")
     e.add_argument("--force", action="store_true", help="score again even when a finished eval matches")
     e.set_defaults(fn=_eval)

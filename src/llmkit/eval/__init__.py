@@ -257,6 +257,8 @@ def evaluate(cfg: EvalConfig, target: str | Path | Target, out: Path, baseline: 
     inputs = {role: targets[role].ref() for role in roles}
     inputs.update({f"task:{t.name}": artifacts.input_ref(t.source) for t in tasks})
     inputs.update({f"task:{t.name}:{p}": artifacts.input_ref(p) for t in tasks for p in t.inputs})
+    if cfg.reward_model:
+        inputs["reward_model"] = _reward_model_ref(cfg.reward_model, base_dir)
     config = {"eval": cfg.model_dump(), **{role: targets[role].name for role in roles}}
     fp = artifacts.fingerprint("eval", config, inputs)
     out = Path(out).resolve()
@@ -287,6 +289,8 @@ def evaluate(cfg: EvalConfig, target: str | Path | Target, out: Path, baseline: 
     order = {(t.name, i.id): n for n, (t, i) in enumerate((t, i) for t in tasks for i in t.items)}
     records = sorted((r for k, r in done.items() if (k[1], k[2]) in order),
                      key=lambda r: (ROLES.index(r["target"]), order[(r["task"], r["id"])]))
+    if cfg.reward_model:
+        _reward_scores(inputs["reward_model"]["path"], tasks, records, progress)
     both = {role: aggregate(tasks, [r for r in records if r["target"] == role]) for role in roles}
     per = {role: m for role, (m, _) in both.items()}
     base = per.get("baseline")
@@ -314,6 +318,38 @@ def evaluate(cfg: EvalConfig, target: str | Path | Target, out: Path, baseline: 
         old.unlink(missing_ok=True)
     _raise_failed(metrics, out)
     return {"status": "ran", "out": str(out), "metrics": metrics}
+
+
+def _reward_model_ref(spec: str, base_dir: Path) -> dict:
+    path = Path(spec) if Path(spec).is_absolute() else base_dir / spec
+    manifest = artifacts.read_manifest(path) if (path / artifacts.MANIFEST).is_file() else {}
+    if manifest.get("outputs", {}).get("head") != "reward":
+        raise ConfigError([f"eval.reward_model: {path} is not a reward model artifact (a train stage's output "
+                           "with method: reward)"])
+    return artifacts.input_ref(path)
+
+
+def _reward_scores(path: str, tasks: list[Task], records: list[dict], progress: bool) -> None:
+    """Score every generate record's reply with the reward model at `path`: scores["reward"], averaged by
+    `aggregate` into TASK.reward. Run after the targets (one model in memory at a time), on every record: the
+    scores are not cached with the items, so a changed reward model never mixes with old scores."""
+    from tqdm import tqdm
+
+    from llmkit.train.reward import RewardModel
+
+    rows = {(t.name, i.id): i.row for t in tasks for i in t.items}
+    todo = [r for r in records if r["type"] == "generate" and isinstance(r.get("reply"), str)]
+    if not todo:
+        return
+    rm = RewardModel.load(path)
+    asked = [rows[(r["task"], r["id"])] for r in todo]
+    prompts = [row.get("messages") or [{"role": "user", "content": row["prompt"]}] for row in asked]
+    with tqdm(total=len(todo), desc="reward model", unit="reply", disable=not progress) as bar:
+        for a in range(0, len(todo), rm.batch_size):
+            batch = todo[a:a + rm.batch_size]
+            for r, v in zip(batch, rm(prompts[a:a + len(batch)], [r["reply"] for r in batch])):
+                r.setdefault("scores", {})["reward"] = round(float(v), 6)
+            bar.update(len(batch))
 
 
 def recipe_inputs(recipe: Recipe, check_only: bool = False) -> dict:
