@@ -108,6 +108,42 @@ CFG = dict(method="grpo", lr=5e-2, batch_size=2, num_generations=8, max_completi
            rewards=[{"fn": DIGITS, "name": "digits"}])
 
 
+def test_rollouts_prefill_each_prompt_once_and_match_generate(tiny_llama, one_thread):
+    """grpo.generate prefills each prompt once and copies its KV cache to the group's rows: the completions are
+    transformers' own generate(num_return_sequences=n) ones, greedy and sampled from the same seed."""
+    from transformers import AutoTokenizer
+
+    from llmkit.train import sft
+    from llmkit.train.grpo import generate
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model = sft.load_model(TrainConfig(**CFG), tiny_llama)
+    with torch.no_grad():  # an adapter that moves the policy away from the base
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    pad, eos = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id, tok.eos_token_id
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]]  # the second is left-padded
+    ids = torch.tensor([prompts[0], [pad] * 4 + prompts[1]])
+    mask = torch.tensor([[1] * 7, [0] * 4 + [1] * 3])
+
+    def stock(n, **sample):  # each prompt prefilled in every one of its rows
+        model.eval()
+        with torch.no_grad():
+            out = model.generate(input_ids=ids.repeat_interleave(3 // n, 0), num_return_sequences=n, use_cache=True,
+                                 attention_mask=mask.repeat_interleave(3 // n, 0), max_new_tokens=6,
+                                 pad_token_id=pad, eos_token_id=eos, **sample)
+        model.train()
+        return [row[:row.index(eos) + 1] if eos in row else row for row in out[:, 7:].tolist()]
+
+    assert generate(model, tok, prompts, 3, 6, None, False, eos, pad) == stock(1, do_sample=False)
+    torch.manual_seed(3)
+    sampled = generate(model, tok, prompts, 3, 6, 1.0, False, eos, pad)
+    torch.manual_seed(3)
+    assert sampled == stock(3, do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
+    assert len({tuple(c) for c in sampled}) > 2  # sampled rows differ: the test compares real samples
+
+
 def test_grpo_raises_a_learnable_reward(tiny_llama, prompts, tmp_path, one_thread):
     r = finetune(TrainConfig(**CFG), prompts, str(tiny_llama), tmp_path / "o", progress=False, max_steps=30)
     m = r["metrics"]

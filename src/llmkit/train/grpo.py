@@ -133,7 +133,13 @@ def grpo_loss(logps, old_logps, ref_logps, adv, rows, n_rows: int, epsilon: floa
 def generate(model, tok, prompts: list[list[int]], n: int, max_new: int, temperature: float | None, bf16: bool,
              eos: int, pad: int) -> list[list[int]]:
     """n completions (token ids, up to and with the first end token) per prompt, sampled (or greedy when
-    temperature is None) in one left-padded, KV-cached generate over all len(prompts)·n rows."""
+    temperature is None) in one left-padded, KV-cached generate over all len(prompts)·n rows.
+
+    Each prompt is prefilled once and its KV cache copied to its n rows (`batch_repeat_interleave`), instead of
+    generate's n copies of the prompt prefilled n times: the same keys and values, 1/n of the prefill work.
+    Measured on the GRPO bench's 2 × 8 rows of ~52 prompt tokens, one thread, bf16: 6.4–7.0 s → against
+    12.4–20.3 s for a group's rollouts (README, GRPO). Greedy completions equal generate's own
+    (tests/train/test_grpo.py)."""
     import torch
 
     width = max(len(p) for p in prompts)
@@ -144,8 +150,16 @@ def generate(model, tok, prompts: list[list[int]], n: int, max_new: int, tempera
     was_training = model.training
     model.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, num_return_sequences=n,
-                             use_cache=True, pad_token_id=pad, eos_token_id=eos, **sample)  # (B·n, P + L)
+        cache = None
+        if n > 1 and width > 1:  # the prompt but its last token: generate feeds that one and samples from it
+            lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, P) as generate numbers left-padded rows
+            cache = lm.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                             use_cache=True).past_key_values  # (B, H, P-1, D) per layer
+            cache.batch_repeat_interleave(n)  # (B·n, H, P-1, D): prompt i's cache at rows [i·n, (i+1)·n)
+        out = model.generate(input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),
+                             past_key_values=cache, max_new_tokens=max_new, use_cache=True, pad_token_id=pad,
+                             eos_token_id=eos, **sample)  # (B·n, P + L)
     model.train(was_training)
     completions = []
     for row in out[:, width:].tolist():
