@@ -144,6 +144,37 @@ def test_rollouts_prefill_each_prompt_once_and_match_generate(tiny_llama, one_th
     assert len({tuple(c) for c in sampled}) > 2  # sampled rows differ: the test compares real samples
 
 
+def test_group_logps_run_the_prompt_once_and_equal_full_rows(tiny_llama, one_thread):
+    """The training forward with one prompt's KV cache shared by its group gives the log-probs and LoRA gradients
+    of the group's full rows (prompt + completion each, padded), which token_logps computes."""
+    from llmkit.train import sft
+    from llmkit.train.common import collate, token_logps
+    from llmkit.train.grpo import group_logps
+    from llmkit.train.template import IGNORE
+
+    model = sft.load_model(TrainConfig(**CFG), tiny_llama)
+    with torch.no_grad():  # an adapter that moves the policy away from the base
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    prompt, comps = [5, 6, 7, 8, 9, 10, 11], [[20, 21, 22], [30], [40, 41, 42, 43, 44], [20, 21]]
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run(fn):
+        model.zero_grad(set_to_none=True)
+        logps, rows = fn()
+        (logps * torch.linspace(-1, 1, len(logps))).sum().backward()  # a loss that weighs tokens differently
+        return logps.detach(), rows, torch.cat([p.grad.flatten() for p in params])
+
+    full = collate([{"input_ids": prompt + c, "labels": [IGNORE] * len(prompt) + c,
+                     "position_ids": list(range(len(prompt) + len(c)))} for c in comps], 0)
+    want, want_rows, want_grad = run(lambda: token_logps(model, full))
+    got, rows, grad = run(lambda: group_logps(model, prompt, comps, 0))
+    assert rows.tolist() == want_rows.tolist() == [0, 0, 0, 1, 2, 2, 2, 2, 2, 3, 3]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-4, atol=1e-6)
+
+
 def test_grpo_raises_a_learnable_reward(tiny_llama, prompts, tmp_path, one_thread):
     r = finetune(TrainConfig(**CFG), prompts, str(tiny_llama), tmp_path / "o", progress=False, max_steps=30)
     m = r["metrics"]
