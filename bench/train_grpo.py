@@ -1,6 +1,6 @@
 """GRPO speed, reward and memory: llmkit's `train.method: grpo` beside trl's GRPOTrainer, one script.
 
-    .venv/bin/python bench/train_grpo.py [--steps 8]
+    .venv/bin/python bench/train_grpo.py [--steps 12] [--precision fp32|bf16]
 
 Setup (both sides): SmolLM2-135M-Instruct (the bundled GGUF, dequantized), LoRA r=16 alpha=32 on all 7 linear
 projections, the prompts of examples/grpo/train.jsonl in file order (run examples/make_grpo_data.py first),
@@ -9,22 +9,24 @@ epsilon 0.2, one optimizer step per generation batch, AdamW lr 3e-4, seed 0, the
 (examples/grpo.yaml's: the last number equals the answer; one short line ending with the number, weight 0.5)
 — trl is handed llmkit's reward callables with its `reward_weights`, so both score identically. trl runs with
 `loss_type="grpo"` (the paper's per-sequence mean, as llmkit) and `scale_rewards="group"` (its default).
-trl runs in fp32 (its CPU default); llmkit as a user runs it: precision auto (bf16 on CPUs with AVX-512 bf16
-kernels). Learning-rate schedule: each side's default (llmkit cosine, trl linear decay), no warmup. Each side
-runs in its own process (peak RSS is its own), one after the other.
 
-Reported: seconds per step of the training loop (sampling, rewards, reference pass, update), the mean reward of
-the first and the last quarter of the steps, peak RSS. Check `uptime` first: a busy box lies.
+Precision is the same on both sides (`--precision`, default fp32): fp32 = the model loaded in float32, trl
+`bf16=False`, llmkit `precision: fp32`; bf16 = the model loaded in bfloat16 with bf16 autocast, trl `bf16=True`,
+llmkit `precision: bf16` (its frozen base in bf16, LoRA weights in fp32 — peft keeps trl's adapter in fp32 too).
+Learning-rate schedule: each side's default (llmkit cosine, trl linear decay), no warmup. Each side runs in its
+own process (peak RSS is its own), one after the other.
+
+Reported: seconds per step of the training loop (sampling, rewards, reference pass, update), the mean reward
+over all steps and of the first and the last quarter, peak RSS. Each side samples with its own generator, so
+per-step rewards differ by sampling noise; compare means over >= 12 steps. Check `uptime` first: a busy box lies.
 """
 
-import argparse
 import json
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+import sides
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ROOT / "examples" / "grpo" / "train.jsonl"
@@ -39,7 +41,7 @@ def _rewards():
     return rewards.build(load_recipe(RECIPE).train.rewards, None)
 
 
-def child_llmkit(work: Path, steps: int) -> dict:
+def child_llmkit(work: Path, steps: int, precision: str) -> dict:
     from llmkit.config import TrainConfig, load_recipe
     from llmkit.train import finetune
 
@@ -48,7 +50,7 @@ def child_llmkit(work: Path, steps: int) -> dict:
     (work / "data").mkdir(exist_ok=True)
     (work / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))  # {prompt, completion}
     cfg = TrainConfig(method="grpo", lr=LR, batch_size=B, num_generations=G, max_completion_length=LENGTH,
-                      max_length=128, beta=BETA, epsilon=0.2, warmup_ratio=0.0, precision="auto",
+                      max_length=128, beta=BETA, epsilon=0.2, warmup_ratio=0.0, precision=precision,
                       eval_every=10**6, save_every=10**6, lora={"r": 16, "alpha": 32},
                       rewards=load_recipe(RECIPE).train.rewards)
     m = finetune(cfg, work / "data", "smollm2-135m-instruct", work / "llmkit-grpo", progress=False,
@@ -57,7 +59,8 @@ def child_llmkit(work: Path, steps: int) -> dict:
             "generate_share": m["generate_share"], "precision": m["precision"]}
 
 
-def child_trl(work: Path, steps: int) -> dict:
+def child_trl(work: Path, steps: int, precision: str) -> dict:
+    import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -90,53 +93,48 @@ def child_trl(work: Path, steps: int) -> dict:
     args = GRPOConfig(output_dir=str(work / "trl-out"), per_device_train_batch_size=B * G, num_generations=G,
                       max_completion_length=LENGTH, temperature=1.0, top_k=0, top_p=1.0, learning_rate=LR,
                       beta=BETA, epsilon=0.2, loss_type="grpo", num_iterations=1, max_steps=steps,
-                      logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False,
+                      logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=precision == "bf16",
                       dataloader_num_workers=0, seed=0, gradient_checkpointing=False,
                       reward_weights=[r.weight for r in rs], shuffle_dataset=False)
     peft_cfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(base), args=args, train_dataset=data,
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(base, dtype=dtype), args=args, train_dataset=data,
                           processing_class=tok, peft_config=peft_cfg, reward_funcs=[wrap(r) for r in rs],
                           callbacks=[Log()])
     t0 = time.perf_counter()
     trainer.train()
     return {"steps": steps, "loop_seconds": time.perf_counter() - t0, "rewards": rewards, "generate_share": None,
-            "precision": "fp32"}
+            "precision": precision, "model_dtype": str(next(trainer.model.parameters()).dtype)}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=8, help="steps (one generation batch and one update each) per side")
-    ap.add_argument("--child", choices=["llmkit", "trl"])
-    ap.add_argument("--work")
+    ap = sides.arguments(__doc__, "steps (one generation batch and one update each) per side")
+    ap.add_argument("--sides", default="llmkit,trl", help="comma-separated sides to run (llmkit, trl)")
     args = ap.parse_args()
     if args.child:
-        res = (child_trl if args.child == "trl" else child_llmkit)(Path(args.work), args.steps)
-        res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        print(json.dumps(res))
+        res = (child_trl if args.child == "trl" else child_llmkit)(Path(args.work) / args.child, args.steps,
+                                                                     args.precision)
+        sides.child_result(res)
         return
-    print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
-    flags = [x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags")][:1]
-    print("avx512_bf16:", any("avx512_bf16" in f for f in flags))
+    print(sides.machine())
+    print(f"precision: {args.precision} (both sides), steps: {args.steps}")
     work = Path(tempfile.mkdtemp(prefix="bench-grpo-"))
-    results = {}
-    for side in ("llmkit", "trl"):
-        p = subprocess.run([sys.executable, __file__, "--work", str(work / side), "--steps", str(args.steps),
-                            "--child", side], capture_output=True, text=True)
-        if p.returncode:
-            sys.exit(f"{side} failed:\n{p.stderr[-3000:]}")
-        results[side] = r = json.loads(p.stdout.strip().splitlines()[-1])
-        print(side, json.dumps(r))
+    results = sides.run(__file__, args.sides.split(","), ["--work", str(work), "--steps", str(args.steps),
+                                                          "--precision", args.precision])
     q = max(1, args.steps // 4)
-    print(f"\n{'':7} {'steps':>5} {'s/step':>7} {'steps/s':>8} {'reward first¼→last¼':>20} {'peak RSS GB':>11}")
+    print(f"\n{'':7} {'steps':>5} {'s/step':>7} {'steps/s':>8} {'mean reward':>11} {'first¼ → last¼':>16} "
+          f"{'peak RSS GB':>11}")
     for k, r in results.items():
         rw = r["rewards"]
         first, last = sum(rw[:q]) / q, sum(rw[-q:]) / q
         print(f"{k:7} {r['steps']:>5} {r['loop_seconds'] / r['steps']:>7.2f} {r['steps'] / r['loop_seconds']:>8.3f} "
-              f"{first:>9.3f} → {last:<8.3f} {r['peak_rss_gb']:>11.2f}")
-    a, t = results["llmkit"], results["trl"]
-    print(f"llmkit / trl steps/s: {(a['steps'] / a['loop_seconds']) / (t['steps'] / t['loop_seconds']):.2f}x, "
-          f"peak RSS {a['peak_rss_gb'] / t['peak_rss_gb']:.2f}x")
+              f"{sum(rw) / len(rw):>11.3f} {first:>7.3f} → {last:<6.3f} {r['peak_rss_gb']:>11.2f}")
+    if {"llmkit", "trl"} <= results.keys():
+        a, t = results["llmkit"], results["trl"]
+        print(f"llmkit / trl steps/s: {(a['steps'] / a['loop_seconds']) / (t['steps'] / t['loop_seconds']):.2f}x, "
+              f"peak RSS {a['peak_rss_gb'] / t['peak_rss_gb']:.2f}x, mean reward "
+              f"{sum(a['rewards']) / len(a['rewards']):.3f} vs {sum(t['rewards']) / len(t['rewards']):.3f}")
 
 
 if __name__ == "__main__":

@@ -108,6 +108,73 @@ CFG = dict(method="grpo", lr=5e-2, batch_size=2, num_generations=8, max_completi
            rewards=[{"fn": DIGITS, "name": "digits"}])
 
 
+def test_rollouts_prefill_each_prompt_once_and_match_generate(tiny_llama, one_thread):
+    """grpo.generate prefills each prompt once and copies its KV cache to the group's rows: the completions are
+    transformers' own generate(num_return_sequences=n) ones, greedy and sampled from the same seed."""
+    from transformers import AutoTokenizer
+
+    from llmkit.train import sft
+    from llmkit.train.grpo import generate
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model = sft.load_model(TrainConfig(**CFG), tiny_llama)
+    with torch.no_grad():  # an adapter that moves the policy away from the base
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    pad, eos = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id, tok.eos_token_id
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]]  # the second is left-padded
+    ids = torch.tensor([prompts[0], [pad] * 4 + prompts[1]])
+    mask = torch.tensor([[1] * 7, [0] * 4 + [1] * 3])
+
+    def stock(n, **sample):  # each prompt prefilled in every one of its rows
+        model.eval()
+        with torch.no_grad():
+            out = model.generate(input_ids=ids.repeat_interleave(3 // n, 0), num_return_sequences=n, use_cache=True,
+                                 attention_mask=mask.repeat_interleave(3 // n, 0), max_new_tokens=6,
+                                 pad_token_id=pad, eos_token_id=eos, **sample)
+        model.train()
+        return [row[:row.index(eos) + 1] if eos in row else row for row in out[:, 7:].tolist()]
+
+    assert generate(model, tok, prompts, 3, 6, None, False, eos, pad) == stock(1, do_sample=False)
+    torch.manual_seed(3)
+    sampled = generate(model, tok, prompts, 3, 6, 1.0, False, eos, pad)
+    torch.manual_seed(3)
+    assert sampled == stock(3, do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
+    assert len({tuple(c) for c in sampled}) > 2  # sampled rows differ: the test compares real samples
+
+
+def test_group_logps_run_the_prompt_once_and_equal_full_rows(tiny_llama, one_thread):
+    """The training forward with one prompt's KV cache shared by its group gives the log-probs and LoRA gradients
+    of the group's full rows (prompt + completion each, padded), which token_logps computes."""
+    from llmkit.train import sft
+    from llmkit.train.common import collate, token_logps
+    from llmkit.train.grpo import group_logps
+    from llmkit.train.template import IGNORE
+
+    model = sft.load_model(TrainConfig(**CFG), tiny_llama)
+    with torch.no_grad():  # an adapter that moves the policy away from the base
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    prompt, comps = [5, 6, 7, 8, 9, 10, 11], [[20, 21, 22], [30], [40, 41, 42, 43, 44], [20, 21]]
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run(fn):
+        model.zero_grad(set_to_none=True)
+        logps, rows = fn()
+        (logps * torch.linspace(-1, 1, len(logps))).sum().backward()  # a loss that weighs tokens differently
+        return logps.detach(), rows, torch.cat([p.grad.flatten() for p in params])
+
+    full = collate([{"input_ids": prompt + c, "labels": [IGNORE] * len(prompt) + c,
+                     "position_ids": list(range(len(prompt) + len(c)))} for c in comps], 0)
+    want, want_rows, want_grad = run(lambda: token_logps(model, full))
+    got, rows, grad = run(lambda: group_logps(model, prompt, comps, 0))
+    assert rows.tolist() == want_rows.tolist() == [0, 0, 0, 1, 2, 2, 2, 2, 2, 3, 3]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-4, atol=1e-6)
+
+
 def test_grpo_raises_a_learnable_reward(tiny_llama, prompts, tmp_path, one_thread):
     r = finetune(TrainConfig(**CFG), prompts, str(tiny_llama), tmp_path / "o", progress=False, max_steps=30)
     m = r["metrics"]

@@ -53,7 +53,6 @@ def token_logps(model, batch: dict):
     exist only for a chunk of targets at a time, never as (R, T, V). GRPO's per-token ratios use this directly.
     """
     import torch
-    import torch.nn.functional as F
 
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = lm.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
@@ -61,10 +60,17 @@ def token_logps(model, batch: dict):
     labels = batch["labels"][:, 1:]  # (R, T-1)
     mask = labels != IGNORE
     rows = torch.arange(labels.shape[0])[:, None].expand_as(labels)[mask]  # (N,) row of each target
-    h, y = hidden[:, :-1][mask], labels[mask]  # (N, C), (N,)
+    return target_logps(lm, hidden[:, :-1][mask], labels[mask]), rows
+
+
+def target_logps(lm, h, y):
+    """(N,) log p(y_i) from the (N, C) hidden states that predict them; logits (chunk, V) a chunk at a time."""
+    import torch
+    import torch.nn.functional as F
+
     parts = [-F.cross_entropy(lm.lm_head(h[i:i + LOGIT_CHUNK]).float(), y[i:i + LOGIT_CHUNK], reduction="none")
-             for i in range(0, len(y), LOGIT_CHUNK)]  # each (chunk,), from (chunk, V) logits
-    return (torch.cat(parts) if parts else torch.zeros(0)), rows
+             for i in range(0, len(y), LOGIT_CHUNK)]  # each (chunk,)
+    return torch.cat(parts) if parts else torch.zeros(0)
 
 
 def row_logps(model, batch: dict):

@@ -5,7 +5,8 @@
 One step, top to bottom (names as trl's GRPOConfig; `batch_size` counts prompts here):
 
     prompts   = batch_size prompts of the dataset, in a seeded order
-    rollouts  = num_generations samples per prompt        # transformers generate, KV cache, all B·G rows at once
+    rollouts  = num_generations samples per prompt        # transformers generate, KV cache, all B·G rows at once,
+                                                          # each prompt prefilled once for its group
     r         = Σ weight_f · reward_f(prompts, completions, **row_fields)                      # (B·G,)
     A         = (r - mean_group(r)) / (std_group(r) + 1e-4)                                     # per prompt group
     ratio     = exp(log π(o_t) - log π_old(o_t))                        # π_old: the policy that sampled
@@ -22,7 +23,8 @@ the prompt order, and the resumed steps sample the same completions as an uninte
 Rollouts are generated with transformers (not the llama.cpp engine): the adapter changes every step, and a
 llama.cpp LoRA would need the adapter converted to GGUF at every step; transformers samples all B·G rows in one
 batched, KV-cached generate with the adapter as it is in memory (README, GRPO, has the measured split between
-sampling and training).
+sampling and training). Both the sampling and the loss's forward passes run each prompt once for its group
+and share its KV cache among the group's rows (generate, group_logps).
 """
 
 from __future__ import annotations
@@ -39,8 +41,7 @@ from llmkit.config import TrainConfig
 from llmkit.errors import ConfigError, DataError
 from llmkit.train import fast, sft
 from llmkit.train import rewards as rewards_mod
-from llmkit.train.common import collate, read_split, token_logps
-from llmkit.train.template import IGNORE
+from llmkit.train.common import read_split, target_logps
 
 STD_EPS = 1e-4  # trl's: a group whose rewards are all equal gets advantage 0, not 0/0
 
@@ -126,6 +127,32 @@ def grpo_loss(logps, old_logps, ref_logps, adv, rows, n_rows: int, epsilon: floa
     return per_row.sum() / n_rows, stats
 
 
+def group_logps(model, prompt: list[int], completions: list[list[int]], pad: int):
+    """((N,) log p of every completion token, (N,) its row) for one prompt's group, the prompt run once.
+
+    The prompt but its last token goes through the model once as (1, P-1); its KV cache (gradient kept) is copied
+    to the G rows, which hold (G, 1+L) the prompt's last token and each right-padded completion, attending to that
+    cache causally. Log-probs and gradients equal G full rows' (token_logps) to float rounding
+    (tests/train/test_grpo.py) at (P + G·L) / (G·(P + L)) of the tokens: on the example's ~52-token prompts and
+    ≤ 20-token completions about a third. Right padding needs no mask: a padded position comes after every real one.
+    """
+    import torch
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    G, P, L = len(completions), len(prompt), max(len(c) for c in completions)
+    cache = None
+    if P > 1:
+        cache = lm.model(input_ids=torch.tensor([prompt[:-1]]), position_ids=torch.arange(P - 1)[None],
+                         use_cache=True).past_key_values  # (1, H, P-1, D) per layer
+        cache.batch_repeat_interleave(G)  # (G, H, P-1, D)
+    x = torch.tensor([[prompt[-1]] + c + [pad] * (L - len(c)) for c in completions])  # (G, 1+L)
+    hidden = lm.model(input_ids=x, position_ids=torch.arange(P - 1, P + L).expand(G, -1), past_key_values=cache,
+                      use_cache=True).last_hidden_state  # (G, 1+L, C): position t predicts x[:, t+1]
+    mask = torch.arange(L) < torch.tensor([len(c) for c in completions])[:, None]  # (G, L) real completion tokens
+    rows = torch.arange(G)[:, None].expand(G, L)[mask]  # (N,)
+    return target_logps(lm, hidden[:, :-1][mask], x[:, 1:][mask]), rows
+
+
 # ---------------------------------------------------------------------------------------------------------
 # rollouts
 
@@ -133,7 +160,13 @@ def grpo_loss(logps, old_logps, ref_logps, adv, rows, n_rows: int, epsilon: floa
 def generate(model, tok, prompts: list[list[int]], n: int, max_new: int, temperature: float | None, bf16: bool,
              eos: int, pad: int) -> list[list[int]]:
     """n completions (token ids, up to and with the first end token) per prompt, sampled (or greedy when
-    temperature is None) in one left-padded, KV-cached generate over all len(prompts)·n rows."""
+    temperature is None) in one left-padded, KV-cached generate over all len(prompts)·n rows.
+
+    Each prompt is prefilled once and its KV cache copied to its n rows (`batch_repeat_interleave`), instead of
+    generate's n copies of the prompt prefilled n times: the same keys and values, 1/n of the prefill work.
+    Measured on the bench's 2 prompts × 8 rows of ~52 prompt tokens (bf16, one thread, a busy box, two runs
+    each): 13.4 s against 32.6 s for the two steps' rollouts. Greedy and sampled completions equal generate's own
+    (tests/train/test_grpo.py)."""
     import torch
 
     width = max(len(p) for p in prompts)
@@ -144,8 +177,16 @@ def generate(model, tok, prompts: list[list[int]], n: int, max_new: int, tempera
     was_training = model.training
     model.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, num_return_sequences=n,
-                             use_cache=True, pad_token_id=pad, eos_token_id=eos, **sample)  # (B·n, P + L)
+        cache = None
+        if n > 1 and width > 1:  # the prompt but its last token: generate feeds that one and samples from it
+            lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, P) as generate numbers left-padded rows
+            cache = lm.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                             use_cache=True).past_key_values  # (B, H, P-1, D) per layer
+            cache.batch_repeat_interleave(n)  # (B·n, H, P-1, D): prompt i's cache at rows [i·n, (i+1)·n)
+        out = model.generate(input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),
+                             past_key_values=cache, max_new_tokens=max_new, use_cache=True, pad_token_id=pad,
+                             eos_token_id=eos, **sample)  # (B·n, P + L)
     model.train(was_training)
     completions = []
     for row in out[:, width:].tolist():
@@ -268,29 +309,22 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
         per, total_r = rewards_mod.score(rewards, [p["prompt"] for p in batch_p for _ in range(G)], texts,
                                          _fields(batch_p, G))
         adv = group_advantages(total_r, G)  # (B·G,)
-        # one micro-batch per prompt group: the prompt's tokens, then each completion (labels on the completion)
-        micro = []
-        for g, p in enumerate(batch_p):
-            seqs = [{"input_ids": p["ids"] + c, "labels": [IGNORE] * len(p["ids"]) + c,
-                     "position_ids": list(range(len(p["ids"]) + len(c)))} for c in comps[g * G:(g + 1) * G]]
-            b = collate(seqs, pad)
-            b["adv"] = adv[g * G:(g + 1) * G]
-            micro.append(b)
+        # one micro-batch per prompt group: its prompt run once, then its G completions (group_logps)
+        micro = [{"prompt": p["ids"], "comps": comps[g * G:(g + 1) * G], "adv": adv[g * G:(g + 1) * G]}
+                 for g, p in enumerate(batch_p)]
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             for b in micro:
-                fwd = {k: b[k] for k in ("input_ids", "labels", "position_ids")}
                 if cfg.num_iterations > 1:  # π_old: the sampling policy, fixed for the step's iterations
-                    b["old"] = token_logps(model, fwd)[0]
+                    b["old"] = group_logps(model, b["prompt"], b["comps"], pad)[0]
                 if cfg.beta > 0:
                     with model.disable_adapter():
-                        b["ref"] = token_logps(model, fwd)[0]
+                        b["ref"] = group_logps(model, b["prompt"], b["comps"], pad)[0]
         stats = {"kl_sum": 0.0, "clipped": 0, "tokens": 0}
         loss_total = 0.0
         for _ in range(cfg.num_iterations):
             for b in micro:
-                fwd = {k: b[k] for k in ("input_ids", "labels", "position_ids")}
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    logps, rows = token_logps(model, fwd)
+                    logps, rows = group_logps(model, b["prompt"], b["comps"], pad)
                     loss, s = grpo_loss(logps, b.get("old"), b.get("ref"), b["adv"], rows, B * G, cfg.epsilon,
                                         cfg.beta)
                 loss.backward()
