@@ -46,6 +46,12 @@ def with_positions(seq: dict) -> dict:
     return {**seq, "position_ids": list(range(len(seq["input_ids"])))}
 
 
+def base_model(model):
+    """The transformers model under a peft wrapper (itself when there is none): where hidden states, layers and
+    the attention setting live."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def token_logps(model, batch: dict):
     """((N,) log p(target token), (N,) row of each target) over a micro-batch's target tokens, in (row, t) order.
 
@@ -54,7 +60,7 @@ def token_logps(model, batch: dict):
     """
     import torch
 
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = base_model(model)
     hidden = lm.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                       use_cache=False).last_hidden_state  # (R, T, C)
     labels = batch["labels"][:, 1:]  # (R, T-1)

@@ -18,6 +18,8 @@ import shutil
 import sys
 import time
 
+from llmkit.train.common import base_model
+
 # `compile: auto` compiles when the run trains on at least this many real tokens. NOT measured with this code yet:
 # an estimate from FACTS.md's earlier plain-loop figures (warm compile ~109 s, 237-260 -> 295-315 tok/s, i.e.
 # ~0.7 ms saved per token: break-even ~150k tokens). Re-measure with bench/train_lora.py `llmkit-1/compile=on`.
@@ -47,7 +49,7 @@ def cxx_compiler() -> str | None:
 
 
 def decoder_layers(model) -> list:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     inner = getattr(base, "model", base)
     return list(getattr(inner, "layers", []))
 

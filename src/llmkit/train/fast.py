@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import types
 
+from llmkit.train.common import base_model
+
 ATTENTION = "llmkit_packed"
 
 
@@ -73,7 +75,7 @@ def use_packed_attention(model) -> bool:
 
     AttentionInterface.register(ATTENTION, packed_attention)
     AttentionMaskInterface.register(ATTENTION, _no_mask)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     if base.config.model_type not in ("llama", "mistral", "qwen2", "qwen3"):  # decoders that pass position_ids on
         return False
     if base.config._attn_implementation != ATTENTION:
@@ -84,7 +86,7 @@ def use_packed_attention(model) -> bool:
 
 def restore_attention(model) -> None:
     """Back to the attention the model was loaded with (before saving it, or generating with it)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     if base.config._attn_implementation == ATTENTION:
         base.set_attn_implementation(base._llmkit_attention)
 

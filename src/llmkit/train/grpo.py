@@ -41,7 +41,7 @@ from llmkit.config import TrainConfig
 from llmkit.errors import ConfigError, DataError
 from llmkit.train import fast, sft
 from llmkit.train import rewards as rewards_mod
-from llmkit.train.common import read_split, target_logps
+from llmkit.train.common import base_model, read_split, target_logps
 
 STD_EPS = 1e-4  # trl's: a group whose rewards are all equal gets advantage 0, not 0/0
 
@@ -138,7 +138,7 @@ def group_logps(model, prompt: list[int], completions: list[list[int]], pad: int
     """
     import torch
 
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = base_model(model)
     G, P, L = len(completions), len(prompt), max(len(c) for c in completions)
     cache = None
     if P > 1:
@@ -179,7 +179,7 @@ def generate(model, tok, prompts: list[list[int]], n: int, max_new: int, tempera
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         cache = None
         if n > 1 and width > 1:  # the prompt but its last token: generate feeds that one and samples from it
-            lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+            lm = base_model(model)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, P) as generate numbers left-padded rows
             cache = lm.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
                              use_cache=True).past_key_values  # (B, H, P-1, D) per layer

@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from llmkit.train.common import base_model
+
 
 def last_index(position_ids):
     """(R,) index of each right-padded row's last real token: positions run 0..n-1, then the padding restarts at 0."""
@@ -32,7 +34,7 @@ def scores(model, batch: dict):
     """(R,) the reward of each row of a batch: the score head at the row's last real token, in float32."""
     import torch
 
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = base_model(model)
     hidden = lm.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                       use_cache=False).last_hidden_state  # (R, T, C)
     last = hidden[torch.arange(hidden.shape[0]), last_index(batch["position_ids"])]  # (R, C)
