@@ -4,9 +4,8 @@
 #   1. vLLM in its own venv (it pins torch/transformers that cannot share llmkit's), serving the bundled model's
 #      HF conversion, started by `llmkit serve --engine vllm` behind llmkit's gateway;
 #   2. bench/serve_load.py-style load through the gateway (8 clients), and the same against vLLM directly;
-#   3. one LoRA epoch of the example's data in bf16 — NOTE: llmkit's train loop does not place the model on a
-#      CUDA device yet (it trains on the CPU; DDP picks nccl when CUDA exists), so this step prints the device it
-#      ran on and is the figure a CUDA placement must beat; FSDP/ZeRO on GPUs go through docs/scale.md's configs.
+#   3. one LoRA epoch of the example's data in bf16 on the GPU (`train.device: cuda`; the manifest records the
+#      device); FSDP/ZeRO on GPUs go through docs/scale.md's configs.
 # Prints the figures with nvidia-smi's GPU line, `uptime` and the CPU flags. Every step has a time limit.
 #
 #   scripts/gpu_check.sh [OUT_DIR]          # default OUT_DIR: ${OUT:-/tmp/llmkit-gpu-check}
@@ -91,13 +90,13 @@ print(json.dumps(rows))
 PYEOF
 kill $GW 2>/dev/null || true; wait $GW 2>/dev/null || true
 
-echo "== one LoRA epoch, bf16 (the example's data; see the NOTE at the top about the device)"
+echo "== one LoRA epoch, bf16, on the GPU (the example's data)"
 mkdir -p "$OUT/train"
 cat > "$OUT/train/recipe.yaml" <<EOF
 name: gpu-check
 out_dir: $OUT/train/runs/{name}
 data: {train: $PWD/examples/support/train.jsonl, val_fraction: 0.1}
-train: {method: lora, epochs: 1, batch_size: 16, max_length: 512, precision: bf16, eval_every: 20}
+train: {method: lora, epochs: 1, batch_size: 16, max_length: 512, precision: bf16, eval_every: 20, device: cuda}
 EOF
 time timeout 1800 "$PY" -m llmkit.cli run "$OUT/train/recipe.yaml"
 "$PY" -c "import json,sys; m=json.load(open('$OUT/train/runs/gpu-check/train/manifest.json'))['metrics']; \

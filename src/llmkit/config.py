@@ -101,9 +101,13 @@ class TrainConfig(Section):
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="bf16: frozen weights stored and computed in bf16 (autocast); fp32: everything in float32; "
                             "auto: bf16 where the CPU has fast bf16 kernels (AVX-512), else fp32.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the model trains: auto = the GPU when torch sees one (under torchrun each rank "
+                            "its LOCAL_RANK's), else the CPU. Methods lora, qlora, full, pretrain, dpo, reward; "
+                            "GRPO runs on the CPU (cuda is refused for it).")
     fast_kernels: bool = Field(
         True, description="Attention per packed sequence and LoRA linears as one fused function: exact (same loss and "
-                          "gradients to float rounding), faster on CPU; false = the stock transformers/peft paths.")
+                          "gradients to float rounding), faster on CPU (used on the CPU only); false = the stock transformers/peft paths.")
     compile: Literal["auto", "on", "off"] = Field(
         "off", description="torch.compile each decoder layer (inductor fuses the work between the matmuls); the "
                            "compile runs before the first step and its time counts in the run's tokens/s; if it "

@@ -108,8 +108,8 @@ def test_qlora_trains_lora_over_an_nf4_base(tiny_llama, pref_dataset, tmp_path, 
     seen = {}
     real = sft.load_model
 
-    def spy(cfg, base_dir):
-        m = real(cfg, base_dir)
+    def spy(cfg, base_dir, device=None):
+        m = real(cfg, base_dir, device)
         seen["4bit"] = sum(isinstance(x, Linear4bit) for x in m.modules())
         return m
 

@@ -40,7 +40,8 @@ def test_lora_loss_falls_and_writes_an_adapter(tiny_llama, dataset, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["inputs"]["data"]["artifact"] == "dataset"  # lineage: model → dataset → raw file
     assert not (tmp_path / "out.checkpoints").exists()
-    again = finetune(TrainConfig(**CFG), dataset, str(tiny_llama), tmp_path / "out", progress=False)
+    # device is where, not what: naming the CPU that auto chose is the same artifact
+    again = finetune(TrainConfig(**CFG, device="cpu"), dataset, str(tiny_llama), tmp_path / "out", progress=False)
     assert again["status"] == "skipped"
 
 
@@ -113,6 +114,9 @@ def test_bad_input_is_refused_before_training(tiny_llama, dataset, tmp_path):
         finetune(bad_target, dataset, str(tiny_llama), tmp_path / "o", progress=False)
     with pytest.raises(ConfigError, match=r"max_length: 4096 is above the model's context length 256"):
         finetune(TrainConfig(**{**CFG, "max_length": 4096}), dataset, str(tiny_llama), tmp_path / "o", progress=False)
+    if not torch.cuda.is_available():  # the CPU build this suite installs
+        with pytest.raises(ConfigError, match=r"train.device: cuda, but this torch .* sees no CUDA device"):
+            finetune(TrainConfig(**CFG, device="cuda"), dataset, str(tiny_llama), tmp_path / "o", progress=False)
 
 
 def test_resume_refuses_a_checkpoint_of_another_config(tiny_llama, dataset, tmp_path, monkeypatch):

@@ -6,10 +6,11 @@ examples and loss), preference.py (DPO's pairs and loss) and grpo.py import this
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from llmkit.errors import DataError
+from llmkit.errors import ConfigError, DataError
 from llmkit.train.template import IGNORE
 
 LOGIT_CHUNK = 1024  # target positions per lm_head call: bounds the (N, vocab) logits tensor
@@ -41,6 +42,38 @@ def collate(seqs: list[dict], pad_id: int) -> dict:
     }
 
 
+def to_device(batch: dict, device) -> dict:
+    """The batch with its tensors on `device` (the bookkeeping counts as they are); on the CPU the same tensors."""
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
+def train_device(setting: str):
+    """The torch.device a training run uses. "cpu"; "cuda" (an error naming the setting when torch sees no GPU);
+    "auto": CUDA when torch sees a GPU, else the CPU. Under torchrun each rank takes the GPU of its LOCAL_RANK."""
+    import torch
+
+    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError([f"train.device: cuda, but this torch ({torch.__version__}) sees no CUDA device; use "
+                           f"device: cpu or auto, or install a CUDA build of torch"])
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    torch.cuda.set_device(device)
+    return device
+
+
+def device_of(model):
+    """The device of a model's (first) parameters: where its batches must be."""
+    return next(model.parameters()).device
+
+
+def amp(model, bf16: bool):
+    """bf16 autocast on the model's device (CPU or CUDA); a no-op context when `bf16` is False."""
+    import torch
+
+    return torch.autocast(device_of(model).type, dtype=torch.bfloat16, enabled=bf16)
+
+
 def with_positions(seq: dict) -> dict:
     """An unpacked sequence with position ids 0..T-1."""
     return {**seq, "position_ids": list(range(len(seq["input_ids"])))}
@@ -65,7 +98,7 @@ def token_logps(model, batch: dict):
                       use_cache=False).last_hidden_state  # (R, T, C)
     labels = batch["labels"][:, 1:]  # (R, T-1)
     mask = labels != IGNORE
-    rows = torch.arange(labels.shape[0])[:, None].expand_as(labels)[mask]  # (N,) row of each target
+    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)[mask]  # (N,) target's row
     return target_logps(lm, hidden[:, :-1][mask], labels[mask]), rows
 
 
@@ -76,7 +109,7 @@ def target_logps(lm, h, y):
 
     parts = [-F.cross_entropy(lm.lm_head(h[i:i + LOGIT_CHUNK]).float(), y[i:i + LOGIT_CHUNK], reduction="none")
              for i in range(0, len(y), LOGIT_CHUNK)]  # each (chunk,)
-    return torch.cat(parts) if parts else torch.zeros(0)
+    return torch.cat(parts) if parts else torch.zeros(0, device=h.device)
 
 
 def row_logps(model, batch: dict):
@@ -87,7 +120,7 @@ def row_logps(model, batch: dict):
     import torch
 
     logps, rows = token_logps(model, batch)
-    return torch.zeros(batch["labels"].shape[0], dtype=torch.float32).index_add(0, rows, logps)
+    return torch.zeros(batch["labels"].shape[0], dtype=torch.float32, device=logps.device).index_add(0, rows, logps)
 
 
 def adamw(params: list, lr: float, fused: bool = False):

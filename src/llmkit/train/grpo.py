@@ -234,12 +234,15 @@ def finetune(cfg: TrainConfig, data: Path, base: str, out: Path, *, resume: bool
     for i, r in enumerate(cfg.rewards):  # a reward model is an input: lineage, and a new one retrains
         if r.fn == "reward_model" and r.path and Path(r.path).exists():
             inputs[f"reward_model_{i}"] = artifacts.input_ref(r.path)
-    config = {"train": cfg.model_dump(), "base": base, "max_steps": max_steps}
+    config = {"train": cfg.model_dump(exclude={"device"}), "base": base, "max_steps": max_steps}
     fp = artifacts.fingerprint("model", config, inputs)
     if not force and (m := artifacts.finished(out, fp)):
         return {"metrics": m["metrics"], "out": str(out), "status": "skipped"}
     if cfg.method != "grpo":
         raise ConfigError([f"train.method: grpo.finetune runs method grpo, not {cfg.method}"])
+    if cfg.device == "cuda":  # sampling, the loss and the KV-cache copies are written for the CPU only so far
+        raise ConfigError(["train.device: cuda is not supported for method grpo yet (it trains on the CPU; "
+                           "device: auto or cpu)"])
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each rank would sample, train and write the artifact alone
         raise ConfigError(["train.method grpo runs in one process; --nproc (data parallel) is not supported for it"])
     base_dir = hf_folder(ref, progress=progress)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from llmkit.config import TrainConfig
 from llmkit.errors import DataError
-from llmkit.train.common import collate, read_split, row_logps, with_positions
+from llmkit.train.common import amp, collate, device_of, read_split, row_logps, to_device, with_positions
 from llmkit.train.template import encode_chat
 
 
@@ -81,11 +81,11 @@ def add_reference_logps(model, pairs: list[dict], bf16: bool, pad_id: int, batch
     todo = [p for p in pairs if "ref" not in p]
     was_training = model.training
     model.eval()
-    with torch.no_grad(), model.disable_adapter(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.no_grad(), model.disable_adapter(), amp(model, bf16):
         for i in range(0, len(todo), batch_size):
             group = todo[i:i + batch_size]
             seqs = [with_positions(s) for p in group for s in (p["chosen"], p["rejected"])]
-            logps = row_logps(model, collate(seqs, pad_id)).tolist()
+            logps = row_logps(model, to_device(collate(seqs, pad_id), device_of(model))).tolist()
             for j, p in enumerate(group):
                 p["ref"] = (logps[2 * j], logps[2 * j + 1])
     model.train(was_training)
@@ -97,7 +97,7 @@ def reward_accuracy(model, batches: list[dict], bf16: bool) -> tuple[float, floa
 
     model.eval()
     ms = []
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.no_grad(), amp(model, bf16):
         for b in batches:
             ms += margins(model, b).tolist()
     model.train()

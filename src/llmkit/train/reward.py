@@ -19,14 +19,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llmkit.train.common import base_model
+from llmkit.train.common import amp, base_model, device_of, to_device
 
 
 def last_index(position_ids):
     """(R,) index of each right-padded row's last real token: positions run 0..n-1, then the padding restarts at 0."""
     import torch
 
-    t = torch.arange(position_ids.shape[1])
+    t = torch.arange(position_ids.shape[1], device=position_ids.device)
     return (position_ids == t).long().cumprod(1).sum(1) - 1
 
 
@@ -37,7 +37,7 @@ def scores(model, batch: dict):
     lm = base_model(model)
     hidden = lm.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                       use_cache=False).last_hidden_state  # (R, T, C)
-    last = hidden[torch.arange(hidden.shape[0]), last_index(batch["position_ids"])]  # (R, C)
+    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index(batch["position_ids"])]  # (R, C)
     return lm.score(last).float()[:, 0]
 
 
@@ -56,7 +56,7 @@ def pairwise_accuracy(model, batches: list[dict], bf16: bool) -> tuple[float, fl
 
     model.eval()
     margins = []
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.no_grad(), amp(model, bf16):
         for b in batches:
             r = scores(model, b)
             half = r.shape[0] // 2
@@ -126,5 +126,6 @@ class RewardModel:
         out = []
         with torch.no_grad():
             for i in range(0, len(seqs), self.batch_size):
-                out += scores(self.model, collate(seqs[i:i + self.batch_size], self.tok.pad_token_id)).tolist()
+                batch = collate(seqs[i:i + self.batch_size], self.tok.pad_token_id)
+                out += scores(self.model, to_device(batch, device_of(self.model))).tolist()
         return out
