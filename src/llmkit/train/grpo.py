@@ -143,10 +143,10 @@ def group_logps(model, prompt: list[int], completions: list[list[int]], pad: int
     cache = None
     if P > 1:
         cache = lm.model(input_ids=torch.tensor([prompt[:-1]]), position_ids=torch.arange(P - 1)[None],
-                         use_cache=True).past_key_values  # (1, H, P-1, D) per layer
+                         use_cache=True).cache  # (1, H, P-1, D) per layer
         cache.batch_repeat_interleave(G)  # (G, H, P-1, D)
     x = torch.tensor([[prompt[-1]] + c + [pad] * (L - len(c)) for c in completions])  # (G, 1+L)
-    hidden = lm.model(input_ids=x, position_ids=torch.arange(P - 1, P + L).expand(G, -1), past_key_values=cache,
+    hidden = lm.model(input_ids=x, position_ids=torch.arange(P - 1, P + L).expand(G, -1), cache=cache,
                       use_cache=True).last_hidden_state  # (G, 1+L, C): position t predicts x[:, t+1]
     mask = torch.arange(L) < torch.tensor([len(c) for c in completions])[:, None]  # (G, L) real completion tokens
     rows = torch.arange(G)[:, None].expand(G, L)[mask]  # (N,)
@@ -182,10 +182,10 @@ def generate(model, tok, prompts: list[list[int]], n: int, max_new: int, tempera
             lm = base_model(model)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, P) as generate numbers left-padded rows
             cache = lm.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-                             use_cache=True).past_key_values  # (B, H, P-1, D) per layer
+                             use_cache=True).cache  # (B, H, P-1, D) per layer
             cache.batch_repeat_interleave(n)  # (B·n, H, P-1, D): prompt i's cache at rows [i·n, (i+1)·n)
         out = model.generate(input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),
-                             past_key_values=cache, max_new_tokens=max_new, use_cache=True, pad_token_id=pad,
+                             cache=cache, max_new_tokens=max_new, use_cache=True, pad_token_id=pad,
                              eos_token_id=eos, **sample)  # (B·n, P + L)
     model.train(was_training)
     completions = []
