@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/train_lora.py [--tokens 20000] [--sides llmkit-1,trl] [--seeds 0,1,2]
     .venv/bin/python bench/train_lora.py --sides llmkit-1,trl,litgpt --litgpt-python /tmp/lgvenv/bin/python
-    .venv/bin/python bench/train_lora.py --sides llmkit-1,llmkit-1/compile=on,llmkit-1/opt=fused,trl-bf16,trl
+    .venv/bin/python bench/train_lora.py --sides llmkit-1,llmkit-1/compile=on,llmkit-1/opt=foreach,trl-bf16,trl
 
 Setup (the fine-tuning issue's): SmolLM2-135M-Instruct (the bundled GGUF, dequantized), LoRA r=16 alpha=32 on
 all 7 linear projections, dropout 0 (peft's default), batch 4, max length 256, ~64-token instruction rows,
@@ -17,7 +17,7 @@ kernels (precision auto), train.fast_kernels (packed attention, fused LoRA; a `-
 `llmkit-1-stock` turns them off). A second llmkit row uses batch 1 of packed 256-token sequences, so it takes
 about as many optimizer steps per token as trl does — the fair row for "same val loss after the same tokens".
 A side may change llmkit's settings one at a time to measure a lever alone: `llmkit-1/compile=on` (train.compile),
-`llmkit-1/max_length=512` (longer packs), `llmkit-1/opt=fused` (AdamW without the fused kernel); several
+`llmkit-1/max_length=512` (longer packs), `llmkit-1/opt=foreach` (AdamW without the fused kernel); several
 `/key=value` parts combine. Each llmkit side's seconds are the train stage's own, so a compile is counted.
 litgpt (optional: `--litgpt-python`, its own venv) runs finetune_lora with the same LoRA, batch, lr and schedule,
 fp32 (32-true), completion-only loss (mask_prompt) and SmolLM2's chat prompt; its merged weights are scored by the
@@ -59,10 +59,10 @@ def child_llmkit(work: Path, tokens: int, batch: int, precision: str, fast_kerne
     from llmkit.train import finetune
 
     over = dict(kv.split("=", 1) for kv in sets)
-    if over.pop("opt", "foreach") == "fused":  # the lever "fused AdamW" on (llmkit's default: torch's foreach)
+    if over.pop("opt", "fused") == "foreach":  # the lever "fused AdamW" off (llmkit's default: torch's fused kernel)
         from llmkit.train import common, sft
 
-        sft.adamw = lambda params, lr: common.adamw(params, lr, fused=True)
+        sft.adamw = lambda params, lr: common.adamw(params, lr, fused=False)
     cfg = TrainConfig(**{**dict(method="lora", lr=5e-4, batch_size=batch, max_length=256, packing=True,
                                 precision=precision, eval_every=10**6, save_every=10**6, warmup_ratio=0.03,
                                 lora={"r": 16, "alpha": 32}, fast_kernels=fast_kernels, seed=seed), **over})
@@ -205,7 +205,7 @@ def main() -> None:
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="llmkit's training precision")
     ap.add_argument("--sides", default="llmkit-4,llmkit-1,trl",
                     help="which runs, comma-separated; a -stock suffix runs llmkit with train.fast_kernels off; "
-                         "/key=value parts change one llmkit setting (compile=on, max_length=512, opt=fused); "
+                         "/key=value parts change one llmkit setting (compile=on, max_length=512, opt=foreach); "
                          "trl-bf16 runs trl with bf16=True")
     ap.add_argument("--seeds", default="0", help="training seeds (LoRA init, data order), comma-separated: "
                     "each side runs once per seed, so the val-loss spread between seeds shows the noise")

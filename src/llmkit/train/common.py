@@ -123,10 +123,11 @@ def row_logps(model, batch: dict):
     return torch.zeros(batch["labels"].shape[0], dtype=torch.float32, device=logps.device).index_add(0, rows, logps)
 
 
-def adamw(params: list, lr: float, fused: bool = False):
-    """AdamW without weight decay. fused=True takes torch's fused kernel where the parameters' device has one (CPU:
-    torch >= 2.4), one kernel over all tensors instead of a few foreach passes, the same update to float rounding;
-    off by default until bench/train_lora.py shows it pays (`llmkit-1/opt=fused` beside `llmkit-1`)."""
+def adamw(params: list, lr: float, fused: bool = True):
+    """AdamW without weight decay. fused (the default) takes torch's fused kernel where the parameters' device has
+    one (CPU: torch >= 2.4; else torch's foreach AdamW): one kernel over all tensors instead of a few foreach passes,
+    the same update to float rounding. Measured (bench/train_lora.py, 3 seeds, bf16, 2-core AVX-512 EPYC): 5% more
+    real tokens/s than foreach (faster on every seed), val loss equal to 3 digits."""
     import torch
 
     if fused:
