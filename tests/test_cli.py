@@ -25,6 +25,7 @@ def test_models_list_and_show(capsys):
     assert main(["models", "show", "smollm2-135m-instruct"]) == 0
     out = capsys.readouterr().out
     assert "HuggingFaceTB/SmolLM2-135M-Instruct" in out and "layers" in out
+    assert "llamacpp_cpu_kernels" in out and "AVX2" in out  # the kernels llama.cpp runs the GGUF with here
 
 
 def test_errors_are_one_line_and_exit_nonzero():

@@ -35,3 +35,20 @@ def test_llamacpp_engine_loads_our_gguf_and_matches_its_tokenizer(tiny_llama, ti
 def test_llamacpp_engine_refuses_an_hf_folder(tiny_llama):
     with pytest.raises(UnsupportedModel, match="--engine transformers"):
         load_engine("llamacpp", resolve_model(str(tiny_llama)))
+
+
+def test_cpu_kernels_names_what_the_build_uses_and_what_the_cpu_has_beside_it():
+    from llmkit.engines.llamacpp import cpu_kernels, cpu_kernels_line
+
+    generic = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | AVX512 = 0 | LLAMAFILE = 1 | REPACK = 1 |"
+    epyc = {"avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512vbmi"}
+    info = cpu_kernels(generic, epyc)
+    assert info == {"uses": ["SSE3", "AVX", "AVX2", "F16C", "FMA", "LLAMAFILE", "REPACK"],
+                    "unused": ["AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16"]}
+    assert "this CPU also has AVX512 AVX512_VBMI AVX512_VNNI AVX512_BF16, unused" in cpu_kernels_line(info)
+    # a variant built for the CPU (llama.cpp's runtime dispatch) leaves nothing unused
+    zen4 = generic.replace("AVX512 = 0", "AVX512 = 1 | AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1")
+    assert cpu_kernels(zen4, epyc)["unused"] == []
+    assert "unused" not in cpu_kernels_line(cpu_kernels(zen4, epyc))
+    # the real library answers too (whatever this box is)
+    assert "AVX2" in cpu_kernels()["uses"] or "NEON" in cpu_kernels()["uses"]

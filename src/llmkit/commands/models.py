@@ -28,6 +28,10 @@ def _models(args: argparse.Namespace) -> int:
     if ref.name in REGISTRY:
         e = REGISTRY[ref.name]
         info.update(package=e.package, hub_id=e.hub_id, license=e.license)
+    if ref.kind == "gguf":  # what llama.cpp will run it with on this machine
+        from llmkit.engines.llamacpp import cpu_kernels_line
+
+        info["llamacpp_cpu_kernels"] = cpu_kernels_line()
     if args.json:
         print(json.dumps(info, indent=2))
     else:

@@ -109,6 +109,48 @@ def grammar_for(response_format: dict | None) -> str | None:
     raise UnsupportedFeature(f"response_format.type must be text, json_object or json_schema, got {kind!r}")
 
 
+# ggml's names of the x86 instruction sets a CPU build can use, and the /proc/cpuinfo flag of each
+_X86 = {"AVX2": "avx2", "FMA": "fma", "F16C": "f16c", "AVX_VNNI": "avx_vnni", "AVX512": "avx512f",
+        "AVX512_VBMI": "avx512vbmi", "AVX512_VNNI": "avx512_vnni", "AVX512_BF16": "avx512_bf16",
+        "AMX_INT8": "amx_int8"}
+
+
+def cpu_kernels(system_info: str | None = None, cpu_flags: set[str] | None = None) -> dict:
+    """Which instruction sets the loaded llama.cpp CPU backend uses, and which this CPU has that it does not.
+
+    From `llama_print_system_info()` ("CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | ... | REPACK = 1 |") and the CPU's
+    flags (/proc/cpuinfo; none elsewhere). A `GGML_NATIVE=OFF` wheel (our setup, README "CPU kernels") reports
+    AVX2/FMA/F16C on every x86 box, so an AVX-512 or AMX CPU shows them as unused."""
+    if system_info is None:
+        try:
+            import llama_cpp
+        except ImportError:
+            return {}
+        system_info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+    if cpu_flags is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+            cpu_flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines()
+                                  if ln.startswith("flags")), []))
+        except OSError:
+            cpu_flags = set()
+    cpu = system_info.split("CPU :", 1)[1] if "CPU :" in system_info else system_info
+    on = [k.strip() for k, _, v in (f.partition("=") for f in cpu.split("|")) if v.strip() == "1"]
+    unused = [name for name, flag in _X86.items() if flag in cpu_flags and name not in on]
+    return {"uses": on, "unused": unused}
+
+
+def cpu_kernels_line(info: dict | None = None) -> str:
+    """`cpu_kernels()` in one line, for `llmkit models show` and the server's startup log."""
+    info = cpu_kernels() if info is None else info
+    if not info:
+        return "llama-cpp-python is not installed"
+    line = " ".join(info["uses"]) or "none reported"
+    if info["unused"]:
+        line += f"; this CPU also has {' '.join(info['unused'])}, unused by this build (README: CPU kernels)"
+    return line
+
+
 def new_context(lc, model, *, n_ctx: int, n_seq: int, n_batch: int, threads: int, flash_attn: bool | None = None):
     """A llama.cpp context of `n_seq` sequences × `n_ctx` tokens each (low-level API), shared by this engine and
     the compress report's scorer. `kv_unified=False`: a stream per sequence, so a sequence rounds the same in a

@@ -139,6 +139,10 @@ def load_state(cfg: ServeConfig, models: list[str] | None = None, keys: KeyStore
                                    "submit()); serve with --engine transformers")
         return engine, getattr(engine, "n_ctx", None) or cfg.n_ctx
 
+    if cfg.engine == "llamacpp":
+        from llmkit.engines.llamacpp import cpu_kernels_line
+
+        log.info("llama.cpp CPU kernels: %s", cpu_kernels_line())
     table = ModelTable(cfg.max_adapters)
     followers = []
     try:
