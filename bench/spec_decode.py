@@ -8,7 +8,8 @@ Three servers start side by side on free 127.0.0.1 ports (logs in bench/results/
   llmkit     `llmkit serve --speculative off`
   llmkit-pl  `llmkit serve --speculative prompt_lookup`
 All get the same file: by default the Q8_0 that `llmkit serve` makes of the bundled SmolLM2-135M (its `weights:
-auto`), given to llmkit with `--weights as-is` and to the peer as is; --model PATH gives another GGUF to all three.
+auto`), given to llmkit with `--weights as-is` and to the peer as is; --model PATH gives another GGUF to all three;
+`--llmkit-weights auto` lets llmkit serve it as its default does (a Q4_1 file as Q8_0) while the peer runs the file.
 Two workloads, one streamed chat request (greedy, max_tokens) at a time, round-robin over servers and prompts so
 that a noisy neighbour hits every server alike:
   rag   the serving path's RAG prompt (rag.answer.augment) over four sections of examples/support/docs/r2-router.md,
@@ -50,11 +51,11 @@ def rag_prompts() -> list[str]:
     return [augment([{"role": "user", "content": q}], hits)[-1]["content"] for q in RAG_QUESTIONS]
 
 
-def commands(model: str, threads: int, port: int) -> dict[str, list[str]]:
+def commands(model: str, threads: int, port: int, weights: str = "as-is") -> dict[str, list[str]]:
     peer = [sys.executable, "-m", "llama_cpp.server", "--model", model, "--n_threads", str(threads),
             "--n_threads_batch", str(threads), "--n_ctx", "2048", "--host", "127.0.0.1"]
     llmkit = [sys.executable, "-m", "llmkit.cli", "serve", "--model", model, "--engine", "llamacpp", "--threads",
-              str(threads), "--host", "127.0.0.1", "--embedder", "none", "--no-ui", "--weights", "as-is"]
+              str(threads), "--host", "127.0.0.1", "--embedder", "none", "--no-ui", "--weights", weights]
     return {"peer": peer, "llmkit": [*llmkit, "--speculative", "off"],
             "llmkit-pl": [*llmkit, "--speculative", "prompt_lookup"]}
 
@@ -118,6 +119,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="GGUF file for all three servers (default: the Q8_0 llmkit serves of the bundled "
                                     "SmolLM2-135M-Instruct)")
+    ap.add_argument("--llmkit-weights", choices=["as-is", "auto"], default="as-is",
+                    help="auto: llmkit serves the file as its default does (a Q4_1 file as its Q8_0 requantization, "
+                         "README), the peer the file itself: the two products as a user runs them on one file")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=128)
@@ -131,12 +135,13 @@ def main() -> int:
     up0, load0 = uptime()
     print("uptime:", up0)
     print("lscpu flags:", lscpu_flags())
-    print(f"model: {model}\nthreads: {args.threads}, max_tokens {args.max_tokens}, rounds {args.rounds}")
+    print(f"model: {model} (llmkit --weights {args.llmkit_weights})")
+    print(f"threads: {args.threads}, max_tokens {args.max_tokens}, rounds {args.rounds}")
     workloads = {"rag": rag_prompts(), "chat": CHAT_PROMPTS}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
     procs, servers = {}, {}
     try:
-        for name, cmd in commands(model, args.threads, 0).items():
+        for name, cmd in commands(model, args.threads, 0, args.llmkit_weights).items():
             port = free_port()
             cmd = [*cmd, "--port", str(port)]
             log = out.parent / f"spec_decode-{name}.log"

@@ -13,7 +13,8 @@ runs for all of them, and every row decodes the chat template's default system p
   len-2 of a row; llama.cpp then skips the output matmul for the other positions;
 - the prefix that every row starts with (the system prompt, 24 tokens of ~144 on the example data) is
   decoded once, not once per row; a row then only removes what lies past it (`llama_memory_seq_rm`);
-- the log-softmax is taken in float64 numpy on those target rows, as `_nll` does.
+- the log-softmax of those target rows: exp in float32 (llama.cpp's logits are float32), sums and the rest in
+  float64; 3.6x faster than `_nll`'s all-float64 and within ~1e-8 nats of it per token.
 The context is built as `Llama` builds the reference's (n_batch = n_ubatch = 512, flash attention off), so
 the numbers equal `_nll`'s: the same per-row NLL and argmaxes on the example's 77 val rows (f16 and q8_0), and
 the same perplexity to 4 decimals in tests/compress/test_report_batched.py.
@@ -148,11 +149,11 @@ class LlamaScorer:
             rows = np.array([r for r, _ in wanted])
             idx = np.array([k for _, k in wanted])
             targets = np.array([seqs[r][1][seqs[r][0] + k] for r, k in wanted])
-            for a in range(0, len(wanted), 64):  # float64 in slices of 64 outputs (25 MB each for a 49k vocab)
-                x = logits[a:a + 64].astype(np.float64)
+            for a in range(0, len(wanted), 64):  # slices of 64 outputs (12.6 MB each for a 49k vocab)
+                x = logits[a:a + 64]
                 top = x.max(axis=1, keepdims=True)
-                lse = top[:, 0] + np.log(np.exp(x - top).sum(axis=1))
-                per = lse - x[np.arange(len(x)), targets[a:a + 64]]
+                lse = top[:, 0].astype(np.float64) + np.log(np.exp(x - top).sum(axis=1, dtype=np.float64))
+                per = lse - x[np.arange(len(x)), targets[a:a + 64]].astype(np.float64)
                 arg = x.argmax(axis=1)
                 for r, k, v, m in zip(rows[a:a + 64], idx[a:a + 64], per, arg):
                     nll[r][k], tops[r][k] = v, m
