@@ -80,3 +80,18 @@ def block_import(monkeypatch, prefix: str) -> None:
     real = builtins.__import__
     monkeypatch.setattr(builtins, "__import__", lambda name, *a, **kw: (_ for _ in ()).throw(ImportError(name))
                         if name.startswith(prefix) else real(name, *a, **kw))
+
+
+def assert_searches_as_lance(store, lance, queries, only: list[str]) -> None:
+    """A server store answers as LanceStore's exact search on the same rows: the same ids in order and scores
+    within 1e-4, with and without a sources filter (only `only`'s files; none, or an unknown file: nothing)."""
+    for q in queries:
+        got, want = store.search(q, 10), lance.search(q, 10)
+        assert [i for i, _ in got] == [i for i, _ in want]
+        np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=1e-4)
+    for q in queries[:3]:
+        got = store.search(q, 10, only)
+        assert len(got) == 10 and {i.split("#")[0] for i, _ in got} <= set(only)
+        assert [i for i, _ in got] == [i for i, _ in lance.search(q, 10, only)]
+    assert store.search(queries[0], 10, []) == []
+    assert store.search(queries[0], 10, ["nowhere.md"]) == []

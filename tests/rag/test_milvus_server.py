@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from rag_helpers import block_import, random_rows
+from rag_helpers import assert_searches_as_lance, block_import, random_rows
 
 pytest.importorskip("milvus_lite", reason="milvus-lite (the server scripts/milvus.sh runs) is not installed: "
                                           "pip install 'llmkit[milvus]'")
@@ -100,23 +100,9 @@ def test_read_returns_the_same_rows_in_the_same_order(stores):
     assert not mv.has_ann and mv.name.startswith("docs__")
 
 
-def test_search_agrees_with_lance_exact_search(stores):
+def test_search_and_sources_filter_agree_with_lance_exact_search(stores):
     _, queries, lance, mv = stores
-    for q in queries:
-        got, want = mv.search(q, 10), lance.search(q, 10)
-        assert [i for i, _ in got] == [i for i, _ in want]
-        np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=1e-4)
-
-
-def test_sources_filter(stores):
-    _, queries, lance, mv = stores
-    only = ["b.md", 'c "quoted".md', "d-café.md"]
-    for q in queries[:3]:
-        got = mv.search(q, 10, only)
-        assert len(got) == 10 and {i.split("#")[0] for i, _ in got} <= set(only)
-        assert [i for i, _ in got] == [i for i, _ in lance.search(q, 10, only)]
-    assert mv.search(queries[0], 10, []) == []
-    assert mv.search(queries[0], 10, ["nowhere.md"]) == []
+    assert_searches_as_lance(mv, lance, queries, ["b.md", 'c "quoted".md', "d-café.md"])
 
 
 def test_reopened_rewritten_and_hnsw(stores, uri, tmp_path):

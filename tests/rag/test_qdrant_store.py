@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from rag_helpers import block_import, cfg, random_rows, write_docs
+from rag_helpers import assert_searches_as_lance, block_import, cfg, random_rows, write_docs
 
 pytest.importorskip("qdrant_client")
 
@@ -41,22 +41,9 @@ def test_read_returns_the_same_rows_in_the_same_order(stores):
     assert not qd.has_ann  # local mode is exact
 
 
-def test_search_agrees_with_lance_exact_search(stores):
+def test_search_and_sources_filter_agree_with_lance_exact_search(stores):
     _, queries, lance, qd = stores
-    for q in queries:
-        got, want = qd.search(q, 10), lance.search(q, 10)
-        assert [i for i, _ in got] == [i for i, _ in want]
-        np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=1e-4)
-
-
-def test_sources_filter(stores):
-    rows, queries, lance, qd = stores
-    for q in queries[:3]:
-        got = qd.search(q, 10, ["b.md", "d.md"])
-        assert len(got) == 10 and {i.split("#")[0] for i, _ in got} <= {"b.md", "d.md"}
-        assert [i for i, _ in got] == [i for i, _ in lance.search(q, 10, ["b.md", "d.md"])]
-    assert qd.search(queries[0], 10, []) == []
-    assert qd.search(queries[0], 10, ["nowhere.md"]) == []
+    assert_searches_as_lance(qd, lance, queries, ["b.md", "d.md"])
 
 
 def test_reopened_and_rewritten(stores, tmp_path):

@@ -37,6 +37,8 @@ import pyarrow as pa
 
 from llmkit.artifacts import write_json_atomic
 from llmkit.errors import ArtifactError, MissingExtra
+from llmkit.rag import recorded
+from llmkit.rag.recorded import RecordedStore
 from llmkit.rag.schema import schema
 
 URI_ENV = "LLMKIT_MILVUS_URI"
@@ -82,8 +84,7 @@ def check_server() -> None:
 
 
 def read_record(folder: Path) -> dict | None:
-    p = Path(folder) / RECORD
-    return json.loads(p.read_text()) if p.is_file() else None
+    return recorded.read_record(folder, RECORD)
 
 
 def server_record(folder: Path) -> dict | None:
@@ -116,7 +117,7 @@ def _sources_filter(sources: list[str]) -> str:
     return f"source in [{', '.join(json.dumps(s, ensure_ascii=False) for s in sources)}]"
 
 
-class MilvusStore:
+class MilvusStore(RecordedStore):
     """One collection in a Milvus server (see the module docstring). Cosine metric; vectors are stored as given
     (Milvus normalizes for cosine only inside the search). Below `ann_min_rows` the vector index is FLAT (exact);
     at or above it HNSW, and queries set `ef`."""
@@ -124,39 +125,23 @@ class MilvusStore:
     EF = 128  # HNSW search breadth per query: recall vs time, as LanceStore.EF
     M, EF_CONSTRUCTION = 16, 200  # HNSW graph degree and build breadth (Milvus's documented starting point)
     ANN = "hnsw"  # index.py records this in the manifest when has_ann
+    KIND, RECORD = "milvus", RECORD  # RECORD: the module's, above
 
-    def __init__(self, folder: Path, collection: str):
-        _pymilvus()  # a missing extra fails here, not at the first query
-        self.folder = Path(folder)
-        self.collection = collection
-        self._client = None
-        self._record: dict | None = None
-        self._ann: bool | None = None
+    def _library(self) -> None:
+        _pymilvus()
 
-    @property
-    def client(self):
-        if self._client is None:
-            rec = read_record(self.folder)
-            if rec is None:
-                raise ArtifactError(f"{self.folder} holds no milvus collection (no {RECORD}) for {self.collection!r}")
-            uri = os.environ.get(URI_ENV) or rec["uri"]
-            client = connect(uri, f"${URI_ENV}" if os.environ.get(URI_ENV) else f"recorded in {self.folder / RECORD}")
-            if not client.has_collection(rec["collection"]):
-                raise ArtifactError(f"the milvus collection {rec['collection']!r} that {self.folder / RECORD} "
-                                    f"names does not exist on {uri}")
-            # milvus-lite 3.2.2 comes back from a restart with its collections released
-            from pymilvus.client.types import LoadState
+    def _open(self, rec: dict):
+        uri = os.environ.get(URI_ENV) or rec["uri"]
+        client = connect(uri, f"${URI_ENV}" if os.environ.get(URI_ENV) else f"recorded in {self.folder / RECORD}")
+        if not client.has_collection(rec["collection"]):
+            raise ArtifactError(f"the milvus collection {rec['collection']!r} that {self.folder / RECORD} "
+                                f"names does not exist on {uri}")
+        # milvus-lite 3.2.2 comes back from a restart with its collections released
+        from pymilvus.client.types import LoadState
 
-            if client.get_load_state(rec["collection"])["state"] != LoadState.Loaded:
-                client.load_collection(rec["collection"])
-            self._client, self._record = client, rec
-        return self._client
-
-    @property
-    def name(self) -> str:
-        """The collection's name in Milvus: `<collection>__<hex>`."""
-        self.client  # noqa: B018 -- opening reads the record
-        return self._record["collection"]
+        if client.get_load_state(rec["collection"])["state"] != LoadState.Loaded:
+            client.load_collection(rec["collection"])
+        return client
 
     def write(self, rows: pa.Table, ann_min_rows: int | None = None) -> None:
         from pymilvus import DataType

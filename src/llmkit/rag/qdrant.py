@@ -30,7 +30,6 @@ blocks a re-index from reading the old rows (an ArtifactError says so; a server 
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 import warnings
@@ -42,6 +41,8 @@ import pyarrow as pa
 
 from llmkit.artifacts import write_json_atomic
 from llmkit.errors import ArtifactError, MissingExtra
+from llmkit.rag import recorded
+from llmkit.rag.recorded import RecordedStore
 from llmkit.rag.schema import schema
 
 URL_ENV = "LLMKIT_QDRANT_URL"
@@ -90,8 +91,7 @@ def _local(folder: Path, name: str | None):
 
 
 def read_record(folder: Path) -> dict | None:
-    p = Path(folder) / RECORD
-    return json.loads(p.read_text()) if p.is_file() else None
+    return recorded.read_record(folder, RECORD)
 
 
 def server_record(folder: Path) -> dict | None:
@@ -112,7 +112,7 @@ def drop_server_collection(record: dict) -> None:
                       "delete it by hand", stacklevel=2)
 
 
-class QdrantStore:
+class QdrantStore(RecordedStore):
     """One collection in Qdrant (see the module docstring for where it lives). Cosine distance; each point's
     payload holds the row's columns but the vector, plus its position. Qdrant normalizes vectors for cosine, so
     `read` returns them re-normalized (they already are: differences ~1e-8, float32 rounding). Below
@@ -121,34 +121,18 @@ class QdrantStore:
 
     EF = 128  # HNSW search breadth per query (server only): recall vs time, as LanceStore.EF
     ANN = "hnsw"  # index.py records this in the manifest when has_ann
+    KIND, RECORD = "qdrant", RECORD  # RECORD: the module's, above
 
-    def __init__(self, folder: Path, collection: str):
-        _qdrant()  # a missing extra fails here, not at the first query
-        self.folder = Path(folder)
-        self.collection = collection
-        self._client = None
-        self._record: dict | None = None
-        self._ann: bool | None = None
+    def _library(self) -> None:
+        _qdrant()
 
-    @property
-    def client(self):
-        if self._client is None:
-            rec = read_record(self.folder)
-            if rec is None:
-                raise ArtifactError(f"{self.folder} holds no qdrant collection (no {RECORD}) for {self.collection!r}")
-            url = rec["url"] and (os.environ.get(URL_ENV) or rec["url"])
-            self._client = _server(url) if url else _local(self.folder, rec["collection"])
-            if not self._client.collection_exists(rec["collection"]):
-                raise ArtifactError(f"the qdrant collection {rec['collection']!r} that {self.folder / RECORD} "
-                                    f"names does not exist" + (f" on {url}" if url else ""))
-            self._record = rec
-        return self._client
-
-    @property
-    def name(self) -> str:
-        """The collection's name in Qdrant: `<collection>__<hex>`."""
-        self.client  # noqa: B018 -- opening reads the record
-        return self._record["collection"]
+    def _open(self, rec: dict):
+        url = rec["url"] and (os.environ.get(URL_ENV) or rec["url"])
+        client = _server(url) if url else _local(self.folder, rec["collection"])
+        if not client.collection_exists(rec["collection"]):
+            raise ArtifactError(f"the qdrant collection {rec['collection']!r} that {self.folder / RECORD} "
+                                f"names does not exist" + (f" on {url}" if url else ""))
+        return client
 
     def write(self, rows: pa.Table, ann_min_rows: int | None = None) -> None:
         _, models = _qdrant()
