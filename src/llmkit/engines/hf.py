@@ -160,6 +160,33 @@ class TransformersEngine:
         if error:
             raise error[0]
 
+    def generate_many(self, prompts: list[str], params: GenParams, adapter: str | None = None) -> list[str]:
+        """The replies to several prompts from one batched `generate` (left-padded, attention-masked), in order:
+        one decode step advances every row, so 8 greedy replies of the 135M model take 8.6 s instead of 40.8 one
+        at a time (2 threads), the same replies on the example's prompts (tests/eval). For the eval, which calls
+        it from one thread at a time; the server keeps its one-request worker (`submit`)."""
+        import torch
+
+        if not prompts:
+            return []
+        rows = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        width = max(map(len, rows))
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        sample = params.temperature > 0
+        kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=params.max_tokens, do_sample=sample,
+                      pad_token_id=pad)
+        if sample:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p)
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+        with self._no_grad(), self._adapter_context(adapter):
+            out = self.lm.generate(**kwargs)
+        texts = [self.tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
+        # like OpenAI (and `_generate`), a reply ends before its first stop string
+        return [t[:min((t.find(s) for s in params.stop if s in t), default=len(t))] for t in texts]
+
     def chat(self, messages: list[dict], params: GenParams) -> Iterator[str]:
         inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                     return_dict=True)

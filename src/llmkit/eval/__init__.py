@@ -19,6 +19,7 @@ tasks.py reads and checks task files, metrics.py scores, targets.py asks models,
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -125,21 +126,41 @@ CHOICE_BATCH = 16  # multiple-choice items scored in one call (their questions p
 def _units(target: Target, todo: list[tuple[Task, Item]]) -> list[list[tuple[Task, Item]]]:
     """The runner's units of work: one item each, except plain perplexity rows and multiple-choice items on a
     target that scores in batches: PPL_BATCH / CHOICE_BATCH of them in one call (eval/packing.py: few large
-    forward passes, each shared prefix once). Records are put back in task order at the end, so the order of
-    work does not matter. A unit is cached when it finishes: a killed eval loses at most one unit."""
-    if getattr(target, "loglikelihood_many", None) is None:
-        return [[x] for x in todo]
-    plain = {kind: [x for x in todo if x[1].score is None and x[1].type == kind] for kind in ("perplexity", "choice")}
-    plain["perplexity"].sort(key=lambda x: len(json.dumps(x[1].row)))  # similar lengths: little padding
+    forward passes, each shared prefix once), and plain generate items on a target with a `generate_batch` > 1
+    (ModelTarget on transformers): that many of the same max_tokens in one `generate_many` call.
+    Records are put back in task order at the end, so the order of work does not matter. A unit is cached when
+    it finishes: a killed eval loses at most one unit."""
+    kinds = {"perplexity": PPL_BATCH, "choice": CHOICE_BATCH} if getattr(target, "loglikelihood_many", None) else {}
+    if getattr(target, "generate_batch", 1) > 1:
+        kinds["generate"] = target.generate_batch
+    plain = {kind: [x for x in todo if x[1].score is None and x[1].type == kind] for kind in kinds}
+    for kind in ("perplexity", "generate"):  # similar lengths: little padding
+        plain.get(kind, []).sort(key=lambda x: len(json.dumps(x[1].row)))
+    if "generate" in plain:  # one generate call has one max_tokens
+        plain["generate"].sort(key=lambda x: x[1].row.get("max_tokens") or 0)
     rest = [[x] for x in todo if not (x[1].score is None and x[1].type in plain)]
-    return rest + [group[i:i + size] for kind, size in (("perplexity", PPL_BATCH), ("choice", CHOICE_BATCH))
-                   for group in [plain[kind]] for i in range(0, len(group), size)]
+    units = []
+    for kind, size in kinds.items():
+        group = plain[kind]
+        while group:
+            n = size if kind != "generate" else sum(
+                1 for _ in itertools.takewhile(lambda x: x[1].row.get("max_tokens") == group[0][1].row.get("max_tokens"),
+                                               group[:size]))
+            units.append(group[:n])
+            group = group[n:]
+    return rest + units
 
 
 def _score_unit(target: Target, unit: list[tuple[Task, Item]], max_tokens: int) -> list[dict]:
     if len(unit) == 1:
         task, item = unit[0]
         return [_score(target, task, item, max_tokens)]
+    if unit[0][1].type == "generate":  # one batched generate (all of the unit's items share max_tokens)
+        rows = [i.row for _, i in unit]
+        replies = target.generate_many([r.get("messages") or [{"role": "user", "content": r["prompt"]}] for r in rows],
+                                       rows[0].get("max_tokens", max_tokens))
+        return [{"task": t.name, "id": i.id, "type": i.type, "reply": reply, "scores": score_reply(reply, i.row)}
+                for (t, i), reply in zip(unit, replies)]
     if unit[0][1].type == "choice":  # every choice of every item in one call, then split back per item
         requests = [r for _, i in unit for r in _choice_requests(i.row)]
         lls, at, recs = [ll for ll, _ in target.loglikelihood_many(requests)], 0, []
