@@ -136,19 +136,15 @@ def _units(target: Target, todo: list[tuple[Task, Item]]) -> list[list[tuple[Tas
     plain = {kind: [x for x in todo if x[1].score is None and x[1].type == kind] for kind in kinds}
     for kind in ("perplexity", "generate"):  # similar lengths: little padding
         plain.get(kind, []).sort(key=lambda x: len(json.dumps(x[1].row)))
-    if "generate" in plain:  # one generate call has one max_tokens
-        plain["generate"].sort(key=lambda x: x[1].row.get("max_tokens") or 0)
     rest = [[x] for x in todo if not (x[1].score is None and x[1].type in plain)]
-    units = []
-    for kind, size in kinds.items():
-        group = plain[kind]
-        while group:
-            n = size if kind != "generate" else sum(
-                1 for _ in itertools.takewhile(lambda x: x[1].row.get("max_tokens") == group[0][1].row.get("max_tokens"),
-                                               group[:size]))
-            units.append(group[:n])
-            group = group[n:]
-    return rest + units
+    groups = {kind: [items] for kind, items in plain.items()}
+    if "generate" in plain:  # one generate call has one max_tokens (a stable sort keeps the length order)
+        def max_tokens(x):
+            return x[1].row.get("max_tokens") or 0
+        groups["generate"] = [list(g) for _, g in itertools.groupby(sorted(plain["generate"], key=max_tokens),
+                                                                     max_tokens)]
+    return rest + [group[i:i + size] for kind, size in kinds.items() for group in groups[kind]
+                   for i in range(0, len(group), size)]
 
 
 def _score_unit(target: Target, unit: list[tuple[Task, Item]], max_tokens: int) -> list[dict]:

@@ -63,7 +63,9 @@ class ModelTarget:
     folder converted from a GGUF on that GGUF) while log-likelihoods stay on `engine`."""
 
     PARALLEL = 8  # llama.cpp sequences decoded together: 3.5-4x one sequence's tokens/s on 2 cores (FACTS.md)
-    GEN_BATCH = 8  # generate items the runner hands to generate_many at once on transformers
+    # generate items the runner hands to generate_many at once on transformers: a decode step's cost is mostly
+    # per-step overhead, so 12 replies of 96 tokens (the example's) took 9.5 s in one batch against 17-18 s as 8 + 4
+    GEN_BATCH = 16
     N_CTX = 2048  # tokens per llama.cpp sequence (`llmkit serve`'s default): KV cache PARALLEL x N_CTX
 
     def __init__(self, spec: str, engine: str = "auto", threads: int | None = None, generate_engine: str = "auto"):
