@@ -73,6 +73,19 @@ def safe_int8_kernels(model) -> int:
     return rerouted
 
 
+def _sampling(params: GenParams) -> dict:
+    """`generate`'s length and sampling arguments for `params` (greedy at temperature 0); seeds torch's RNG when
+    the request has a seed."""
+    if params.temperature <= 0:
+        return {"max_new_tokens": params.max_tokens, "do_sample": False}
+    if params.seed is not None:
+        import torch
+
+        torch.manual_seed(params.seed)
+    return {"max_new_tokens": params.max_tokens, "do_sample": True, "temperature": params.temperature,
+            "top_p": params.top_p}
+
+
 class TransformersEngine:
     name = "transformers"
 
@@ -113,7 +126,6 @@ class TransformersEngine:
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        sample = params.temperature > 0
         prompt_len = inputs["input_ids"].shape[1]
         self._last_new_tokens, self._last_stopped = 0, False
         engine = self
@@ -124,12 +136,8 @@ class TransformersEngine:
                 cancelled = gen is not None and gen.cancelled.is_set()
                 return torch.full((input_ids.shape[0],), cancelled, dtype=torch.bool)
 
-        kwargs = dict(**inputs, max_new_tokens=params.max_tokens, do_sample=sample, streamer=streamer,
-                      pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=StoppingCriteriaList([Watch()]))
-        if sample:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p)
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
+        kwargs = dict(**inputs, **_sampling(params), streamer=streamer, pad_token_id=self.tokenizer.pad_token_id,
+                      stopping_criteria=StoppingCriteriaList([Watch()]))
         if params.stop:
             kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
         error: list[BaseException] = []
@@ -174,15 +182,8 @@ class TransformersEngine:
         width = max(map(len, rows))
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-        sample = params.temperature > 0
-        kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=params.max_tokens, do_sample=sample,
-                      pad_token_id=pad)
-        if sample:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p)
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
         with self._no_grad(), self._adapter_context(adapter):
-            out = self.lm.generate(**kwargs)
+            out = self.lm.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad, **_sampling(params))
         texts = [self.tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
         # like OpenAI (and `_generate`), a reply ends before its first stop string
         return [t[:min((t.find(s) for s in params.stop if s in t), default=len(t))] for t in texts]
