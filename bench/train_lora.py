@@ -17,7 +17,8 @@ kernels (precision auto), train.fast_kernels (packed attention, fused LoRA; a `-
 `llmkit-1-stock` turns them off). A second llmkit row uses batch 1 of packed 256-token sequences, so it takes
 about as many optimizer steps per token as trl does — the fair row for "same val loss after the same tokens".
 A side may change llmkit's settings one at a time to measure a lever alone: `llmkit-1/compile=on` (train.compile),
-`llmkit-1/max_length=512` (longer packs), `llmkit-1/opt=foreach` (AdamW without the fused kernel); several
+`llmkit-1/max_length=512` (longer packs), `llmkit-1/opt=foreach` (AdamW without the fused kernel),
+`llmkit-1/attn=bf16` (packed attention in bf16 for every sequence, as before fast.FP32_MAX_LEN); several
 `/key=value` parts combine. Each llmkit side's seconds are the train stage's own, so a compile is counted.
 litgpt (optional: `--litgpt-python`, its own venv) runs finetune_lora with the same LoRA, batch, lr and schedule,
 fp32 (32-true), completion-only loss (mask_prompt) and SmolLM2's chat prompt; its merged weights are scored by the
@@ -63,6 +64,10 @@ def child_llmkit(work: Path, tokens: int, batch: int, precision: str, fast_kerne
         from llmkit.train import common, sft
 
         sft.adamw = lambda params, lr: common.adamw(params, lr, fused=False)
+    if over.pop("attn", "fp32") == "bf16":  # the lever "short sequences' attention in fp32" off (train/fast.py)
+        from llmkit.train import fast
+
+        fast.FP32_MAX_LEN = 0
     cfg = TrainConfig(**{**dict(method="lora", lr=5e-4, batch_size=batch, max_length=256, packing=True,
                                 precision=precision, eval_every=10**6, save_every=10**6, warmup_ratio=0.03,
                                 lora={"r": 16, "alpha": 32}, fast_kernels=fast_kernels, seed=seed), **over})

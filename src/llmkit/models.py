@@ -11,6 +11,7 @@ second conversion of the same file is a cache hit.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata as md
 import json
 import os
@@ -71,6 +72,17 @@ def default_threads() -> int:
     because the engines and the ONNX embedder below (used by rag and guard) all size their thread pools by it."""
     env = os.environ.get("LLMKIT_THREADS")
     return int(env) if env else max(1, min(8, os.cpu_count() or 1))
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags from /proc/cpuinfo ("avx2", "avx512_bf16", "amx_bf16", ...); empty where there is
+    none (macOS, Windows). Read by the llama.cpp engine (which kernels go unused) and the train stage (AMX)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    return frozenset(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
 
 
 def home() -> Path:

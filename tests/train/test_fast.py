@@ -93,3 +93,43 @@ def test_disabled_adapter_and_fast_lora(tiny_llama, batch):
         with model.disable_adapter():
             stock_off, _ = loss_sum(model, tensors(batch))
     assert abs(float(off) - float(stock_off)) < 1e-5 * abs(float(stock_off)) and abs(float(on) - float(off)) > 1e-3
+
+
+def _qkv(n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, h, n, 16, generator=g).to(torch.bfloat16) for h in (4, 2, 2))  # GQA: 4 heads, 2 kv
+    return q, k, v
+
+
+def test_short_bf16_sequences_run_the_fp32_kernel_even_under_autocast():
+    import torch.nn.functional as F
+
+    q, k, v = _qkv(40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fast._causal(q, k, v, None, 0.0, fp32=True)
+        bf16 = fast._causal(q, k, v, None, 0.0, fp32=False)
+    want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True, enable_gqa=True)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want.to(torch.bfloat16))  # fp32 inside, not recast
+    exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True, enable_gqa=True)
+    assert (got.double() - exact).abs().max() <= 1e-2 and (bf16.double() - exact).abs().max() <= 2e-2
+
+
+def test_packed_attention_upcasts_only_sequences_up_to_the_limit(monkeypatch):
+    """The fp32 kernel for segments of at most FP32_MAX_LEN tokens, bf16 for longer ones and on AMX CPUs."""
+    calls = []
+    real = fast._causal
+    monkeypatch.setattr(fast, "_causal", lambda q, k, v, s, p, fp32: calls.append((q.shape[2], fp32)) or real(q, k, v, s, p, fp32))
+    monkeypatch.setattr(fast, "FP32_MAX_LEN", 8)
+    monkeypatch.setattr(fast, "_amx", lambda: False)
+    q, k, v = _qkv(20)
+    pos = torch.tensor([list(range(6)) + list(range(14))])
+    module = torch.nn.Module().eval()
+    out, _ = fast.packed_attention(module, q, k, v, None, position_ids=pos)
+    assert out.shape == (1, 20, 4, 16) and calls == [(6, True), (14, False)]
+    calls.clear()
+    monkeypatch.setattr(fast, "_amx", lambda: True)
+    fast.packed_attention(module, q, k, v, None, position_ids=pos.clone())
+    assert calls == [(6, False), (14, False)]
+    calls.clear()
+    fast.packed_attention(module, q.float(), k.float(), v.float(), None, position_ids=pos.clone())  # fp32 training
+    assert calls == [(6, False), (14, False)]

@@ -48,6 +48,7 @@ from llmkit.engines.base import Generation, GenParams, Piece, UnsupportedFeature
 from llmkit.engines.speculative import SPECULATIVE, Drafter
 from llmkit.errors import LlmkitError, MissingExtra, UnsupportedModel
 from llmkit.models import ModelRef
+from llmkit.models import cpu_flags as _cpu_flags
 
 
 @dataclass
@@ -128,12 +129,7 @@ def cpu_kernels(system_info: str | None = None, cpu_flags: set[str] | None = Non
             return {}
         system_info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
     if cpu_flags is None:
-        try:
-            text = Path("/proc/cpuinfo").read_text()
-            cpu_flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines()
-                                  if ln.startswith("flags")), []))
-        except OSError:
-            cpu_flags = set()
+        cpu_flags = _cpu_flags()
     cpu = system_info.split("CPU :", 1)[1] if "CPU :" in system_info else system_info
     on = [k.strip() for k, _, v in (f.partition("=") for f in cpu.split("|")) if v.strip() == "1"]
     unused = [name for name, flag in _X86.items() if flag in cpu_flags and name not in on]
