@@ -300,7 +300,7 @@ def use_fast_lora(model, fuse: bool | None = None) -> int:
 
     global _FN
     _FN = _FN or _lora_function()
-    n = 0
+    n = stacked = 0
     for parent in model.modules():
         plain = {}
         for name, m in parent.named_children():
@@ -313,13 +313,30 @@ def use_fast_lora(model, fuse: bool | None = None) -> int:
         groups = [[plain.pop(k) for k in names if k in plain] for names in fused]
         groups = [g for g in groups if g] + [[m] for m in plain.values()]
         for members in groups:
+            stacked += len(members) > 1
             group = _Group(members)
             for m in members:
                 m._llmkit_peft_forward, m._llmkit_group = m.forward, group
                 m._llmkit_alone = types.MethodType(_alone, m)
                 m.forward = types.MethodType(_fast_forward, m)
                 n += 1
+    if stacked:
+        _trim()
     return n
+
+
+def _trim() -> None:
+    """Hand the freed weights back to the OS: glibc keeps the heap pages of the members' old weight tensors
+    (freed when they became views of the stacked ones), which the run's peak RSS then counts: +0.13 GB for
+    SmolLM2-135M, measured. Not glibc (macOS, musl): nothing to do."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def restore_lora(model) -> None:
