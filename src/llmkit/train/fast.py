@@ -77,17 +77,16 @@ def plan(position_ids, upcast: bool) -> list[tuple]:
             g[3].append((start, n))
         else:
             groups.append([fp32, n, n, [(start, n)]])
-    out, inv, row = [], [0] * (position_ids.numel()), 0
-    for fp32, L, _, members in groups:
+    idxs, inv, row = [], [0] * position_ids.numel(), 0
+    for _, L, _, members in groups:
         idx = []
         for start, n in members:
             idx += list(range(start, start + n)) + [start + n - 1] * (L - n)
-            for j in range(n):
-                inv[start + j] = row + j
+            inv[start:start + n] = range(row, row + n)
             row += L
-        out.append((fp32, L, torch.tensor(idx), None))
+        idxs.append(torch.tensor(idx))
     inv_t = torch.tensor(inv)
-    return [(fp32, L, idx, inv_t) for fp32, L, idx, _ in out]
+    return [(g[0], g[1], idx, inv_t) for g, idx in zip(groups, idxs)]
 
 
 SHORT = 128  # sequences up to this long share a group whatever the padding (see plan)
