@@ -259,7 +259,7 @@ class _Group:
         if self.x is not x or self.outs[i] is None:
             name = member.active_adapters[0]
             if torch.compiler.is_compiling() and len(self.members) > 1:  # no state kept across calls in a graph
-                return member._llmkit_alone(x)
+                return _alone(member, x)
             a = [m.lora_A[name].weight for m in self.members]
             b = [m.lora_B[name].weight for m in self.members]
             self.x, self.outs = x, list(_FN.apply(x, self.weight, self.bias, [m.scaling[name] for m in self.members],
@@ -270,12 +270,11 @@ class _Group:
         return out
 
 
-def _alone(self, x):
+def _alone(m, x):
     """One member through LoRAGroup by itself (under torch.compile: the group's kept outputs are Python state)."""
-    name = self.active_adapters[0]
-    base = self.base_layer
-    return _FN.apply(x, base.weight, base.bias, [self.scaling[name]], self.lora_A[name].weight,
-                     self.lora_B[name].weight)[0]
+    name = m.active_adapters[0]
+    base = m.base_layer
+    return _FN.apply(x, base.weight, base.bias, [m.scaling[name]], m.lora_A[name].weight, m.lora_B[name].weight)[0]
 
 
 def _fast_forward(self, x, *args, **kwargs):
@@ -316,7 +315,6 @@ def use_fast_lora(model, fuse: bool | None = None) -> int:
             group = _Group(members)
             for m in members:
                 m._llmkit_peft_forward, m._llmkit_group = m.forward, group
-                m._llmkit_alone = types.MethodType(_alone, m)
                 m.forward = types.MethodType(_fast_forward, m)
                 n += 1
     if stacked:
@@ -342,4 +340,4 @@ def restore_lora(model) -> None:
     for m in model.modules():
         if hasattr(m, "_llmkit_peft_forward"):
             m.forward = m._llmkit_peft_forward
-            del m._llmkit_peft_forward, m._llmkit_group, m._llmkit_alone
+            del m._llmkit_peft_forward, m._llmkit_group
